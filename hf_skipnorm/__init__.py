@@ -1,0 +1,48 @@
+"""hf_skipnorm: a transformers model family whose norm placement, norm type and residual are config fields.
+
+Importing the package registers `SkipNormConfig` and every head with the transformers Auto classes, so spawned
+workers (DDP ranks, dataloader workers), which only run the package import, see them too.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+from .configuration_skipnorm import SkipNormConfig
+from .modeling_skipnorm import (
+    SkipNormBlock,
+    SkipNormForCausalLM,
+    SkipNormForMaskedLM,
+    SkipNormForSequenceClassification,
+    SkipNormForTokenClassification,
+    SkipNormModel,
+    SkipNormPreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register("skipnorm", SkipNormConfig, exist_ok=True)
+for _auto, _model in (
+    (AutoModel, SkipNormModel),
+    (AutoModelForCausalLM, SkipNormForCausalLM),
+    (AutoModelForMaskedLM, SkipNormForMaskedLM),
+    (AutoModelForSequenceClassification, SkipNormForSequenceClassification),
+    (AutoModelForTokenClassification, SkipNormForTokenClassification),
+):
+    _auto.register(SkipNormConfig, _model, exist_ok=True)
+
+__all__ = [
+    "SkipNormConfig",
+    "SkipNormPreTrainedModel",
+    "SkipNormModel",
+    "SkipNormForCausalLM",
+    "SkipNormForMaskedLM",
+    "SkipNormForSequenceClassification",
+    "SkipNormForTokenClassification",
+    "SkipNormBlock",
+]

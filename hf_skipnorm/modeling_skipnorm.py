@@ -1,0 +1,625 @@
+"""SkipNorm models: a LLaMA-shaped transformer whose norm placement, norm type and residual are config fields.
+
+Identical to transformers' `LlamaModel` except:
+- each sublayer computes ``N_post(R(x, N_out(F(N_in(x)))))``; the placement (`norm_position`) decides which of
+  the three norm slots exist (absent slots are `nn.Identity`), the residual (`residual`) decides ``R``;
+- the norm class comes from `norm_type` (norms_skipnorm.py);
+- positions may be RoPE (optionally partial), learned absolute, or none; the MLP may be gated or plain;
+- the same stack serves decoders (`is_causal=True`) and bidirectional encoders (`is_causal=False`), with optional
+  token-type embeddings and an embedding norm (BERT);
+- the final norm is named `final_norm` and exists only where the placement implies it (or `final_norm` says so).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    MaskedLMOutput,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_skipnorm import PLACEMENT_SLOTS, SkipNormConfig
+from .norms_skipnorm import build_norm
+from .residuals_skipnorm import build_residual
+
+
+# ----------------------------------------------------------------------------------------------------- positions
+class SkipNormRotaryEmbedding(nn.Module):
+    """RoPE (Su et al., arXiv 2104.09864) over the first ``head_dim * partial_rotary_factor`` dims of each head.
+
+    Returns ``(hidden_states, (cos, sin))``: the embeddings pass through unchanged, the angles go to attention.
+    """
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__()
+        self.config = config
+        self.rope_type = config.rope_parameters.get("rope_type", "default")
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        rope_init_fn = self.compute_default_rope_parameters
+        if self.rope_type != "default":
+            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = rope_init_fn(config)
+        # Non-persistent: derived from the config, so checkpoints stay free of them; transformers' default
+        # `_init_weights` recomputes them after meta-device loading (it matches "RotaryEmbedding" + original_inv_freq).
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: SkipNormConfig, device=None, seq_len=None) -> tuple[torch.Tensor, float]:
+        base = config.rope_parameters["rope_theta"]
+        dim = int(config.head_dim * config.partial_rotary_factor)
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim))
+        return inv_freq, 1.0
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def rotary(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)  # (B, T, r/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, r)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor):
+        return hidden_states, self.rotary(hidden_states, position_ids)
+
+
+class SkipNormLearnedPositions(nn.Embedding):
+    """Learned absolute positions added to the token embeddings (GPT-2, BERT)."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__(config.max_position_embeddings, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor):
+        return hidden_states + super().forward(position_ids), None
+
+
+class SkipNormNoPositions(nn.Module):
+    """No positional signal at all (NoPE, Kazemnejad et al. 2023, arXiv 2305.19466); a causal mask still orders."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__()
+
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor):
+        return hidden_states, None
+
+
+POSITION_CLASSES: dict[str, type[nn.Module]] = {
+    "rope": SkipNormRotaryEmbedding,
+    "learned": SkipNormLearnedPositions,
+    "none": SkipNormNoPositions,
+}
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` dims of each head of ``x`` (B, H, T, hd); the rest pass through."""
+    rotary_dim = cos.shape[-1]
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, r)
+    if rotary_dim == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------- attention
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, H_kv, T, hd) -> (B, H_kv * n_rep, T, hd) for grouped-query attention."""
+    if n_rep == 1:
+        return hidden_states
+    batch, num_kv, seq, head_dim = hidden_states.shape
+    return hidden_states[:, :, None].expand(batch, num_kv, n_rep, seq, head_dim).reshape(batch, num_kv * n_rep, seq, head_dim)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q K^T * scaling + mask) V, the reference path that the other backends must match."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, T, H, hd)
+    return attn_output, attn_weights
+
+
+class SkipNormAttention(nn.Module):
+    """Multi-head attention with grouped-query heads, RoPE and a KV cache, through transformers' attention interface."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = config.is_causal
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=config.attention_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, C)
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H, T, hd)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H_kv, T, hd)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        if position_embeddings is not None:
+            cos, sin = position_embeddings
+            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # (B, T, H*hd)
+        return self.o_proj(attn_output), attn_weights
+
+
+# ----------------------------------------------------------------------------------------------------- MLPs
+class SkipNormGatedMLP(nn.Module):
+    """``down(act(gate(x)) * up(x))``: SwiGLU / GeGLU by `hidden_act` (Shazeer 2020, arXiv 2002.05202)."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class SkipNormPlainMLP(nn.Module):
+    """``down(act(up(x)))``: the two-layer MLP of GPT-2 and BERT."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(x)))
+
+
+MLP_CLASSES: dict[str, type[nn.Module]] = {"gated": SkipNormGatedMLP, "plain": SkipNormPlainMLP}
+
+
+# ----------------------------------------------------------------------------------------------------- the block
+class SkipNormBlock(GradientCheckpointingLayer):
+    """One transformer block: attention, then MLP, each as ``N_post(R(x, N_out(F(N_in(x)))))``.
+
+    With ``R(x, y) = x + y`` the placements read: pre ``x + F(N(x))`` (Xiong et al. 2020, arXiv 2002.04745),
+    post ``N(x + F(x))`` (Vaswani et al. 2017), sandwich ``x + N(F(N(x)))`` (arXiv 2105.13290),
+    output ``x + N(F(x))`` (OLMo 2, arXiv 2501.00656), pre_post ``N(x + F(N(x)))`` (arXiv 2601.19895), none ``x + F(x)``.
+    Slot names say what they normalize: ``*_pre_norm`` the sublayer input, ``*_out_norm`` the branch output before
+    the skip, ``*_post_norm`` the sum after the skip.
+    """
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        attn_position, mlp_position = config.layer_norm_positions(layer_idx)
+        attn_pre, attn_out, attn_post = PLACEMENT_SLOTS[attn_position]
+        mlp_pre, mlp_out, mlp_post = PLACEMENT_SLOTS[mlp_position]
+        d = config.hidden_size
+
+        self.attn_pre_norm = build_norm(config, d, attn_pre)
+        self.self_attn = SkipNormAttention(config, layer_idx)
+        self.attn_out_norm = build_norm(config, d, attn_out)
+        self.attn_residual = build_residual(config, layer_idx, "attn")
+        self.attn_post_norm = build_norm(config, d, attn_post)
+
+        self.mlp_pre_norm = build_norm(config, d, mlp_pre)
+        self.mlp = MLP_CLASSES[config.mlp_type](config)
+        self.mlp_out_norm = build_norm(config, d, mlp_out)
+        self.mlp_residual = build_residual(config, layer_idx, "mlp")
+        self.mlp_post_norm = build_norm(config, d, mlp_post)
+
+        self.branch_dropout = nn.Dropout(config.hidden_dropout)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, C)
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        x = hidden_states
+        attn, _ = self.self_attn(
+            self.attn_pre_norm(x), position_embeddings=position_embeddings, attention_mask=attention_mask,
+            cache=cache, **kwargs,
+        )
+        x = self.attn_post_norm(self.attn_residual(x, self.branch_dropout(self.attn_out_norm(attn))))
+        mlp = self.mlp(self.mlp_pre_norm(x))
+        x = self.mlp_post_norm(self.mlp_residual(x, self.branch_dropout(self.mlp_out_norm(mlp))))
+        return x
+
+
+# ----------------------------------------------------------------------------------------------------- models
+class SkipNormPreTrainedModel(PreTrainedModel):
+    config_class = SkipNormConfig
+    config: SkipNormConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SkipNormBlock"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": SkipNormBlock, "attentions": SkipNormAttention}
+
+    def branch_init_std(self) -> float:
+        """Std of the branch output projections (`o_proj`, `down_proj`) from `branch_init`."""
+        std = self.config.initializer_range
+        return {
+            "normal": std,
+            "scaled_depth": std / math.sqrt(2 * self.config.num_hidden_layers),  # GPT-2 (Radford et al. 2019)
+            "zero": 0.0,  # every branch starts as 0: SkipInit (arXiv 2002.10444)
+        }[self.config.branch_init]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """All initialization, as a table (children are initialized before their parents):
+
+        | module | init |
+        | Linear, Embedding | N(0, initializer_range); biases 0; padding row 0 |
+        | norm gain / bias | 1 (0 when `norm_unit_offset`, since the gain is 1 + w) / 0 |
+        | attention o_proj, MLP down_proj | N(0, branch std) from `branch_init` (zero: all 0) |
+        | rotary inv_freq | recomputed from the config (transformers' default) |
+        """
+        super()._init_weights(module)
+        if hasattr(module, "unit_offset") and getattr(module, "weight", None) is not None:
+            # Our norms: gain = unit_offset + weight, so the stored weight starts at 1 - unit_offset.
+            init.constant_(module.weight, 1.0 - module.unit_offset)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        branch_out = {SkipNormAttention: "o_proj", SkipNormGatedMLP: "down_proj", SkipNormPlainMLP: "down_proj"}
+        if type(module) in branch_out:
+            proj = getattr(module, branch_out[type(module)])
+            std = self.branch_init_std()
+            if std == 0.0:
+                init.zeros_(proj.weight)
+            else:
+                init.normal_(proj.weight, mean=0.0, std=std)
+
+
+class SkipNormModel(SkipNormPreTrainedModel):
+    """Embeddings -> blocks -> optional final norm; returns the last hidden state."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.embed_positions = POSITION_CLASSES[config.position_embedding](config)
+        self.embed_token_types = (
+            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
+        )
+        self.embedding_norm = build_norm(config, config.hidden_size, config.embedding_norm)
+        self.embedding_dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList([SkipNormBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.final_norm = build_norm(config, config.hidden_size, config.use_final_norm)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def embed(
+        self,
+        inputs_embeds: torch.Tensor,  # (B, T, C)
+        position_ids: torch.Tensor,  # (B, T)
+        token_type_ids: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        hidden_states, rotary = self.embed_positions(inputs_embeds, position_ids)
+        if self.embed_token_types is not None:
+            if token_type_ids is None:  # BERT's default: every token is segment 0
+                token_type_ids = torch.zeros_like(position_ids)
+            hidden_states = hidden_states + self.embed_token_types(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids were given but SkipNormConfig.type_vocab_size=0 (no token-type embedding)")
+        return self.embedding_dropout(self.embedding_norm(hidden_states)), rotary
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if not self.config.is_causal:
+            use_cache = False  # an encoder re-reads the whole sequence; a cache would be wrong, not just useless
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if position_ids is None:
+            position_ids = self.default_position_ids(inputs_embeds, attention_mask, cache)
+
+        mask_function = create_causal_mask if self.config.is_causal else create_bidirectional_mask
+        mask = mask_function(
+            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
+            position_ids=position_ids,
+        )
+        hidden_states, rotary = self.embed(inputs_embeds, position_ids, token_type_ids)
+        for block in self.layers[: self.config.num_hidden_layers]:
+            hidden_states = block(
+                hidden_states, attention_mask=mask, position_embeddings=rotary, position_ids=position_ids,
+                cache=cache, use_cache=use_cache, **kwargs,
+            )
+        return BaseModelOutputWithPast(last_hidden_state=self.final_norm(hidden_states), cache=cache)
+
+    @staticmethod
+    def default_position_ids(
+        inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, cache: Cache | None
+    ) -> torch.Tensor:
+        """Positions that skip left padding, so a left-padded row sees the same positions as the unpadded one."""
+        seq_len = inputs_embeds.shape[1]
+        past = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[-1] == past + seq_len:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, past + T)
+            return position_ids[:, -seq_len:]
+        return (torch.arange(seq_len, device=inputs_embeds.device) + past).unsqueeze(0)
+
+
+class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__(config)
+        self.model = SkipNormModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CausalLMOutputWithPast:
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])  # (B, T_keep, V)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class SkipNormMaskedLMTransform(nn.Module):
+    """BERT's prediction-head transform before the vocabulary projection: ``N(act(W x + b))``."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act_fn = ACT2FN[config.hidden_act]
+        self.norm = build_norm(config, config.hidden_size, config.norm_type != "none")
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act_fn(self.dense(hidden_states)))
+
+
+class SkipNormForMaskedLM(SkipNormPreTrainedModel):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__(config)
+        self.model = SkipNormModel(config)
+        self.mlm_transform = SkipNormMaskedLMTransform(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)  # BERT's decoder has a bias
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MaskedLMOutput:
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            inputs_embeds=inputs_embeds, token_type_ids=token_type_ids, use_cache=False, **kwargs,
+        )
+        logits = self.lm_head(self.mlm_transform(outputs.last_hidden_state))  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+
+def _pool(hidden_states: torch.Tensor, how: str, attention_mask: torch.Tensor | None,
+          input_ids: torch.Tensor | None, pad_token_id: int | None) -> torch.Tensor:
+    """(B, T, C) -> (B, C): the last real token (right or left padding), the first token, or the masked mean."""
+    batch, seq_len = hidden_states.shape[:2]
+    if attention_mask is not None:
+        real = attention_mask.to(hidden_states.device, torch.long)
+    elif input_ids is not None and pad_token_id is not None:
+        real = (input_ids != pad_token_id).to(hidden_states.device, torch.long)
+    else:
+        real = torch.ones(batch, seq_len, dtype=torch.long, device=hidden_states.device)
+    if how == "mean":
+        weights = real.unsqueeze(-1).to(hidden_states.dtype)
+        return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    positions = torch.arange(seq_len, device=hidden_states.device)
+    index = (positions * real).argmax(-1) if how == "last" else (real * (seq_len - positions)).argmax(-1)
+    return hidden_states[torch.arange(batch, device=hidden_states.device), index]
+
+
+class SkipNormForSequenceClassification(SkipNormPreTrainedModel):
+    """Pooled (`classifier_pooling`) hidden state -> `score`; loss by `problem_type` as in transformers."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = SkipNormModel(config)
+        self.classifier_dropout = nn.Dropout(config.hidden_dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SequenceClassifierOutputWithPast:
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, token_type_ids=token_type_ids, use_cache=use_cache, **kwargs,
+        )
+        pooled = _pool(outputs.last_hidden_state, self.config.resolved_classifier_pooling, attention_mask, input_ids,
+                       self.config.pad_token_id)
+        logits = self.score(self.classifier_dropout(pooled))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=logits, config=self.config)
+        return SequenceClassifierOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class SkipNormForTokenClassification(SkipNormPreTrainedModel):
+    """Per-token `score` on the last hidden state (NER, POS tagging)."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = SkipNormModel(config)
+        self.classifier_dropout = nn.Dropout(config.hidden_dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> TokenClassifierOutput:
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            inputs_embeds=inputs_embeds, token_type_ids=token_type_ids, use_cache=False, **kwargs,
+        )
+        logits = self.score(self.classifier_dropout(outputs.last_hidden_state))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                     attentions=outputs.attentions)
+
+
+__all__ = [
+    "SkipNormPreTrainedModel",
+    "SkipNormModel",
+    "SkipNormForCausalLM",
+    "SkipNormForMaskedLM",
+    "SkipNormForSequenceClassification",
+    "SkipNormForTokenClassification",
+    "SkipNormBlock",
+]
