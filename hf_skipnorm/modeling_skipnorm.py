@@ -294,6 +294,37 @@ class SkipNormBlock(GradientCheckpointingLayer):
         return x
 
 
+# ----------------------------------------------------------------------------------------------------- topologies
+# Which block class builds layer `l`. Placements and residuals that change the block's wiring (parallel blocks,
+# dual streams, hyper-connections, ...) add a block subclass and a row here; `block_topology` picks the row.
+BLOCK_CLASSES: dict[str, type[nn.Module]] = {
+    "sequential": SkipNormBlock,
+}
+
+
+def block_topology(config: SkipNormConfig, layer_idx: int) -> str:
+    """The `BLOCK_CLASSES` key for block `layer_idx`: everything so far is the sequential attention -> MLP block."""
+    return "sequential"
+
+
+class SingleStream(nn.Module):
+    """The residual stream is one tensor (B, T, C): nothing to expand before the blocks or reduce after them.
+
+    Multi-stream residuals (hyper-connections: (B, T, n, C); dual streams) replace this with a module whose
+    `expand` builds the stream state from the embeddings and whose `reduce` maps it back to (B, T, C).
+    """
+
+    def expand(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+    def reduce(self, stream: torch.Tensor) -> torch.Tensor:
+        return stream
+
+
+def build_stream(config: SkipNormConfig) -> nn.Module:
+    return SingleStream()
+
+
 # ----------------------------------------------------------------------------------------------------- models
 class SkipNormPreTrainedModel(PreTrainedModel):
     config_class = SkipNormConfig
@@ -356,7 +387,10 @@ class SkipNormModel(SkipNormPreTrainedModel):
         )
         self.embedding_norm = build_norm(config, config.hidden_size, config.embedding_norm)
         self.embedding_dropout = nn.Dropout(config.hidden_dropout)
-        self.layers = nn.ModuleList([SkipNormBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList(
+            [BLOCK_CLASSES[block_topology(config, i)](config, i) for i in range(config.num_hidden_layers)]
+        )
+        self.residual_stream = build_stream(config)
         self.final_norm = build_norm(config, config.hidden_size, config.use_final_norm)
         self.gradient_checkpointing = False
         self.post_init()
@@ -413,12 +447,14 @@ class SkipNormModel(SkipNormPreTrainedModel):
             position_ids=position_ids,
         )
         hidden_states, rotary = self.embed(inputs_embeds, position_ids, token_type_ids)
+        stream = self.residual_stream.expand(hidden_states)
         for block in self.layers[: self.config.num_hidden_layers]:
-            hidden_states = block(
-                hidden_states, attention_mask=mask, position_embeddings=rotary, position_ids=position_ids,
+            stream = block(
+                stream, attention_mask=mask, position_embeddings=rotary, position_ids=position_ids,
                 cache=cache, use_cache=use_cache, **kwargs,
             )
-        return BaseModelOutputWithPast(last_hidden_state=self.final_norm(hidden_states), cache=cache)
+        hidden_states = self.final_norm(self.residual_stream.reduce(stream))
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
     @staticmethod
     def default_position_ids(
