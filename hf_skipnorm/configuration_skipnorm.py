@@ -76,7 +76,8 @@ class SkipNormConfig(PreTrainedConfig):
             Per-sublayer overrides of `norm_position`; `None` inherits it.
         norm_type (`str`, defaults to `"rmsnorm"`):
             What `N` is. `layernorm`: ``g*(x-mean)/sqrt(var+eps)+b`` (Ba et al. 2016, arXiv 1607.06450). `rmsnorm`:
-            ``g*x/sqrt(mean(x^2)+eps)`` (Zhang & Sennrich 2019, arXiv 1910.07467). `none`: identity.
+            ``g*x/sqrt(mean(x^2)+eps)`` (Zhang & Sennrich 2019, arXiv 1910.07467). `none`: identity in every slot the
+            placement has (an ablation: the placement's norms removed, the wiring kept).
         norm_eps (`float`, defaults to 1e-6): the epsilon inside every norm (LLaMA uses 1e-6, GPT-2/BERT 1e-5/1e-12).
         norm_bias (`bool`, defaults to `True`): whether `layernorm` has the additive bias `b` (OLMo drops it).
         norm_unit_offset (`bool`, defaults to `False`): store the gain as ``1 + w`` with `w` initialized to 0 (Gemma),
@@ -241,17 +242,6 @@ class SkipNormConfig(PreTrainedConfig):
         self._check_positions("norm_position", self.norm_position, allow_none=False)
         self._check_positions("attn_norm_position", self.attn_norm_position, allow_none=True)
         self._check_positions("mlp_norm_position", self.mlp_norm_position, allow_none=True)
-        if self.norm_type == "none":
-            # A "norm" that is the identity under a placement that asks for norms silently becomes norm-free;
-            # say so instead of computing something the user did not ask for.
-            used = {p for layer in range(self.num_hidden_layers) for p in self.layer_norm_positions(layer)}
-            if used - {"none"} or self.embedding_norm or self.final_norm:
-                raise ValueError(
-                    f"SkipNormConfig.norm_type='none' is not valid with norm_position={self.norm_position!r} "
-                    f"(embedding_norm={self.embedding_norm}, final_norm={self.final_norm}): a placement that has norm "
-                    f"slots needs a real norm; for a norm-free model use norm_position='none'. valid choices for "
-                    f"norm_type: {', '.join(t for t in NORM_TYPES if t != 'none')}"
-                )
 
     def _check_positions(self, field: str, value: Any, allow_none: bool) -> None:
         if value is None and allow_none:

@@ -2,7 +2,7 @@
 
 Each class takes ``(dim, config)`` so a new norm is one class plus one registry row. The gain is stored as ``w``
 and used as ``w`` or, with ``norm_unit_offset``, as ``1 + w`` (Gemma): the offset is chosen once at construction,
-never tested in `forward`. Statistics are computed in float32 whatever the input dtype (bf16 variance underflows).
+never tested in `forward`. Statistics are computed in at least float32 (bf16 variance underflows), in float64 for float64 inputs.
 """
 
 from __future__ import annotations
@@ -12,6 +12,11 @@ from torch import nn
 import torch.nn.functional as F
 
 from .configuration_skipnorm import SkipNormConfig
+
+
+def _stats_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision inputs (bf16 variance underflows), the input's own dtype for float32/float64."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 class SkipNormLayerNorm(nn.Module):
@@ -25,9 +30,10 @@ class SkipNormLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.empty(dim)) if config.norm_bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
-        gain = self.weight + self.unit_offset
-        return F.layer_norm(x.float(), gain.shape, gain.float(), None if self.bias is None else self.bias.float(),
-                            self.eps).to(x.dtype)
+        dtype = _stats_dtype(x)
+        gain = (self.weight + self.unit_offset).to(dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.layer_norm(x.to(dtype), gain.shape, gain, bias, self.eps).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}, unit_offset={bool(self.unit_offset)}"
@@ -43,9 +49,10 @@ class SkipNormRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * (self.weight.float() + self.unit_offset)).to(x.dtype)
+        dtype = _stats_dtype(x)
+        xs = x.to(dtype)
+        normed = xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * (self.weight.to(dtype) + self.unit_offset)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, unit_offset={bool(self.unit_offset)}"
