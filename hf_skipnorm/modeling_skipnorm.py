@@ -40,6 +40,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_skipnorm import PLACEMENT_SLOTS, SkipNormConfig
+from .loading_skipnorm import safe_from_pretrained
 from .norms_skipnorm import build_norm
 from .residuals_skipnorm import build_residual
 
@@ -341,6 +342,12 @@ class SkipNormPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": SkipNormBlock, "attentions": SkipNormAttention}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' `from_pretrained`, safetensors only, and refusing weights that do not match the config
+        (see loading_skipnorm.py): a checkpoint never gets unpickled or silently half-initialized."""
+        return safe_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
 
     def branch_init_std(self) -> float:
         """Std of the branch output projections (`o_proj`, `down_proj`) from `branch_init`."""
