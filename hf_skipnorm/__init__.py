@@ -23,6 +23,7 @@ from .modeling_skipnorm import (
     SkipNormModel,
     SkipNormPreTrainedModel,
 )
+from .hub import export_for_hub
 
 __version__ = "0.1.0"
 
@@ -45,4 +46,5 @@ __all__ = [
     "SkipNormForSequenceClassification",
     "SkipNormForTokenClassification",
     "SkipNormBlock",
+    "export_for_hub",
 ]
