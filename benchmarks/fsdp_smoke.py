@@ -84,7 +84,7 @@ def main() -> None:
                 "model.final_norm.weight", "lm_head.weight"}
     result = {
         "distributed_type": str(accelerator.distributed_type),
-        "fsdp_version": getattr(accelerator.state.fsdp_plugin, "fsdp_version", None) if accelerator.state.fsdp_plugin else None,
+        "fsdp_version": getattr(getattr(accelerator.state, "fsdp_plugin", None), "fsdp_version", None),
         "mixed_precision": accelerator.mixed_precision,
         "num_processes": accelerator.num_processes,
         "sharded": is_sharded(model),
