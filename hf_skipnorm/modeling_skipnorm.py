@@ -349,6 +349,12 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         (see loading_skipnorm.py): a checkpoint never gets unpickled or silently half-initialized."""
         return safe_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
 
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # transformers marks a custom-code module with no direct parameters as initialized without calling
+        # `_init_weights` (a guard for remote code that writes weights in place). Ours uses `transformers.initialization`,
+        # which skips loaded tensors itself, and parents (attention, MLP) must run to re-init their branch projections.
+        super()._initialize_weights(module, is_custom_code=False)
+
     def branch_init_std(self) -> float:
         """Std of the branch output projections (`o_proj`, `down_proj`) from `branch_init`."""
         std = self.config.initializer_range
