@@ -24,6 +24,7 @@ from .modeling_skipnorm import (
     SkipNormPreTrainedModel,
 )
 from .hub import export_for_hub
+from .convert import convert_from_hf, convert_to_hf
 
 __version__ = "0.1.0"
 
@@ -47,4 +48,6 @@ __all__ = [
     "SkipNormForTokenClassification",
     "SkipNormBlock",
     "export_for_hub",
+    "convert_from_hf",
+    "convert_to_hf",
 ]

@@ -103,6 +103,15 @@ class SkipNormConfig(PreTrainedConfig):
         type_vocab_size (`int`, defaults to 0): number of token types (BERT segments); 0 = no token-type embedding.
         classifier_pooling (`str` or `None`): how sequence classification pools tokens; `None` means `last`
             (last non-pad token) for decoders and `mean` for encoders.
+        embedding_multiplier (`float`, defaults to 1.0): token embeddings looked up from `input_ids` are multiplied by
+            this (Gemma: ``sqrt(hidden_size)``; `inputs_embeds` passed by the caller are used as given, as in Gemma).
+        attention_multiplier (`float` or `None`): the scale ``s`` in ``softmax(s * Q K^T)``; `None` means
+            ``1/sqrt(head_dim)`` (Vaswani et al. 2017). Gemma 2 uses ``query_pre_attn_scalar**-0.5``.
+        attn_logit_softcapping (`float` or `None`): attention scores become ``c * tanh(scores / c)`` before the mask
+            and softmax (Gemma 2, arXiv 2408.00118); needs an attention backend that applies it (eager, flex, flash),
+            so SDPA is not chosen by default.
+        final_logit_softcapping (`float` or `None`): causal-LM logits become ``c * tanh(logits / c)`` (Gemma 2).
+        lm_head_bias (`bool`, defaults to `False`): whether the causal-LM `lm_head` has a bias (Phi).
     """
 
     model_type = "skipnorm"
@@ -146,6 +155,11 @@ class SkipNormConfig(PreTrainedConfig):
     is_causal: bool = True
     type_vocab_size: int = 0
     classifier_pooling: str | None = None
+    embedding_multiplier: float = 1.0
+    attention_multiplier: float | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    lm_head_bias: bool = False
 
     # --- the three axes ---
     norm_position: str | list = "pre"
@@ -214,8 +228,18 @@ class SkipNormConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"SkipNormConfig.{name}={value!r} is not valid; expected a finite float")
+        for name in ("embedding_multiplier", "attention_multiplier", "attn_logit_softcapping",
+                     "final_logit_softcapping"):
+            value = getattr(self, name)
+            if value is None and name != "embedding_multiplier":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(
+                    f"SkipNormConfig.{name}={value!r} is not valid; expected a finite float > 0"
+                    + ("" if name == "embedding_multiplier" else " or None")
+                )
         for name in ("norm_bias", "norm_unit_offset", "embedding_norm", "is_causal", "tie_word_embeddings",
-                     "attention_bias", "mlp_bias"):
+                     "attention_bias", "mlp_bias", "lm_head_bias"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"SkipNormConfig.{name}={value!r} is not valid; expected True or False")

@@ -145,12 +145,18 @@ def eager_attention_forward(
     attention_mask: torch.Tensor | None,
     scaling: float,
     dropout: float = 0.0,
+    softcap: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(Q K^T * scaling + mask) V, the reference path that the other backends must match."""
+    """softmax(cap(Q K^T * scaling) + mask) V, the reference path that the other backends must match.
+
+    ``cap(s) = softcap * tanh(s / softcap)`` when `attn_logit_softcapping` is set (Gemma 2, arXiv 2408.00118).
+    """
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
     attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    if softcap is not None:
+        attn_weights = softcap * torch.tanh(attn_weights / softcap)
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
     # softmax in at least float32 (half precision saturates), in float64 for float64 checks
@@ -170,7 +176,9 @@ class SkipNormAttention(nn.Module):
         self.layer_idx = layer_idx
         self.head_dim = config.head_dim
         self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
-        self.scaling = self.head_dim**-0.5
+        # softmax(s Q K^T): s = 1/sqrt(head_dim) (Vaswani et al. 2017) unless the config sets it (Gemma 2, Granite).
+        self.scaling = self.head_dim**-0.5 if config.attention_multiplier is None else config.attention_multiplier
+        self.softcap = config.attn_logit_softcapping  # None: no capping; every backend accepts the keyword
         self.attention_dropout = config.attention_dropout
         self.is_causal = config.is_causal
         self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=config.attention_bias)
@@ -208,6 +216,7 @@ class SkipNormAttention(nn.Module):
             attention_mask,
             dropout=0.0 if not self.training else self.attention_dropout,
             scaling=self.scaling,
+            softcap=self.softcap,
             **kwargs,
         )
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # (B, T, H*hd)
@@ -337,23 +346,21 @@ class SkipNormPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["SkipNormBlock"]
     _supports_flash_attn = True
-    _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": SkipNormBlock, "attentions": SkipNormAttention}
+
+    @property
+    def _supports_sdpa(self) -> bool:
+        # SDPA cannot soft-cap attention scores (transformers raises if asked), so soft-capped configs default to eager.
+        return self.config.attn_logit_softcapping is None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """transformers' `from_pretrained`, safetensors only, and refusing weights that do not match the config
         (see loading_skipnorm.py): a checkpoint never gets unpickled or silently half-initialized."""
         return safe_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
-
-    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
-        # transformers marks a custom-code module with no direct parameters as initialized without calling
-        # `_init_weights` (a guard for remote code that writes weights in place). Ours uses `transformers.initialization`,
-        # which skips loaded tensors itself, and parents (attention, MLP) must run to re-init their branch projections.
-        super()._initialize_weights(module, is_custom_code=False)
 
     def branch_init_std(self) -> float:
         """Std of the branch output projections (`o_proj`, `down_proj`) from `branch_init`."""
@@ -397,6 +404,7 @@ class SkipNormModel(SkipNormPreTrainedModel):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.embedding_multiplier = float(config.embedding_multiplier)  # a Python float: nothing for loading to wipe
         self.embed_positions = POSITION_CLASSES[config.position_embedding](config)
         self.embed_token_types = (
             nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
@@ -449,7 +457,7 @@ class SkipNormModel(SkipNormPreTrainedModel):
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
+            inputs_embeds = self.embed_tokens(input_ids) * self.embedding_multiplier  # Gemma: * sqrt(hidden_size)
         if not self.config.is_causal:
             use_cache = False  # an encoder re-reads the whole sequence; a cache would be wrong, not just useless
         if use_cache and cache is None:
@@ -485,6 +493,25 @@ class SkipNormModel(SkipNormPreTrainedModel):
         return (torch.arange(seq_len, device=inputs_embeds.device) + past).unsqueeze(0)
 
 
+class LogitSoftCap(nn.Module):
+    """``cap * tanh(logits / cap)``: bounds the logits to (-cap, cap) smoothly (Gemma 2, arXiv 2408.00118)."""
+
+    def __init__(self, cap: float):
+        super().__init__()
+        self.cap = float(cap)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.cap * torch.tanh(logits / self.cap)
+
+    def extra_repr(self) -> str:
+        return f"cap={self.cap}"
+
+
+def build_logit_softcap(cap: float | None) -> nn.Module:
+    """`final_logit_softcapping`: the cap, or `nn.Identity` when unset (so `forward` never tests a flag)."""
+    return nn.Identity() if cap is None else LogitSoftCap(cap)
+
+
 class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
@@ -492,7 +519,8 @@ class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
     def __init__(self, config: SkipNormConfig):
         super().__init__(config)
         self.model = SkipNormModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
+        self.logit_softcap = build_logit_softcap(config.final_logit_softcapping)
         self.post_init()
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -515,7 +543,7 @@ class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])  # (B, T_keep, V)
+        logits = self.logit_softcap(self.lm_head(hidden_states[:, keep, :]))  # (B, T_keep, V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

@@ -1,0 +1,995 @@
+"""Checkpoint conversion between transformers' model zoo and SkipNorm, with exact logit parity.
+
+Real architectures are cells of the SkipNorm grid (shared/VARIANTS.md, "Real architectures and their cells"):
+LLaMA is ``pre`` + ``rmsnorm`` + RoPE + SwiGLU, GPT-2 is ``pre`` + ``layernorm`` + learned positions + GELU, BERT is
+``post`` + ``layernorm`` + an embedding norm, and so on. Converting a checkpoint is therefore two small tables per
+architecture: how its config maps to a `SkipNormConfig` (refusing, with the feature named, whatever has no cell),
+and how its weight names map to ours (renames, plus the few fused or transposed tensors that need splitting).
+
+    from hf_skipnorm import convert_from_hf, convert_to_hf
+    ours = convert_from_hf(LlamaForCausalLM.from_pretrained(path))   # -> SkipNormForCausalLM, same logits
+    back = convert_to_hf(ours)                                         # -> LlamaForCausalLM, same state dict
+
+CLI (never downloads; a Hub id is used only where it is already in the local cache):
+
+    python -m hf_skipnorm.convert SRC_DIR_OR_CACHED_HUB_ID DST_DIR
+
+This module is not needed by the model at load time (the model files import only torch and transformers), so it
+may import the package and anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from collections.abc import Callable, Iterable
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.initialization import no_init_weights
+
+from .configuration_skipnorm import SkipNormConfig
+from .modeling_skipnorm import SkipNormForCausalLM, SkipNormForMaskedLM, SkipNormModel
+
+Tensors = list[torch.Tensor]
+
+# Config fields that change no computation at inference (or that the loader owns): ignored when deciding whether a
+# SkipNorm config is exactly an architecture's cell in `convert_to_hf`.
+_NON_ARCHITECTURAL = {
+    "attention_dropout", "hidden_dropout", "initializer_range", "use_cache", "pad_token_id", "bos_token_id",
+    "eos_token_id", "branch_init", "classifier_pooling", "dtype", "architectures", "transformers_version", "auto_map",
+    "_name_or_path", "model_type", "num_labels", "id2label", "label2id", "problem_type", "output_attentions",
+    "output_hidden_states", "return_dict", "chunk_size_feed_forward", "is_encoder_decoder", "tokenizer_class",
+    "_attn_implementation_autoset", "sep_token_id", "decoder_start_token_id", "max_length",
+}
+
+# Tokenizer (and generation) files the CLI copies next to the converted weights when the source has them.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja", "chat_template.json",
+    "generation_config.json",
+)
+
+
+class UnsupportedFeatureError(ValueError):
+    """The source uses something SkipNorm cannot compute exactly; the message names the feature."""
+
+
+def _refuse(architecture: str, feature: str, value: Any, why: str) -> UnsupportedFeatureError:
+    return UnsupportedFeatureError(f"cannot convert {architecture}: {feature}={value!r} is not supported ({why})")
+
+
+# ----------------------------------------------------------------------------------------------------- weight rules
+@dataclass(frozen=True)
+class WeightRule:
+    """How some transformers tensors become some SkipNorm tensors, and back.
+
+    `to_ours(hf_tensors) -> our_tensors` and `to_hf(our_tensors) -> hf_tensors` are exact inverses (reshapes,
+    transposes, splits): round trips reproduce the original state dict bit for bit.
+    """
+
+    hf: tuple[str, ...]
+    ours: tuple[str, ...]
+    to_ours: Callable[[Tensors], Tensors]
+    to_hf: Callable[[Tensors], Tensors]
+
+
+def _identity(tensors: Tensors) -> Tensors:
+    return list(tensors)
+
+
+def rename(hf: str, ours: str) -> WeightRule:
+    return WeightRule((hf,), (ours,), _identity, _identity)
+
+
+def transposed(hf: str, ours: str) -> WeightRule:
+    """GPT-2's `Conv1D` stores (in, out); `nn.Linear` stores (out, in)."""
+    flip = lambda ts: [ts[0].t().contiguous()]  # noqa: E731
+    return WeightRule((hf,), (ours,), flip, flip)
+
+
+def same_tensor(hf: tuple[str, ...], ours: tuple[str, ...]) -> WeightRule:
+    """Tied copies (e.g. tied `lm_head.weight`): every key holds one tensor, checked equal on the way in."""
+
+    def check(tensors: Tensors) -> torch.Tensor:
+        for key, tensor in zip(hf[1:], tensors[1:]):
+            if tensor.shape != tensors[0].shape or not torch.equal(tensor, tensors[0]):
+                raise ValueError(f"{key} should be tied to {hf[0]} (the config says so) but holds different values")
+        return tensors[0]
+
+    return WeightRule(hf, ours, lambda ts: [check(ts)] * len(ours), lambda ts: [ts[0]] * len(hf))
+
+
+def split_rows(hf: str, ours: tuple[str, ...], sizes: tuple[int, ...], conv1d: bool = False) -> WeightRule:
+    """A fused projection (`q|k|v` stacked along the output dim) split into separate `nn.Linear`s.
+
+    With `conv1d` the fused tensor is GPT-2's (in, out) `Conv1D` weight: transposed and split along its columns.
+    Biases (1-D) split the same way.
+    """
+
+    def to_ours(tensors: Tensors) -> Tensors:
+        fused = tensors[0].t() if conv1d and tensors[0].dim() == 2 else tensors[0]
+        return [part.contiguous() for part in torch.split(fused, list(sizes), dim=0)]
+
+    def to_hf(tensors: Tensors) -> Tensors:
+        fused = torch.cat(tensors, dim=0)
+        return [fused.t().contiguous() if conv1d and fused.dim() == 2 else fused]
+
+    return WeightRule((hf,), ours, to_ours, to_hf)
+
+
+def split_heads_interleaved(hf: str, ours: tuple[str, str, str], num_heads: int, head_dim: int) -> WeightRule:
+    """GPT-NeoX's fused `query_key_value`: its output rows are grouped per head as ``(H, [q, k, v], hd)``.
+
+    NeoX views the projection as (B, T, H, 3*hd) and chunks the last dim into q, k, v, so rows ``h*3*hd + j*hd + i``
+    belong to head h, part j (q/k/v). Separate q/k/v projections store rows ``h*hd + i``.
+    """
+
+    def to_ours(tensors: Tensors) -> Tensors:
+        fused = tensors[0]
+        grouped = fused.reshape(num_heads, 3, head_dim, *fused.shape[1:])  # (H, 3, hd[, C])
+        return [grouped[:, j].reshape(num_heads * head_dim, *fused.shape[1:]).contiguous() for j in range(3)]
+
+    def to_hf(tensors: Tensors) -> Tensors:
+        parts = [t.reshape(num_heads, 1, head_dim, *t.shape[1:]) for t in tensors]
+        fused = torch.cat(parts, dim=1)  # (H, 3, hd[, C])
+        return [fused.reshape(3 * num_heads * head_dim, *tensors[0].shape[1:]).contiguous()]
+
+    return WeightRule((hf,), ours, to_ours, to_hf)
+
+
+def linear(hf: str, ours: str, bias: bool) -> list[WeightRule]:
+    rules = [rename(f"{hf}.weight", f"{ours}.weight")]
+    if bias:
+        rules.append(rename(f"{hf}.bias", f"{ours}.bias"))
+    return rules
+
+
+def norm(hf: str, ours: str, bias: bool) -> list[WeightRule]:
+    return linear(hf, ours, bias)
+
+
+# ----------------------------------------------------------------------------------------------------- architectures
+@dataclass(frozen=True)
+class Head:
+    """One transformers class of an architecture: which SkipNorm class it becomes and where its backbone sits."""
+
+    ours: type[PreTrainedModel]
+    hf_prefix: str  # backbone prefix in the transformers state dict ("model.", "transformer.", "" for base models)
+    rules: Callable[[SkipNormConfig], list[WeightRule]] = lambda config: []  # head weights, full keys
+
+
+def _our_prefix(ours: type[PreTrainedModel]) -> str:
+    return "" if ours is SkipNormModel else "model."
+
+
+def _lm_head(hf_embed: str, hf_head: str = "lm_head.weight") -> Callable[[SkipNormConfig], list[WeightRule]]:
+    def rules(config: SkipNormConfig) -> list[WeightRule]:
+        if config.tie_word_embeddings:
+            return [same_tensor((hf_embed, hf_head), ("model.embed_tokens.weight", "lm_head.weight"))]
+        out = [rename(hf_head, "lm_head.weight")]
+        if getattr(config, "lm_head_bias", False):
+            out.append(rename(hf_head.replace(".weight", ".bias"), "lm_head.bias"))
+        return out
+
+    return rules
+
+
+class Architecture:
+    """A transformers architecture as a SkipNorm cell: config mapping both ways and weight-name rules.
+
+    Subclasses set `name`, `model_type`, `hf_config_class`, `heads`, and implement `config_to_ours`, `base_rules`,
+    `layer_rules` (keys relative to the backbone / layer prefix) and, where a counterpart exists, `config_to_hf`.
+    The embedding key is listed in `hf_embed` so tied heads can find it.
+    """
+
+    name: str
+    model_type: str
+    hf_config_class: str
+    heads: dict[str, Head]
+    hf_layers: str  # prefix of layer i inside the backbone, with {i}
+    hf_embed: str  # token embedding key inside the backbone
+
+    # --- config ---
+    def config_to_ours(self, hf: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        raise UnsupportedFeatureError(f"{self.name} has no conversion back to transformers")
+
+    def refuse(self, feature: str, value: Any, why: str) -> UnsupportedFeatureError:
+        return _refuse(self.name, feature, value, why)
+
+    # --- weights ---
+    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        raise NotImplementedError
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        raise NotImplementedError
+
+    def rules(self, config: SkipNormConfig, head: Head) -> list[WeightRule]:
+        """Every rule with full keys on both sides, for the head `head`."""
+        hf_base, our_base = head.hf_prefix, _our_prefix(head.ours)
+        rules = [self._prefixed(r, hf_base, our_base) for r in self.base_rules(config)]
+        for i in range(config.num_hidden_layers):
+            hf_layer = hf_base + self.hf_layers.format(i=i)
+            rules += [self._prefixed(r, hf_layer, f"{our_base}layers.{i}.") for r in self.layer_rules(config, i)]
+        head_rules = head.rules(config)
+        # A tied head re-lists the embedding: drop the plain embedding rule so each key has one owner.
+        tied_keys = {k for r in head_rules for k in r.hf}
+        rules = [r for r in rules if not set(r.hf) & tied_keys]
+        return rules + head_rules
+
+    @staticmethod
+    def _prefixed(rule: WeightRule, hf_prefix: str, our_prefix: str) -> WeightRule:
+        return WeightRule(
+            tuple(hf_prefix + k for k in rule.hf), tuple(our_prefix + k for k in rule.ours), rule.to_ours, rule.to_hf
+        )
+
+
+def _common_checks(arch: Architecture, hf: Any, max_position_embeddings: int) -> None:
+    """Refusals shared by the decoders: rope variants we do not compute, sliding windows, non-text heads."""
+    rope = getattr(hf, "rope_parameters", None)
+    if rope:
+        if any(isinstance(v, dict) for v in rope.values()):
+            raise arch.refuse("rope_parameters", rope, "per-layer-type RoPE parameters have no SkipNorm field")
+        rope_type = rope.get("rope_type", "default")
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise arch.refuse(
+                "rope_parameters.rope_type", rope_type,
+                f"supported rope scaling types: {', '.join(SUPPORTED_ROPE_TYPES)}",
+            )
+    layer_types = getattr(hf, "layer_types", None) or []
+    sliding = getattr(hf, "sliding_window", None)
+    if any(t != "full_attention" for t in layer_types):
+        other = sorted({t for t in layer_types if t not in ("full_attention", "sliding_attention")})
+        if other:
+            raise arch.refuse("layer_types", other, "only full and sliding attention layers are known")
+        # A window at least as long as any sequence the model is meant to see masks nothing more than causality:
+        # key k is visible from query q when q - k < window, and q - k < max_position_embeddings always.
+        if sliding is None or sliding < max_position_embeddings:
+            raise arch.refuse(
+                "sliding_window", sliding,
+                f"sliding-window attention layers {layer_types!r}; SkipNorm attends over the full causal context, which "
+                f"equals the sliding window only when sliding_window >= max_position_embeddings={max_position_embeddings}",
+            )
+
+
+# RoPE types whose inverse frequencies are static (so SkipNorm's rotary reproduces them through transformers'
+# ROPE_INIT_FUNCTIONS) and that the parity tests cover.
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def _rope_fields(hf: Any) -> dict[str, Any]:
+    rope = dict(getattr(hf, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0})
+    rope.setdefault("rope_type", "default")
+    partial = float(rope.get("partial_rotary_factor", 1.0))
+    return {"position_embedding": "rope", "rope_parameters": rope, "partial_rotary_factor": partial}
+
+
+def _ids(hf: Any) -> dict[str, Any]:
+    return {k: getattr(hf, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
+
+
+def _check_act(arch: Architecture, field: str, act: str) -> str:
+    if act not in ACT2FN:
+        raise arch.refuse(field, act, f"not a transformers activation ({', '.join(sorted(ACT2FN))})")
+    return act
+
+
+# ------------------------------------------------------------------ LLaMA
+class Llama(Architecture):
+    """LLaMA (arXiv 2302.13971): pre-norm RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases by default."""
+
+    name = "llama"
+    model_type = "llama"
+    hf_config_class = "LlamaConfig"
+    hf_layers = "layers.{i}."
+    hf_embed = "embed_tokens.weight"
+
+    @property
+    def heads(self) -> dict[str, Head]:
+        return {
+            "LlamaForCausalLM": Head(SkipNormForCausalLM, "model.", _lm_head("model.embed_tokens.weight")),
+            "LlamaModel": Head(SkipNormModel, ""),
+        }
+
+    def config_to_ours(self, hf: Any) -> dict[str, Any]:
+        _common_checks(self, hf, hf.max_position_embeddings)
+        return {
+            "vocab_size": hf.vocab_size, "hidden_size": hf.hidden_size, "intermediate_size": hf.intermediate_size,
+            "num_hidden_layers": hf.num_hidden_layers, "num_attention_heads": hf.num_attention_heads,
+            "num_key_value_heads": hf.num_key_value_heads,
+            "head_dim": getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
+            "hidden_act": _check_act(self, "hidden_act", hf.hidden_act),
+            "max_position_embeddings": hf.max_position_embeddings, "initializer_range": hf.initializer_range,
+            "tie_word_embeddings": bool(hf.tie_word_embeddings), "attention_bias": bool(hf.attention_bias),
+            "mlp_bias": bool(hf.mlp_bias), "attention_dropout": float(hf.attention_dropout), **_ids(hf),
+            **_rope_fields(hf), "mlp_type": "gated", "norm_position": "pre", "norm_type": "rmsnorm",
+            "norm_eps": hf.rms_norm_eps,
+        }
+
+    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        return {
+            "vocab_size": ours.vocab_size, "hidden_size": ours.hidden_size, "intermediate_size": ours.intermediate_size,
+            "num_hidden_layers": ours.num_hidden_layers, "num_attention_heads": ours.num_attention_heads,
+            "num_key_value_heads": ours.num_key_value_heads, "head_dim": ours.head_dim, "hidden_act": ours.hidden_act,
+            "max_position_embeddings": ours.max_position_embeddings, "initializer_range": ours.initializer_range,
+            "tie_word_embeddings": ours.tie_word_embeddings, "attention_bias": ours.attention_bias,
+            "mlp_bias": ours.mlp_bias, "attention_dropout": ours.attention_dropout, "rms_norm_eps": ours.norm_eps,
+            "rope_parameters": dict(ours.rope_parameters), "pad_token_id": ours.pad_token_id,
+            "bos_token_id": ours.bos_token_id, "eos_token_id": ours.eos_token_id,
+        }
+
+    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        return [rename("embed_tokens.weight", "embed_tokens.weight"), *norm("norm", "final_norm", False)]
+
+    def attention_rules(self, config: SkipNormConfig, hf_attn: str = "self_attn") -> list[WeightRule]:
+        return [r for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+                for r in linear(f"{hf_attn}.{p}", f"self_attn.{p}", config.attention_bias)]
+
+    def gated_mlp_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        return [r for p in ("gate_proj", "up_proj", "down_proj") for r in linear(f"mlp.{p}", f"mlp.{p}", config.mlp_bias)]
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        return [
+            *norm("input_layernorm", "attn_pre_norm", False),
+            *self.attention_rules(config),
+            # transformers' `post_attention_layernorm` is LLaMA's pre-MLP norm (VARIANTS.md, "Watch the names").
+            *norm("post_attention_layernorm", "mlp_pre_norm", False),
+            *self.gated_mlp_rules(config),
+        ]
+
+
+# ------------------------------------------------------------------ GPT-2
+class GPT2(Architecture):
+    """GPT-2 (Radford et al. 2019): pre-norm LayerNorm, learned positions, GELU MLP, biases, `Conv1D` weights."""
+
+    name = "gpt2"
+    model_type = "gpt2"
+    hf_config_class = "GPT2Config"
+    hf_layers = "h.{i}."
+    hf_embed = "wte.weight"
+
+    @property
+    def heads(self) -> dict[str, Head]:
+        return {
+            "GPT2LMHeadModel": Head(SkipNormForCausalLM, "transformer.", _lm_head("transformer.wte.weight")),
+            "GPT2Model": Head(SkipNormModel, ""),
+        }
+
+    def config_to_ours(self, hf: Any) -> dict[str, Any]:
+        if hf.add_cross_attention:
+            raise self.refuse("add_cross_attention", True, "SkipNorm has no cross-attention")
+        if hf.scale_attn_by_inverse_layer_idx:
+            raise self.refuse("scale_attn_by_inverse_layer_idx", True, "a per-layer attention scale has no SkipNorm field")
+        fields = {
+            "vocab_size": hf.vocab_size, "hidden_size": hf.n_embd, "num_hidden_layers": hf.n_layer,
+            "num_attention_heads": hf.n_head, "intermediate_size": hf.n_inner or 4 * hf.n_embd,
+            "hidden_act": _check_act(self, "activation_function", hf.activation_function),
+            "max_position_embeddings": hf.n_positions, "initializer_range": hf.initializer_range,
+            "tie_word_embeddings": bool(hf.tie_word_embeddings), "attention_bias": True, "mlp_bias": True,
+            "attention_dropout": float(hf.attn_pdrop), "hidden_dropout": float(hf.resid_pdrop), **_ids(hf),
+            "position_embedding": "learned", "mlp_type": "plain", "norm_position": "pre", "norm_type": "layernorm",
+            "norm_bias": True, "norm_eps": hf.layer_norm_epsilon, "branch_init": "scaled_depth",
+        }
+        if not hf.scale_attn_weights:  # softmax(Q K^T) without the 1/sqrt(head_dim)
+            fields["attention_multiplier"] = 1.0
+        return fields
+
+    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        scale = getattr(ours, "attention_multiplier", None)
+        return {
+            "vocab_size": ours.vocab_size, "n_embd": ours.hidden_size, "n_layer": ours.num_hidden_layers,
+            "n_head": ours.num_attention_heads, "n_inner": ours.intermediate_size,
+            "activation_function": ours.hidden_act, "n_positions": ours.max_position_embeddings,
+            "initializer_range": ours.initializer_range, "tie_word_embeddings": ours.tie_word_embeddings,
+            "attn_pdrop": ours.attention_dropout, "resid_pdrop": ours.hidden_dropout, "embd_pdrop": ours.hidden_dropout,
+            "layer_norm_epsilon": ours.norm_eps, "scale_attn_weights": scale != 1.0,
+            "pad_token_id": ours.pad_token_id, "bos_token_id": ours.bos_token_id, "eos_token_id": ours.eos_token_id,
+        }
+
+    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        return [
+            rename("wte.weight", "embed_tokens.weight"),
+            rename("wpe.weight", "embed_positions.weight"),
+            *norm("ln_f", "final_norm", True),
+        ]
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        d = config.hidden_size
+        qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+        return [
+            *norm("ln_1", "attn_pre_norm", True),
+            split_rows("attn.c_attn.weight", tuple(f"{p}.weight" for p in qkv), (d, d, d), conv1d=True),
+            split_rows("attn.c_attn.bias", tuple(f"{p}.bias" for p in qkv), (d, d, d), conv1d=True),
+            transposed("attn.c_proj.weight", "self_attn.o_proj.weight"),
+            rename("attn.c_proj.bias", "self_attn.o_proj.bias"),
+            *norm("ln_2", "mlp_pre_norm", True),
+            transposed("mlp.c_fc.weight", "mlp.up_proj.weight"),
+            rename("mlp.c_fc.bias", "mlp.up_proj.bias"),
+            transposed("mlp.c_proj.weight", "mlp.down_proj.weight"),
+            rename("mlp.c_proj.bias", "mlp.down_proj.bias"),
+        ]
+
+
+# ------------------------------------------------------------------ BERT
+class Bert(Architecture):
+    """BERT (Devlin et al. 2019, arXiv 1810.04805): post-norm LayerNorm encoder, embedding norm, token types."""
+
+    name = "bert"
+    model_type = "bert"
+    hf_config_class = "BertConfig"
+    hf_layers = "encoder.layer.{i}."
+    hf_embed = "embeddings.word_embeddings.weight"
+
+    @property
+    def heads(self) -> dict[str, Head]:
+        return {
+            "BertForMaskedLM": Head(SkipNormForMaskedLM, "bert.", self.mlm_rules),
+            "BertModel": Head(SkipNormModel, ""),
+        }
+
+    def config_to_ours(self, hf: Any) -> dict[str, Any]:
+        if hf.is_decoder:
+            raise self.refuse("is_decoder", True, "BERT as a causal decoder is not converted; use the encoder")
+        if hf.add_cross_attention:
+            raise self.refuse("add_cross_attention", True, "SkipNorm has no cross-attention")
+        position_type = getattr(hf, "position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise self.refuse("position_embedding_type", position_type, "only absolute learned positions are supported")
+        return {
+            "vocab_size": hf.vocab_size, "hidden_size": hf.hidden_size, "intermediate_size": hf.intermediate_size,
+            "num_hidden_layers": hf.num_hidden_layers, "num_attention_heads": hf.num_attention_heads,
+            "hidden_act": _check_act(self, "hidden_act", hf.hidden_act),
+            "max_position_embeddings": hf.max_position_embeddings, "initializer_range": hf.initializer_range,
+            "tie_word_embeddings": bool(hf.tie_word_embeddings), "attention_bias": True, "mlp_bias": True,
+            "attention_dropout": float(hf.attention_probs_dropout_prob), "hidden_dropout": float(hf.hidden_dropout_prob),
+            **_ids(hf), "type_vocab_size": hf.type_vocab_size, "is_causal": False, "use_cache": False,
+            "position_embedding": "learned", "mlp_type": "plain", "norm_position": "post", "norm_type": "layernorm",
+            "norm_bias": True, "norm_eps": hf.layer_norm_eps, "embedding_norm": True,
+        }
+
+    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        return {
+            "vocab_size": ours.vocab_size, "hidden_size": ours.hidden_size, "intermediate_size": ours.intermediate_size,
+            "num_hidden_layers": ours.num_hidden_layers, "num_attention_heads": ours.num_attention_heads,
+            "hidden_act": ours.hidden_act, "max_position_embeddings": ours.max_position_embeddings,
+            "initializer_range": ours.initializer_range, "tie_word_embeddings": ours.tie_word_embeddings,
+            "attention_probs_dropout_prob": ours.attention_dropout, "hidden_dropout_prob": ours.hidden_dropout,
+            "type_vocab_size": ours.type_vocab_size, "layer_norm_eps": ours.norm_eps, "pad_token_id": ours.pad_token_id,
+            "bos_token_id": ours.bos_token_id, "eos_token_id": ours.eos_token_id,
+        }
+
+    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        return [
+            rename("embeddings.word_embeddings.weight", "embed_tokens.weight"),
+            rename("embeddings.position_embeddings.weight", "embed_positions.weight"),
+            rename("embeddings.token_type_embeddings.weight", "embed_token_types.weight"),
+            *norm("embeddings.LayerNorm", "embedding_norm", True),
+        ]
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        return [
+            *linear("attention.self.query", "self_attn.q_proj", True),
+            *linear("attention.self.key", "self_attn.k_proj", True),
+            *linear("attention.self.value", "self_attn.v_proj", True),
+            *linear("attention.output.dense", "self_attn.o_proj", True),
+            *norm("attention.output.LayerNorm", "attn_post_norm", True),
+            *linear("intermediate.dense", "mlp.up_proj", True),
+            *linear("output.dense", "mlp.down_proj", True),
+            *norm("output.LayerNorm", "mlp_post_norm", True),
+        ]
+
+    def mlm_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        decoder = (
+            same_tensor(("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"),
+                        ("model.embed_tokens.weight", "lm_head.weight"))
+            if config.tie_word_embeddings else rename("cls.predictions.decoder.weight", "lm_head.weight")
+        )
+        return [
+            *linear("cls.predictions.transform.dense", "mlm_transform.dense", True),
+            *norm("cls.predictions.transform.LayerNorm", "mlm_transform.norm", True),
+            decoder,
+            # BertLMPredictionHead ties `decoder.bias` to its own `bias`: two keys, one tensor.
+            same_tensor(("cls.predictions.bias", "cls.predictions.decoder.bias"), ("lm_head.bias",)),
+        ]
+
+
+# ------------------------------------------------------------------ Qwen3
+class Qwen3(Llama):
+    """Qwen3 (arXiv 2505.09388): LLaMA except an RMSNorm over each head's query and key (`qk_norm="per_head"`)."""
+
+    name = "qwen3"
+    model_type = "qwen3"
+    hf_config_class = "Qwen3Config"
+
+    @property
+    def heads(self) -> dict[str, Head]:
+        return {
+            "Qwen3ForCausalLM": Head(SkipNormForCausalLM, "model.", _lm_head("model.embed_tokens.weight")),
+            "Qwen3Model": Head(SkipNormModel, ""),
+        }
+
+    def config_to_ours(self, hf: Any) -> dict[str, Any]:
+        return {**super().config_to_ours(_with(hf, mlp_bias=False)), "qk_norm": "per_head"}
+
+    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        fields = super().config_to_hf(ours)
+        del fields["mlp_bias"]  # Qwen3's MLP has no biases (config_to_ours maps it to False)
+        return fields
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        return [*super().layer_rules(config, layer), *norm("self_attn.q_norm", "self_attn.q_norm", False),
+                *norm("self_attn.k_norm", "self_attn.k_norm", False)]
+
+
+# ------------------------------------------------------------------ OLMo 2
+class Olmo2(Llama):
+    """OLMo 2 (arXiv 2501.00656): LLaMA except the norms sit on each branch output (`output` placement) and Q/K
+    are RMS-normalized over the whole projection (`qk_norm="full"`)."""
+
+    name = "olmo2"
+    model_type = "olmo2"
+    hf_config_class = "Olmo2Config"
+
+    @property
+    def heads(self) -> dict[str, Head]:
+        return {
+            "Olmo2ForCausalLM": Head(SkipNormForCausalLM, "model.", _lm_head("model.embed_tokens.weight")),
+            "Olmo2Model": Head(SkipNormModel, ""),
+        }
+
+    def config_to_ours(self, hf: Any) -> dict[str, Any]:
+        return {**super().config_to_ours(_with(hf, mlp_bias=False)), "norm_position": "output", "qk_norm": "full"}
+
+    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        fields = super().config_to_hf(ours)
+        del fields["mlp_bias"], fields["head_dim"]  # OLMo 2 has neither field: no MLP biases, head_dim = d / H
+        return fields
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        return [
+            *self.attention_rules(config),
+            *norm("self_attn.q_norm", "self_attn.q_norm", False),
+            *norm("self_attn.k_norm", "self_attn.k_norm", False),
+            # OLMo 2's `post_attention_layernorm` really follows attention: it normalizes the branch output.
+            *norm("post_attention_layernorm", "attn_out_norm", False),
+            *self.gated_mlp_rules(config),
+            *norm("post_feedforward_layernorm", "mlp_out_norm", False),
+        ]
+
+
+# ------------------------------------------------------------------ Gemma 2
+class Gemma2(Llama):
+    """Gemma 2 (arXiv 2408.00118): sandwich norms, unit-offset RMSNorm (gain ``1 + w``), embeddings times
+    ``sqrt(hidden_size)``, attention scale ``query_pre_attn_scalar**-0.5``, soft-capped attention scores and final
+    logits, GeGLU (tanh GELU). Sliding-window layers are converted only where the window covers every position."""
+
+    name = "gemma2"
+    model_type = "gemma2"
+    hf_config_class = "Gemma2Config"
+
+    @property
+    def heads(self) -> dict[str, Head]:
+        return {
+            "Gemma2ForCausalLM": Head(SkipNormForCausalLM, "model.", _lm_head("model.embed_tokens.weight")),
+            "Gemma2Model": Head(SkipNormModel, ""),
+        }
+
+    def config_to_ours(self, hf: Any) -> dict[str, Any]:
+        if getattr(hf, "use_bidirectional_attention", None):
+            raise self.refuse("use_bidirectional_attention", True, "only the causal Gemma 2 decoder is converted")
+        fields = super().config_to_ours(_with(hf, hidden_act=hf.hidden_activation, mlp_bias=False))
+        return {
+            **fields, "norm_position": "sandwich", "norm_unit_offset": True,
+            "embedding_multiplier": hf.hidden_size**0.5, "attention_multiplier": hf.query_pre_attn_scalar**-0.5,
+            "attn_logit_softcapping": hf.attn_logit_softcapping, "final_logit_softcapping": hf.final_logit_softcapping,
+        }
+
+    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        fields = super().config_to_hf(ours)
+        del fields["mlp_bias"]
+        fields["hidden_activation"] = fields.pop("hidden_act")
+        # query_pre_attn_scalar is stored as a number whose -1/2 power is the scale; rounding recovers Gemma's integers.
+        scalar = ours.attention_multiplier**-2 if ours.attention_multiplier else ours.head_dim
+        fields.update(
+            query_pre_attn_scalar=round(scalar) if abs(scalar - round(scalar)) < 1e-6 else scalar,
+            attn_logit_softcapping=ours.attn_logit_softcapping, final_logit_softcapping=ours.final_logit_softcapping,
+            layer_types=["full_attention"] * ours.num_hidden_layers,
+        )
+        return fields
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        return [
+            *norm("input_layernorm", "attn_pre_norm", False),
+            *self.attention_rules(config),
+            *norm("post_attention_layernorm", "attn_out_norm", False),
+            *norm("pre_feedforward_layernorm", "mlp_pre_norm", False),
+            *self.gated_mlp_rules(config),
+            *norm("post_feedforward_layernorm", "mlp_out_norm", False),
+        ]
+
+
+# ------------------------------------------------------------------ GPT-NeoX
+class GPTNeoX(Architecture):
+    """GPT-NeoX (arXiv 2204.06745): parallel attention and MLP with two LayerNorms (`parallel_block`), partial
+    rotary, a fused per-head-interleaved `query_key_value`. `use_parallel_residual=False` is the sequential pre-LN."""
+
+    name = "gpt_neox"
+    model_type = "gpt_neox"
+    hf_config_class = "GPTNeoXConfig"
+    hf_layers = "layers.{i}."
+    hf_embed = "embed_in.weight"
+
+    @property
+    def heads(self) -> dict[str, Head]:
+        return {
+            "GPTNeoXForCausalLM": Head(SkipNormForCausalLM, "gpt_neox.", _lm_head("gpt_neox.embed_in.weight")),
+            "GPTNeoXModel": Head(SkipNormModel, ""),
+        }
+
+    def config_to_ours(self, hf: Any) -> dict[str, Any]:
+        _common_checks(self, hf, hf.max_position_embeddings)
+        return {
+            "vocab_size": hf.vocab_size, "hidden_size": hf.hidden_size, "intermediate_size": hf.intermediate_size,
+            "num_hidden_layers": hf.num_hidden_layers, "num_attention_heads": hf.num_attention_heads,
+            "hidden_act": _check_act(self, "hidden_act", hf.hidden_act),
+            "max_position_embeddings": hf.max_position_embeddings, "initializer_range": hf.initializer_range,
+            "tie_word_embeddings": bool(hf.tie_word_embeddings), "attention_bias": bool(hf.attention_bias),
+            "mlp_bias": True, "attention_dropout": float(hf.attention_dropout), "hidden_dropout": float(hf.hidden_dropout),
+            **_ids(hf), **_rope_fields(hf), "mlp_type": "plain", "norm_position": "pre", "norm_type": "layernorm",
+            "norm_bias": True, "norm_eps": hf.layer_norm_eps, "parallel_block": bool(hf.use_parallel_residual),
+        }
+
+    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        return {
+            "vocab_size": ours.vocab_size, "hidden_size": ours.hidden_size, "intermediate_size": ours.intermediate_size,
+            "num_hidden_layers": ours.num_hidden_layers, "num_attention_heads": ours.num_attention_heads,
+            "hidden_act": ours.hidden_act, "max_position_embeddings": ours.max_position_embeddings,
+            "initializer_range": ours.initializer_range, "tie_word_embeddings": ours.tie_word_embeddings,
+            "attention_bias": ours.attention_bias, "attention_dropout": ours.attention_dropout,
+            "hidden_dropout": ours.hidden_dropout, "layer_norm_eps": ours.norm_eps,
+            "use_parallel_residual": ours.parallel_block,
+            "rope_parameters": {**ours.rope_parameters, "partial_rotary_factor": ours.partial_rotary_factor},
+            "pad_token_id": ours.pad_token_id, "bos_token_id": ours.bos_token_id, "eos_token_id": ours.eos_token_id,
+        }
+
+    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        return [rename("embed_in.weight", "embed_tokens.weight"), *norm("final_layer_norm", "final_norm", True)]
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        heads, hd = config.num_attention_heads, config.head_dim
+        qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+        rules = [
+            *norm("input_layernorm", "attn_pre_norm", True),
+            split_heads_interleaved("attention.query_key_value.weight", tuple(f"{p}.weight" for p in qkv), heads, hd),
+            *linear("attention.dense", "self_attn.o_proj", config.attention_bias),
+            # NeoX's `post_attention_layernorm` is its MLP's input norm in both the parallel and sequential forms.
+            *norm("post_attention_layernorm", "mlp_pre_norm", True),
+            *linear("mlp.dense_h_to_4h", "mlp.up_proj", True),
+            *linear("mlp.dense_4h_to_h", "mlp.down_proj", True),
+        ]
+        if config.attention_bias:
+            rules.append(split_heads_interleaved(
+                "attention.query_key_value.bias", tuple(f"{p}.bias" for p in qkv), heads, hd))
+        return rules
+
+
+# ------------------------------------------------------------------ Phi
+class Phi(Architecture):
+    """Phi-1/1.5/2: parallel attention and MLP reading one shared LayerNorm (`parallel_shared_norm`), partial rotary,
+    biases everywhere including `lm_head`, optional per-head LayerNorm on Q/K (`qk_layernorm`)."""
+
+    name = "phi"
+    model_type = "phi"
+    hf_config_class = "PhiConfig"
+    hf_layers = "layers.{i}."
+    hf_embed = "embed_tokens.weight"
+
+    @property
+    def heads(self) -> dict[str, Head]:
+        return {
+            "PhiForCausalLM": Head(SkipNormForCausalLM, "model.", _lm_head("model.embed_tokens.weight")),
+            "PhiModel": Head(SkipNormModel, ""),
+        }
+
+    def config_to_ours(self, hf: Any) -> dict[str, Any]:
+        _common_checks(self, hf, hf.max_position_embeddings)
+        return {
+            "vocab_size": hf.vocab_size, "hidden_size": hf.hidden_size, "intermediate_size": hf.intermediate_size,
+            "num_hidden_layers": hf.num_hidden_layers, "num_attention_heads": hf.num_attention_heads,
+            "num_key_value_heads": hf.num_key_value_heads, "hidden_act": _check_act(self, "hidden_act", hf.hidden_act),
+            "max_position_embeddings": hf.max_position_embeddings, "initializer_range": hf.initializer_range,
+            "tie_word_embeddings": bool(hf.tie_word_embeddings), "attention_bias": True, "mlp_bias": True,
+            "lm_head_bias": True, "attention_dropout": float(hf.attention_dropout), "hidden_dropout": float(hf.resid_pdrop),
+            **_ids(hf), **_rope_fields(hf), "mlp_type": "plain", "norm_position": "pre", "norm_type": "layernorm",
+            "norm_bias": True, "norm_eps": hf.layer_norm_eps, "parallel_block": True, "parallel_shared_norm": True,
+            "qk_norm": "per_head" if hf.qk_layernorm else "none",
+        }
+
+    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        return {
+            "vocab_size": ours.vocab_size, "hidden_size": ours.hidden_size, "intermediate_size": ours.intermediate_size,
+            "num_hidden_layers": ours.num_hidden_layers, "num_attention_heads": ours.num_attention_heads,
+            "num_key_value_heads": ours.num_key_value_heads, "hidden_act": ours.hidden_act,
+            "max_position_embeddings": ours.max_position_embeddings, "initializer_range": ours.initializer_range,
+            "tie_word_embeddings": ours.tie_word_embeddings, "attention_dropout": ours.attention_dropout,
+            "resid_pdrop": ours.hidden_dropout, "embd_pdrop": ours.hidden_dropout, "layer_norm_eps": ours.norm_eps,
+            "qk_layernorm": ours.qk_norm == "per_head",
+            "rope_parameters": {**ours.rope_parameters, "partial_rotary_factor": ours.partial_rotary_factor},
+            "pad_token_id": ours.pad_token_id, "bos_token_id": ours.bos_token_id, "eos_token_id": ours.eos_token_id,
+        }
+
+    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        return [rename("embed_tokens.weight", "embed_tokens.weight"), *norm("final_layernorm", "final_norm", True)]
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        rules = [
+            *norm("input_layernorm", "shared_pre_norm", True),
+            *linear("self_attn.q_proj", "self_attn.q_proj", True),
+            *linear("self_attn.k_proj", "self_attn.k_proj", True),
+            *linear("self_attn.v_proj", "self_attn.v_proj", True),
+            *linear("self_attn.dense", "self_attn.o_proj", True),
+            *linear("mlp.fc1", "mlp.up_proj", True),
+            *linear("mlp.fc2", "mlp.down_proj", True),
+        ]
+        if config.qk_norm == "per_head":
+            rules += [*norm("self_attn.q_layernorm", "self_attn.q_norm", True),
+                      *norm("self_attn.k_layernorm", "self_attn.k_norm", True)]
+        return rules
+
+
+class _Overridden:
+    """A read-only view of a transformers config with some attributes replaced (e.g. Gemma's `hidden_activation`
+    read as `hidden_act`), so subclasses reuse LLaMA's mapping without mutating the caller's config."""
+
+    def __init__(self, base: Any, overrides: dict[str, Any]):
+        self._base, self._overrides = base, overrides
+
+    def __getattr__(self, name: str) -> Any:
+        overrides = self.__dict__["_overrides"]
+        return overrides[name] if name in overrides else getattr(self.__dict__["_base"], name)
+
+
+def _with(hf: Any, **overrides: Any) -> Any:
+    return _Overridden(hf, overrides)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    arch.model_type: arch for arch in (Llama(), GPT2(), Bert(), Qwen3(), Olmo2(), Gemma2(), GPTNeoX(), Phi())
+}
+
+
+def _find_head(hf_class_name: str) -> tuple[Architecture, Head]:
+    for arch in ARCHITECTURES.values():
+        if hf_class_name in arch.heads:
+            return arch, arch.heads[hf_class_name]
+    supported = sorted(name for arch in ARCHITECTURES.values() for name in arch.heads)
+    raise UnsupportedFeatureError(
+        f"cannot convert {hf_class_name}: no SkipNorm conversion for this class; supported: {', '.join(supported)}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- conversion
+def config_from_hf(hf_config: Any) -> SkipNormConfig:
+    """The `SkipNormConfig` whose cell is exactly `hf_config`'s architecture (raises on what has no cell)."""
+    arch = ARCHITECTURES.get(getattr(hf_config, "model_type", None))
+    if arch is None:
+        raise UnsupportedFeatureError(
+            f"cannot convert model_type={getattr(hf_config, 'model_type', None)!r}; supported: {', '.join(ARCHITECTURES)}"
+        )
+    return SkipNormConfig(**arch.config_to_ours(hf_config))
+
+
+def _apply(rules: list[WeightRule], source: dict[str, torch.Tensor], forward: bool, what: str,
+           allow_unused: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """Run every rule over `source`; missing source keys and unused source keys raise, listing the keys."""
+    allow_unused = tuple(allow_unused)
+    needed = [k for r in rules for k in (r.hf if forward else r.ours)]
+    missing = [k for k in needed if k not in source]
+    if missing:
+        raise ValueError(f"missing weights in the {what} state dict: {missing}")
+    unused = sorted(set(source) - set(needed))
+    unexpected = [k for k in unused if not k.startswith(allow_unused)]
+    if unexpected:
+        hint = " (pass allow_unused=(prefix, ...) to drop weights SkipNorm has no place for, e.g. BERT's 'pooler.')"
+        raise ValueError(f"unexpected weights in the {what} state dict, not representable in the target: {unexpected}{hint}")
+    out: dict[str, torch.Tensor] = {}
+    for rule in rules:
+        keys_in, keys_out = (rule.hf, rule.ours) if forward else (rule.ours, rule.hf)
+        tensors = (rule.to_ours if forward else rule.to_hf)([source[k] for k in keys_in])
+        out.update(zip(keys_out, tensors))
+    return out
+
+
+def _build(model_class: type[PreTrainedModel], config: Any, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
+    """Instantiate without random init and load `state_dict` strictly (every key, every shape)."""
+    with no_init_weights():
+        model = model_class(config)
+    expected = set(model.state_dict())
+    if set(state_dict) != expected:
+        raise ValueError(
+            f"converted weights do not match {model_class.__name__}: missing {sorted(expected - set(state_dict))}, "
+            f"unexpected {sorted(set(state_dict) - expected)}"
+        )
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    model.tie_weights()  # assign=True replaced the shared Parameter with two; re-tie where the config ties
+    dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}
+    if len(dtypes) == 1:
+        model.config.dtype = next(iter(dtypes))
+    return model.eval()
+
+
+def convert_state_dict_from_hf(
+    hf_class_name: str, hf_config: Any, state_dict: dict[str, torch.Tensor], allow_unused: Iterable[str] = ()
+) -> tuple[type[PreTrainedModel], SkipNormConfig, dict[str, torch.Tensor]]:
+    """(SkipNorm class, config, state dict) for a transformers class name, its config and its state dict."""
+    arch, head = _find_head(hf_class_name)
+    config = config_from_hf(hf_config)
+    state = _apply(arch.rules(config, head), state_dict, True, hf_class_name, allow_unused)
+    return head.ours, config, state
+
+
+def _detached_state(model: PreTrainedModel, copy: bool) -> dict[str, torch.Tensor]:
+    """`model.state_dict()`, cloned when `copy`; tied weights (one tensor under several names) stay one tensor."""
+    state, clones = {}, {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        if copy:
+            identity = (tensor.data_ptr(), tensor.shape, tensor.stride())
+            if identity not in clones:
+                clones[identity] = tensor.clone()
+            tensor = clones[identity]
+        state[key] = tensor
+    return state
+
+
+def convert_from_hf(model: PreTrainedModel, allow_unused: Iterable[str] = (), copy: bool = True) -> PreTrainedModel:
+    """The SkipNorm model (same head type) computing exactly what the transformers `model` computes.
+
+    Args:
+        model: a supported transformers model (see `ARCHITECTURES`), e.g. `LlamaForCausalLM`, `GPT2LMHeadModel`,
+            `BertForMaskedLM`.
+        allow_unused: state-dict key prefixes SkipNorm may drop knowingly (e.g. `("pooler.",)` for `BertModel`,
+            whose pooler has no SkipNorm counterpart). Any other unrepresentable weight raises, listing the keys.
+        copy: clone the weights (default) so the two models do not share storage; `False` saves memory when the
+            source is discarded right after (the CLI does this).
+
+    Raises:
+        UnsupportedFeatureError (a ValueError): the source uses a feature SkipNorm cannot compute; the message names it.
+        ValueError: missing or unexpected weights, with the keys listed.
+    """
+    state = _detached_state(model, copy)
+    model_class, config, converted = convert_state_dict_from_hf(type(model).__name__, model.config, state, allow_unused)
+    ours = _build(model_class, config, converted)
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and getattr(ours, "generation_config", None) is not None:
+        ours.generation_config = deepcopy(generation_config)  # eos/pad ids and defaults carry over, unshared
+    return ours
+
+
+def _matching_architecture(config: SkipNormConfig) -> tuple[Architecture, dict[str, Any]]:
+    """The architecture whose cell is exactly `config`: its config mapped there and back must change nothing."""
+    reasons = []
+    ours = {k: v for k, v in config.to_dict().items() if k not in _NON_ARCHITECTURAL}
+    for arch in ARCHITECTURES.values():
+        try:
+            hf_fields = arch.config_to_hf(config)
+            hf_config = getattr(transformers, arch.hf_config_class)(**hf_fields)
+            back = SkipNormConfig(**arch.config_to_ours(hf_config)).to_dict()
+        except (ValueError, TypeError) as error:
+            reasons.append(f"{arch.name}: {error}")
+            continue
+        differing = sorted(k for k in ours if k not in _NON_ARCHITECTURAL and back.get(k) != ours[k])
+        if not differing:
+            return arch, hf_fields
+        reasons.append(f"{arch.name}: differs in {', '.join(f'{k}={ours[k]!r} (needs {back.get(k)!r})' for k in differing)}")
+    raise UnsupportedFeatureError("no transformers architecture computes this SkipNorm config exactly:\n  " + "\n  ".join(reasons))
+
+
+def convert_to_hf(model: PreTrainedModel, copy: bool = True) -> PreTrainedModel:
+    """The transformers model (LLaMA, GPT-2, BERT, ...) computing exactly what the SkipNorm `model` computes.
+
+    The architecture is found from the config: the one whose cell maps there and back without changing any
+    architectural field. `convert_to_hf(convert_from_hf(m))` reproduces `m.state_dict()` exactly.
+    """
+    arch, hf_fields = _matching_architecture(model.config)
+    hf_config = getattr(transformers, arch.hf_config_class)(**hf_fields)
+    for class_name, head in arch.heads.items():
+        if head.ours is type(model):
+            break
+    else:
+        raise UnsupportedFeatureError(
+            f"cannot convert {type(model).__name__} to {arch.name}: supported heads {', '.join(arch.heads)}"
+        )
+    state = _detached_state(model, copy)
+    hf_state = _apply(arch.rules(model.config, head), state, False, type(model).__name__)
+    hf_class = getattr(transformers, class_name)
+    if hasattr(model.config, "dtype"):
+        hf_config.dtype = model.config.dtype
+    return _build(hf_class, hf_config, hf_state)
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+def _resolve_source(source: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A local folder, or a Hub id already in the local Hugging Face cache (never downloads)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(source), local_files_only=True, cache_dir=cache_dir))
+    except (LocalEntryNotFoundError, ValueError, OSError) as error:
+        raise FileNotFoundError(
+            f"{source!r} is neither a local folder nor a Hub id present in the local Hugging Face cache; this tool "
+            f"never downloads ({type(error).__name__})"
+        ) from None
+
+
+def load_hf_model(source: str | Path, cache_dir: str | Path | None = None) -> PreTrainedModel:
+    """Load a transformers checkpoint (local folder or cached Hub id; safetensors only) with the class in its config."""
+    folder = _resolve_source(source, cache_dir)
+    if not list(folder.glob("*.safetensors")):
+        others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise ValueError(
+            f"{folder} has no .safetensors weights ({others or 'no weights at all'}); only safetensors are loaded, since "
+            f"pickled checkpoints can run arbitrary code. Convert them with a tool you trust first."
+        )
+    with open(folder / "config.json") as f:
+        architectures = json.load(f).get("architectures") or []
+    if len(architectures) != 1:
+        raise ValueError(f"{folder / 'config.json'}: expected exactly one entry in 'architectures', got {architectures}")
+    _find_head(architectures[0])  # refuse unsupported classes before loading any weight
+    hf_class = getattr(transformers, architectures[0])
+    return hf_class.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype="auto")
+
+
+def convert_folder(source: str | Path, destination: str | Path, allow_unused: Iterable[str] = (),
+                   cache_dir: str | Path | None = None) -> PreTrainedModel:
+    """Convert a checkpoint folder (or cached Hub id) into a SkipNorm folder: config, safetensors, tokenizer files."""
+    folder = _resolve_source(source, cache_dir)
+    hf_model = load_hf_model(folder)
+    ours = convert_from_hf(hf_model, allow_unused=allow_unused, copy=False)
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    ours.save_pretrained(destination, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file() and not (name == "generation_config.json" and (destination / name).exists()):
+            shutil.copy2(folder / name, destination / name)
+    return ours
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_skipnorm.convert",
+        description="Convert a transformers checkpoint (GPT-2, LLaMA, BERT, ...) into an equivalent SkipNorm checkpoint.",
+    )
+    parser.add_argument("source", help="checkpoint folder (config.json + safetensors) or a Hub id already cached locally")
+    parser.add_argument("destination", help="output folder for the SkipNorm checkpoint")
+    parser.add_argument("--allow-unused", action="append", default=[], metavar="PREFIX",
+                        help="drop source weights under PREFIX that SkipNorm has no place for (e.g. 'pooler.')")
+    parser.add_argument("--cache-dir", default=None, help="Hugging Face cache to look a Hub id up in (default: HF's)")
+    args = parser.parse_args(argv)
+    try:
+        ours = convert_folder(args.source, args.destination, args.allow_unused, args.cache_dir)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {type(ours).__name__} ({sum(p.numel() for p in ours.parameters()):,} parameters) to {args.destination}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
