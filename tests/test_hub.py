@@ -3,6 +3,7 @@ and gives the same outputs, for every head; loading refuses pickles, broken file
 config, each with an error naming the file or the key.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from hf_skipnorm import (
     export_for_hub,
 )
 from hf_skipnorm.hub import check_remote_code, remote_code_files, verify_remote_load
+from test_ecosystem import tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -93,11 +95,37 @@ def run_outputs(model):
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_publish_script():
+    spec = importlib.util.spec_from_file_location("publish", REPO_ROOT / "training" / "publish.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
-def remote(tmp_path_factory):
-    """Export every head, build a pickle-only remote-code folder, and load them all in one blocked child process."""
+def published(tmp_path_factory):
+    """`training/publish.py --dry-run` on a trained-looking checkpoint whose config leaves the special ids unset."""
+    root = tmp_path_factory.mktemp("publish")
+    model = tiny_model(SkipNormForCausalLM, norm_position="sandwich")
+    model.save_pretrained(root / "ckpt")
+    tokenizer = tiny_tokenizer()
+    tokenizer.save_pretrained(root / "ckpt")
+    code = load_publish_script().main([str(root / "ckpt"), "--repo-id", "someone/skipnorm-tiny", "--out",
+                                       str(root / "repo"), "--max-shard-size", "20KB", "--dry-run"])
+    return {"code": code, "folder": root / "repo", "model": model, "tokenizer": tokenizer, "root": root}
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory, published):
+    """Export every head, build a pickle-only remote-code folder, and load them all (with the folder built by
+    publish.py) in one blocked child process."""
     root = tmp_path_factory.mktemp("hub")
     expected, jobs, folders = {}, [], {}
+    jobs.append(("published", str(published["folder"]), "AutoModelForCausalLM"))
+    expected["published"] = run_outputs(published["model"])
     for key, (model_class, auto_name, overrides) in HEADS.items():
         model = tiny_model(model_class, **overrides)
         folder = Path(export_for_hub(model, root / key))
@@ -132,7 +160,7 @@ def test_child_process_cannot_import_hf_skipnorm(remote):
     assert remote["report"]["blocked"] is True
 
 
-@pytest.mark.parametrize("key", [*HEADS, "causal_lm_as_backbone"])
+@pytest.mark.parametrize("key", [*HEADS, "causal_lm_as_backbone", "published"])
 def test_every_head_loads_remotely_with_the_same_outputs(remote, key):
     entry = remote["report"][key]
     assert "error" not in entry, entry.get("error")
@@ -213,6 +241,7 @@ def test_check_remote_code_accepts_definitions_only(tmp_path):
     check_remote_code([path])
 
 
+@pytest.mark.slow  # a second child process (~15 s on the shared machine); publish's dry run covers the pass side
 def test_verify_remote_load_detects_different_weights(remote):
     other = tiny_model(SkipNormForCausalLM, **HEADS["causal_lm"][2])
     with torch.no_grad():
@@ -315,3 +344,89 @@ def test_ignore_mismatched_sizes_keeps_its_transformers_meaning(saved):
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "vocab_size": 80}))
     model = SkipNormForCausalLM.from_pretrained(saved[1], ignore_mismatched_sizes=True)
     assert model.model.embed_tokens.weight.shape == (80, TINY["hidden_size"])
+
+
+# ------------------------------------------------------------------------------------------ publish.py
+def test_publish_dry_run_builds_a_complete_sharded_repo_folder(published):
+    assert published["code"] == 0
+    names = set(os.listdir(published["folder"]))
+    assert {"config.json", "configuration_skipnorm.py", "modeling_skipnorm.py", "generation_config.json",
+            "README.md", "tokenizer.json", "tokenizer_config.json", "model.safetensors.index.json"} <= names
+    shards = json.loads((published["folder"] / "model.safetensors.index.json").read_text())["weight_map"].values()
+    assert len(set(shards)) > 1 and set(shards) <= names
+    assert not [name for name in names if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+
+
+def test_publish_takes_the_generation_ids_from_the_tokenizer(published):
+    generation = json.loads((published["folder"] / "generation_config.json").read_text())
+    tokenizer = published["tokenizer"]
+    assert published["model"].config.eos_token_id is None  # so the ids below came from the tokenizer
+    assert (generation["bos_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (
+        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+def test_publish_model_card_says_how_to_load_it(published):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(published["folder"] / "README.md")
+    assert card.data.pipeline_tag == "text-generation" and card.data.library_name == "transformers"
+    assert {"skipnorm", "custom_code"} <= set(card.data.tags)
+    assert 'AutoModelForCausalLM.from_pretrained("someone/skipnorm-tiny", trust_remote_code=True)' in card.text
+    assert "`sandwich`" in card.text  # the config cell is described
+
+
+def test_publish_refuses_a_pickle_checkpoint(tmp_path, capsys):
+    model = tiny_model(SkipNormForCausalLM)
+    model.save_pretrained(tmp_path / "ckpt")
+    torch.save(model.state_dict(), tmp_path / "ckpt" / "pytorch_model.bin")
+    os.remove(tmp_path / "ckpt" / "model.safetensors")
+    code = load_publish_script().main([str(tmp_path / "ckpt"), "--repo-id", "someone/x", "--out",
+                                       str(tmp_path / "repo"), "--dry-run"])
+    assert code == 1
+    assert "pickle weights only (pytorch_model.bin)" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_upload_refuses_pickles_offline_mode_and_a_missing_token(published, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub
+
+    publish = load_publish_script()
+    folder = tmp_path / "repo"
+    shutil.copytree(published["folder"], folder)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(publish.PublishError, match="no Hugging Face token"):
+        publish.upload_repo_folder(str(folder), "someone/x")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(publish.PublishError, match="HF_HUB_OFFLINE"):
+        publish.upload_repo_folder(str(folder), "someone/x", token="hf_fake")
+    torch.save({"w": torch.zeros(2)}, folder / "extra_weights.safetensors")  # a pickle under a safe-looking name
+    with pytest.raises(publish.PublishError, match="extra_weights.safetensors"):
+        publish.upload_repo_folder(str(folder), "someone/x", token="hf_fake")
+
+
+def test_upload_sends_the_folder_with_upload_folder(published, monkeypatch):
+    import huggingface_hub
+
+    publish = load_publish_script()
+    calls = []
+
+    class RecordingApi:
+        def __init__(self, token):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs["private"], kwargs["exist_ok"]))
+
+        def upload_folder(self, folder_path, repo_id, **kwargs):
+            calls.append(("upload_folder", folder_path, repo_id))
+            return "commit-url"
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    result = publish.upload_repo_folder(str(published["folder"]), "someone/x", token="hf_fake", private=True)
+    assert result == "commit-url"
+    assert calls == [("token", "hf_fake"), ("create_repo", "someone/x", True, True),
+                     ("upload_folder", str(published["folder"]), "someone/x")]
