@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 from collections.abc import Callable, Iterable
@@ -62,10 +61,6 @@ TOKENIZER_FILES = (
 
 class UnsupportedFeatureError(ValueError):
     """The source uses something SkipNorm cannot compute exactly; the message names the feature."""
-
-
-def _refuse(architecture: str, feature: str, value: Any, why: str) -> UnsupportedFeatureError:
-    return UnsupportedFeatureError(f"cannot convert {architecture}: {feature}={value!r} is not supported ({why})")
 
 
 # ----------------------------------------------------------------------------------------------------- weight rules
@@ -172,42 +167,105 @@ def _our_prefix(ours: type[PreTrainedModel]) -> str:
     return "" if ours is SkipNormModel else "model."
 
 
-def _lm_head(hf_embed: str, hf_head: str = "lm_head.weight") -> Callable[[SkipNormConfig], list[WeightRule]]:
+def _lm_head(hf_embed: str) -> Callable[[SkipNormConfig], list[WeightRule]]:
+    """`lm_head` (with its bias where the config has one), or the embedding under both names when tied."""
+
     def rules(config: SkipNormConfig) -> list[WeightRule]:
         if config.tie_word_embeddings:
-            return [same_tensor((hf_embed, hf_head), ("model.embed_tokens.weight", "lm_head.weight"))]
-        out = [rename(hf_head, "lm_head.weight")]
-        if getattr(config, "lm_head_bias", False):
-            out.append(rename(hf_head.replace(".weight", ".bias"), "lm_head.bias"))
-        return out
+            return [same_tensor((hf_embed, "lm_head.weight"), ("model.embed_tokens.weight", "lm_head.weight"))]
+        return linear("lm_head", "lm_head", config.lm_head_bias)
 
     return rules
+
+
+def _causal(prefix: str, embed: str, causal_lm: str, base: str) -> dict[str, Head]:
+    return {causal_lm: Head(SkipNormForCausalLM, prefix, _lm_head(prefix + embed)), base: Head(SkipNormModel, "")}
+
+
+# Config fields most transformers decoders spell as we do; copied both ways (a field the source lacks is skipped,
+# so SkipNorm's default applies: e.g. head_dim = hidden_size / heads, num_key_value_heads = heads).
+STANDARD_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
+    "max_position_embeddings", "initializer_range", "tie_word_embeddings", "attention_dropout", "pad_token_id",
+    "bos_token_id", "eos_token_id",
+)
+# RoPE types whose inverse frequencies are static, so SkipNorm's rotary reproduces them through transformers'
+# ROPE_INIT_FUNCTIONS; the parity tests cover each of them.
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+_MISSING = object()
 
 
 class Architecture:
     """A transformers architecture as a SkipNorm cell: config mapping both ways and weight-name rules.
 
-    Subclasses set `name`, `model_type`, `hf_config_class`, `heads`, and implement `config_to_ours`, `base_rules`,
-    `layer_rules` (keys relative to the backbone / layer prefix) and, where a counterpart exists, `config_to_hf`.
-    The embedding key is listed in `hf_embed` so tied heads can find it.
+    A subclass declares:
+    - `fields`: transformers config name -> SkipNorm field, copied both ways;
+    - `cell`: the SkipNorm fields the architecture fixes (its cell of the grid: placement, norm type, ...);
+    - `derived_to_ours` / `derived_to_hf`: the few fields that need arithmetic, and the refusals (`refuse`);
+    - `heads`, `base_rules` and `layer_rules`: weight names (keys relative to the backbone / layer prefix).
     """
 
     name: str
-    model_type: str
     hf_config_class: str
-    heads: dict[str, Head]
     hf_layers: str  # prefix of layer i inside the backbone, with {i}
-    hf_embed: str  # token embedding key inside the backbone
+    heads: dict[str, Head]
+    fields: dict[str, str]
+    cell: dict[str, Any]
+    uses_rope = True
 
     # --- config ---
     def config_to_ours(self, hf: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        copied = {ours: getattr(hf, name, _MISSING) for name, ours in self.fields.items()}
+        copied = {k: v for k, v in copied.items() if v is not _MISSING}
+        if "hidden_act" in copied and copied["hidden_act"] not in ACT2FN:
+            raise self.refuse("hidden_act", copied["hidden_act"], "not a transformers activation")
+        rope = self.rope_to_ours(hf) if self.uses_rope else {}
+        return {**copied, **rope, **self.cell, **self.derived_to_ours(hf)}
 
     def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
-        raise UnsupportedFeatureError(f"{self.name} has no conversion back to transformers")
+        copied = {name: getattr(ours, field) for name, field in self.fields.items()}
+        rope = {}
+        if self.uses_rope:
+            rope_parameters = dict(ours.rope_parameters)
+            if ours.partial_rotary_factor != 1.0:
+                rope_parameters["partial_rotary_factor"] = ours.partial_rotary_factor
+            rope = {"rope_parameters": rope_parameters}
+        return {**copied, **rope, **self.derived_to_hf(ours)}
+
+    def derived_to_ours(self, hf: Any) -> dict[str, Any]:
+        return {}
+
+    def derived_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        return {}
+
+    def rope_to_ours(self, hf: Any) -> dict[str, Any]:
+        """RoPE fields, refusing scaling types we do not compute and sliding windows that mask anything."""
+        rope = dict(getattr(hf, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0})
+        if any(isinstance(v, dict) for v in rope.values()):
+            raise self.refuse("rope_parameters", rope, "per-layer-type RoPE parameters have no SkipNorm field")
+        rope.setdefault("rope_type", "default")
+        if rope["rope_type"] not in SUPPORTED_ROPE_TYPES:
+            raise self.refuse("rope_parameters.rope_type", rope["rope_type"],
+                              f"supported rope scaling types: {', '.join(SUPPORTED_ROPE_TYPES)}")
+        layer_types = getattr(hf, "layer_types", None) or []
+        if set(layer_types) - {"full_attention"}:
+            unknown = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+            if unknown:
+                raise self.refuse("layer_types", unknown, "only full and sliding attention layers are known")
+            # A window at least as long as any sequence the model is meant to see masks nothing beyond causality:
+            # key k is visible from query q when q - k < window, and q - k < max_position_embeddings always.
+            window, longest = getattr(hf, "sliding_window", None), hf.max_position_embeddings
+            if window is None or window < longest:
+                raise self.refuse(
+                    "sliding_window", window,
+                    f"sliding-window attention layers; SkipNorm attends over the full causal context, which equals the "
+                    f"window only when sliding_window >= max_position_embeddings={longest}",
+                )
+        return {"position_embedding": "rope", "rope_parameters": rope,
+                "partial_rotary_factor": float(rope.get("partial_rotary_factor", 1.0))}
 
     def refuse(self, feature: str, value: Any, why: str) -> UnsupportedFeatureError:
-        return _refuse(self.name, feature, value, why)
+        return UnsupportedFeatureError(f"cannot convert {self.name}: {feature}={value!r} is not supported ({why})")
 
     # --- weights ---
     def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
@@ -219,71 +277,25 @@ class Architecture:
     def rules(self, config: SkipNormConfig, head: Head) -> list[WeightRule]:
         """Every rule with full keys on both sides, for the head `head`."""
         hf_base, our_base = head.hf_prefix, _our_prefix(head.ours)
-        rules = [self._prefixed(r, hf_base, our_base) for r in self.base_rules(config)]
+        rules = [_prefixed(r, hf_base, our_base) for r in self.base_rules(config)]
         for i in range(config.num_hidden_layers):
             hf_layer = hf_base + self.hf_layers.format(i=i)
-            rules += [self._prefixed(r, hf_layer, f"{our_base}layers.{i}.") for r in self.layer_rules(config, i)]
+            rules += [_prefixed(r, hf_layer, f"{our_base}layers.{i}.") for r in self.layer_rules(config, i)]
         head_rules = head.rules(config)
         # A tied head re-lists the embedding: drop the plain embedding rule so each key has one owner.
         tied_keys = {k for r in head_rules for k in r.hf}
-        rules = [r for r in rules if not set(r.hf) & tied_keys]
-        return rules + head_rules
-
-    @staticmethod
-    def _prefixed(rule: WeightRule, hf_prefix: str, our_prefix: str) -> WeightRule:
-        return WeightRule(
-            tuple(hf_prefix + k for k in rule.hf), tuple(our_prefix + k for k in rule.ours), rule.to_ours, rule.to_hf
-        )
+        return [r for r in rules if not set(r.hf) & tied_keys] + head_rules
 
 
-def _common_checks(arch: Architecture, hf: Any, max_position_embeddings: int) -> None:
-    """Refusals shared by the decoders: rope variants we do not compute, sliding windows, non-text heads."""
-    rope = getattr(hf, "rope_parameters", None)
-    if rope:
-        if any(isinstance(v, dict) for v in rope.values()):
-            raise arch.refuse("rope_parameters", rope, "per-layer-type RoPE parameters have no SkipNorm field")
-        rope_type = rope.get("rope_type", "default")
-        if rope_type not in SUPPORTED_ROPE_TYPES:
-            raise arch.refuse(
-                "rope_parameters.rope_type", rope_type,
-                f"supported rope scaling types: {', '.join(SUPPORTED_ROPE_TYPES)}",
-            )
-    layer_types = getattr(hf, "layer_types", None) or []
-    sliding = getattr(hf, "sliding_window", None)
-    if any(t != "full_attention" for t in layer_types):
-        other = sorted({t for t in layer_types if t not in ("full_attention", "sliding_attention")})
-        if other:
-            raise arch.refuse("layer_types", other, "only full and sliding attention layers are known")
-        # A window at least as long as any sequence the model is meant to see masks nothing more than causality:
-        # key k is visible from query q when q - k < window, and q - k < max_position_embeddings always.
-        if sliding is None or sliding < max_position_embeddings:
-            raise arch.refuse(
-                "sliding_window", sliding,
-                f"sliding-window attention layers {layer_types!r}; SkipNorm attends over the full causal context, which "
-                f"equals the sliding window only when sliding_window >= max_position_embeddings={max_position_embeddings}",
-            )
+def _prefixed(rule: WeightRule, hf_prefix: str, our_prefix: str) -> WeightRule:
+    return WeightRule(tuple(hf_prefix + k for k in rule.hf), tuple(our_prefix + k for k in rule.ours),
+                      rule.to_ours, rule.to_hf)
 
 
-# RoPE types whose inverse frequencies are static (so SkipNorm's rotary reproduces them through transformers'
-# ROPE_INIT_FUNCTIONS) and that the parity tests cover.
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
-
-
-def _rope_fields(hf: Any) -> dict[str, Any]:
-    rope = dict(getattr(hf, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0})
-    rope.setdefault("rope_type", "default")
-    partial = float(rope.get("partial_rotary_factor", 1.0))
-    return {"position_embedding": "rope", "rope_parameters": rope, "partial_rotary_factor": partial}
-
-
-def _ids(hf: Any) -> dict[str, Any]:
-    return {k: getattr(hf, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
-
-
-def _check_act(arch: Architecture, field: str, act: str) -> str:
-    if act not in ACT2FN:
-        raise arch.refuse(field, act, f"not a transformers activation ({', '.join(sorted(ACT2FN))})")
-    return act
+def _attention(config: SkipNormConfig, names: tuple[str, str, str, str], bias: bool) -> list[WeightRule]:
+    """transformers' q/k/v/o projection names -> ours, as plain renames."""
+    ours = ("q_proj", "k_proj", "v_proj", "o_proj")
+    return [r for hf, our in zip(names, ours) for r in linear(hf, f"self_attn.{our}", bias)]
 
 
 # ------------------------------------------------------------------ LLaMA
@@ -291,54 +303,25 @@ class Llama(Architecture):
     """LLaMA (arXiv 2302.13971): pre-norm RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases by default."""
 
     name = "llama"
-    model_type = "llama"
     hf_config_class = "LlamaConfig"
     hf_layers = "layers.{i}."
-    hf_embed = "embed_tokens.weight"
-
-    @property
-    def heads(self) -> dict[str, Head]:
-        return {
-            "LlamaForCausalLM": Head(SkipNormForCausalLM, "model.", _lm_head("model.embed_tokens.weight")),
-            "LlamaModel": Head(SkipNormModel, ""),
-        }
-
-    def config_to_ours(self, hf: Any) -> dict[str, Any]:
-        _common_checks(self, hf, hf.max_position_embeddings)
-        return {
-            "vocab_size": hf.vocab_size, "hidden_size": hf.hidden_size, "intermediate_size": hf.intermediate_size,
-            "num_hidden_layers": hf.num_hidden_layers, "num_attention_heads": hf.num_attention_heads,
-            "num_key_value_heads": hf.num_key_value_heads,
-            "head_dim": getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
-            "hidden_act": _check_act(self, "hidden_act", hf.hidden_act),
-            "max_position_embeddings": hf.max_position_embeddings, "initializer_range": hf.initializer_range,
-            "tie_word_embeddings": bool(hf.tie_word_embeddings), "attention_bias": bool(hf.attention_bias),
-            "mlp_bias": bool(hf.mlp_bias), "attention_dropout": float(hf.attention_dropout), **_ids(hf),
-            **_rope_fields(hf), "mlp_type": "gated", "norm_position": "pre", "norm_type": "rmsnorm",
-            "norm_eps": hf.rms_norm_eps,
-        }
-
-    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
-        return {
-            "vocab_size": ours.vocab_size, "hidden_size": ours.hidden_size, "intermediate_size": ours.intermediate_size,
-            "num_hidden_layers": ours.num_hidden_layers, "num_attention_heads": ours.num_attention_heads,
-            "num_key_value_heads": ours.num_key_value_heads, "head_dim": ours.head_dim, "hidden_act": ours.hidden_act,
-            "max_position_embeddings": ours.max_position_embeddings, "initializer_range": ours.initializer_range,
-            "tie_word_embeddings": ours.tie_word_embeddings, "attention_bias": ours.attention_bias,
-            "mlp_bias": ours.mlp_bias, "attention_dropout": ours.attention_dropout, "rms_norm_eps": ours.norm_eps,
-            "rope_parameters": dict(ours.rope_parameters), "pad_token_id": ours.pad_token_id,
-            "bos_token_id": ours.bos_token_id, "eos_token_id": ours.eos_token_id,
-        }
+    heads = _causal("model.", "embed_tokens.weight", "LlamaForCausalLM", "LlamaModel")
+    fields = {**{f: f for f in STANDARD_FIELDS}, "num_key_value_heads": "num_key_value_heads", "head_dim": "head_dim",
+              "attention_bias": "attention_bias", "mlp_bias": "mlp_bias", "rms_norm_eps": "norm_eps"}
+    cell = {"mlp_type": "gated", "norm_position": "pre", "norm_type": "rmsnorm"}
 
     def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
         return [rename("embed_tokens.weight", "embed_tokens.weight"), *norm("norm", "final_norm", False)]
 
-    def attention_rules(self, config: SkipNormConfig, hf_attn: str = "self_attn") -> list[WeightRule]:
-        return [r for p in ("q_proj", "k_proj", "v_proj", "o_proj")
-                for r in linear(f"{hf_attn}.{p}", f"self_attn.{p}", config.attention_bias)]
+    def attention_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        names = tuple(f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        return _attention(config, names, config.attention_bias)
 
-    def gated_mlp_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+    def mlp_rules(self, config: SkipNormConfig) -> list[WeightRule]:
         return [r for p in ("gate_proj", "up_proj", "down_proj") for r in linear(f"mlp.{p}", f"mlp.{p}", config.mlp_bias)]
+
+    def qk_norm_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        return [*norm("self_attn.q_norm", "self_attn.q_norm", False), *norm("self_attn.k_norm", "self_attn.k_norm", False)]
 
     def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
         return [
@@ -346,57 +329,186 @@ class Llama(Architecture):
             *self.attention_rules(config),
             # transformers' `post_attention_layernorm` is LLaMA's pre-MLP norm (VARIANTS.md, "Watch the names").
             *norm("post_attention_layernorm", "mlp_pre_norm", False),
-            *self.gated_mlp_rules(config),
+            *self.mlp_rules(config),
         ]
+
+
+# ------------------------------------------------------------------ Qwen3
+class Qwen3(Llama):
+    """Qwen3 (arXiv 2505.09388): LLaMA except an RMSNorm over each head's query and key (`qk_norm="per_head"`)
+    and no MLP biases."""
+
+    name = "qwen3"
+    hf_config_class = "Qwen3Config"
+    heads = _causal("model.", "embed_tokens.weight", "Qwen3ForCausalLM", "Qwen3Model")
+    fields = {k: v for k, v in Llama.fields.items() if k != "mlp_bias"}
+    cell = {**Llama.cell, "mlp_bias": False, "qk_norm": "per_head"}
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        return [*super().layer_rules(config, layer), *self.qk_norm_rules(config)]
+
+
+# ------------------------------------------------------------------ OLMo 2
+class Olmo2(Llama):
+    """OLMo 2 (arXiv 2501.00656): LLaMA except the norms sit on each branch output (`output` placement), Q and K
+    are RMS-normalized over the whole projection (`qk_norm="full"`), and there are no MLP biases."""
+
+    name = "olmo2"
+    hf_config_class = "Olmo2Config"
+    heads = _causal("model.", "embed_tokens.weight", "Olmo2ForCausalLM", "Olmo2Model")
+    fields = {k: v for k, v in Llama.fields.items() if k not in ("mlp_bias", "head_dim")}  # head_dim = d / H
+    cell = {**Llama.cell, "mlp_bias": False, "norm_position": "output", "qk_norm": "full"}
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        return [
+            *self.attention_rules(config),
+            *self.qk_norm_rules(config),
+            # OLMo 2's `post_attention_layernorm` really follows attention: it normalizes the branch output.
+            *norm("post_attention_layernorm", "attn_out_norm", False),
+            *self.mlp_rules(config),
+            *norm("post_feedforward_layernorm", "mlp_out_norm", False),
+        ]
+
+
+# ------------------------------------------------------------------ Gemma 2
+class Gemma2(Llama):
+    """Gemma 2 (arXiv 2408.00118): LLaMA except sandwich norms, unit-offset RMSNorm (gain ``1 + w``), embeddings
+    times ``sqrt(hidden_size)``, attention scale ``query_pre_attn_scalar**-0.5``, soft-capped attention scores and
+    final logits, GeGLU (tanh GELU). Sliding-window layers only where the window covers every position."""
+
+    name = "gemma2"
+    hf_config_class = "Gemma2Config"
+    heads = _causal("model.", "embed_tokens.weight", "Gemma2ForCausalLM", "Gemma2Model")
+    fields = {**{k: v for k, v in Llama.fields.items() if k not in ("mlp_bias", "hidden_act")},
+              "hidden_activation": "hidden_act", "attn_logit_softcapping": "attn_logit_softcapping",
+              "final_logit_softcapping": "final_logit_softcapping"}
+    cell = {**Llama.cell, "mlp_bias": False, "norm_position": "sandwich", "norm_unit_offset": True}
+
+    def derived_to_ours(self, hf: Any) -> dict[str, Any]:
+        if getattr(hf, "use_bidirectional_attention", None):
+            raise self.refuse("use_bidirectional_attention", True, "only the causal Gemma 2 decoder is converted")
+        return {"embedding_multiplier": hf.hidden_size**0.5, "attention_multiplier": hf.query_pre_attn_scalar**-0.5}
+
+    def derived_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        # Gemma stores the scale as s**-2 (an integer in released models); rounding recovers it exactly.
+        scalar = ours.head_dim if ours.attention_multiplier is None else ours.attention_multiplier**-2
+        if abs(scalar - round(scalar)) < 1e-6:
+            scalar = round(scalar)
+        return {"query_pre_attn_scalar": scalar, "layer_types": ["full_attention"] * ours.num_hidden_layers}
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        return [
+            *norm("input_layernorm", "attn_pre_norm", False),
+            *self.attention_rules(config),
+            *norm("post_attention_layernorm", "attn_out_norm", False),
+            *norm("pre_feedforward_layernorm", "mlp_pre_norm", False),
+            *self.mlp_rules(config),
+            *norm("post_feedforward_layernorm", "mlp_out_norm", False),
+        ]
+
+
+# ------------------------------------------------------------------ GPT-NeoX
+class GPTNeoX(Architecture):
+    """GPT-NeoX (arXiv 2204.06745): parallel attention and MLP with two LayerNorms (`parallel_block`), partial
+    rotary, a fused per-head-interleaved `query_key_value`. `use_parallel_residual=False` is the sequential pre-LN."""
+
+    name = "gpt_neox"
+    hf_config_class = "GPTNeoXConfig"
+    hf_layers = "layers.{i}."
+    heads = _causal("gpt_neox.", "embed_in.weight", "GPTNeoXForCausalLM", "GPTNeoXModel")
+    fields = {**{f: f for f in STANDARD_FIELDS}, "attention_bias": "attention_bias", "hidden_dropout": "hidden_dropout",
+              "layer_norm_eps": "norm_eps", "use_parallel_residual": "parallel_block"}
+    cell = {"mlp_bias": True, "mlp_type": "plain", "norm_position": "pre", "norm_type": "layernorm", "norm_bias": True}
+
+    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        return [rename("embed_in.weight", "embed_tokens.weight"), *norm("final_layer_norm", "final_norm", True)]
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        heads, hd = config.num_attention_heads, config.head_dim
+        qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+        fused = "attention.query_key_value"
+        rules = [
+            *norm("input_layernorm", "attn_pre_norm", True),
+            split_heads_interleaved(f"{fused}.weight", tuple(f"{p}.weight" for p in qkv), heads, hd),
+            *linear("attention.dense", "self_attn.o_proj", config.attention_bias),
+            # NeoX's `post_attention_layernorm` is its MLP's input norm in both the parallel and sequential forms.
+            *norm("post_attention_layernorm", "mlp_pre_norm", True),
+            *linear("mlp.dense_h_to_4h", "mlp.up_proj", True),
+            *linear("mlp.dense_4h_to_h", "mlp.down_proj", True),
+        ]
+        if config.attention_bias:
+            rules.append(split_heads_interleaved(f"{fused}.bias", tuple(f"{p}.bias" for p in qkv), heads, hd))
+        return rules
+
+
+# ------------------------------------------------------------------ Phi
+class Phi(Architecture):
+    """Phi-1/1.5/2: parallel attention and MLP reading one shared LayerNorm (`parallel_shared_norm`), partial rotary,
+    biases everywhere including `lm_head`, optional per-head LayerNorm on Q and K (`qk_layernorm`)."""
+
+    name = "phi"
+    hf_config_class = "PhiConfig"
+    hf_layers = "layers.{i}."
+    heads = _causal("model.", "embed_tokens.weight", "PhiForCausalLM", "PhiModel")
+    fields = {**{f: f for f in STANDARD_FIELDS}, "num_key_value_heads": "num_key_value_heads",
+              "resid_pdrop": "hidden_dropout", "layer_norm_eps": "norm_eps"}
+    cell = {"attention_bias": True, "mlp_bias": True, "lm_head_bias": True, "mlp_type": "plain", "norm_position": "pre",
+            "norm_type": "layernorm", "norm_bias": True, "parallel_block": True, "parallel_shared_norm": True}
+
+    def derived_to_ours(self, hf: Any) -> dict[str, Any]:
+        return {"qk_norm": "per_head" if hf.qk_layernorm else "none"}
+
+    def derived_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        return {"qk_layernorm": ours.qk_norm == "per_head", "embd_pdrop": ours.hidden_dropout}
+
+    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        return [rename("embed_tokens.weight", "embed_tokens.weight"), *norm("final_layernorm", "final_norm", True)]
+
+    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.dense")
+        rules = [
+            *norm("input_layernorm", "shared_pre_norm", True),
+            *_attention(config, names, True),
+            *linear("mlp.fc1", "mlp.up_proj", True),
+            *linear("mlp.fc2", "mlp.down_proj", True),
+        ]
+        if config.qk_norm == "per_head":
+            rules += [*norm("self_attn.q_layernorm", "self_attn.q_norm", True),
+                      *norm("self_attn.k_layernorm", "self_attn.k_norm", True)]
+        return rules
 
 
 # ------------------------------------------------------------------ GPT-2
 class GPT2(Architecture):
-    """GPT-2 (Radford et al. 2019): pre-norm LayerNorm, learned positions, GELU MLP, biases, `Conv1D` weights."""
+    """GPT-2 (Radford et al. 2019): pre-norm LayerNorm, learned positions, GELU MLP, biases, `Conv1D` weights
+    stored (in, out) and a fused `c_attn`."""
 
     name = "gpt2"
-    model_type = "gpt2"
     hf_config_class = "GPT2Config"
     hf_layers = "h.{i}."
-    hf_embed = "wte.weight"
+    heads = _causal("transformer.", "wte.weight", "GPT2LMHeadModel", "GPT2Model")
+    fields = {"vocab_size": "vocab_size", "n_embd": "hidden_size", "n_layer": "num_hidden_layers",
+              "n_head": "num_attention_heads", "activation_function": "hidden_act", "n_positions": "max_position_embeddings",
+              "initializer_range": "initializer_range", "tie_word_embeddings": "tie_word_embeddings",
+              "attn_pdrop": "attention_dropout", "resid_pdrop": "hidden_dropout", "layer_norm_epsilon": "norm_eps",
+              "pad_token_id": "pad_token_id", "bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id"}
+    cell = {"attention_bias": True, "mlp_bias": True, "position_embedding": "learned", "mlp_type": "plain",
+            "norm_position": "pre", "norm_type": "layernorm", "norm_bias": True, "branch_init": "scaled_depth"}
+    uses_rope = False
 
-    @property
-    def heads(self) -> dict[str, Head]:
-        return {
-            "GPT2LMHeadModel": Head(SkipNormForCausalLM, "transformer.", _lm_head("transformer.wte.weight")),
-            "GPT2Model": Head(SkipNormModel, ""),
-        }
-
-    def config_to_ours(self, hf: Any) -> dict[str, Any]:
+    def derived_to_ours(self, hf: Any) -> dict[str, Any]:
         if hf.add_cross_attention:
             raise self.refuse("add_cross_attention", True, "SkipNorm has no cross-attention")
         if hf.scale_attn_by_inverse_layer_idx:
             raise self.refuse("scale_attn_by_inverse_layer_idx", True, "a per-layer attention scale has no SkipNorm field")
-        fields = {
-            "vocab_size": hf.vocab_size, "hidden_size": hf.n_embd, "num_hidden_layers": hf.n_layer,
-            "num_attention_heads": hf.n_head, "intermediate_size": hf.n_inner or 4 * hf.n_embd,
-            "hidden_act": _check_act(self, "activation_function", hf.activation_function),
-            "max_position_embeddings": hf.n_positions, "initializer_range": hf.initializer_range,
-            "tie_word_embeddings": bool(hf.tie_word_embeddings), "attention_bias": True, "mlp_bias": True,
-            "attention_dropout": float(hf.attn_pdrop), "hidden_dropout": float(hf.resid_pdrop), **_ids(hf),
-            "position_embedding": "learned", "mlp_type": "plain", "norm_position": "pre", "norm_type": "layernorm",
-            "norm_bias": True, "norm_eps": hf.layer_norm_epsilon, "branch_init": "scaled_depth",
-        }
+        fields = {"intermediate_size": hf.n_inner or 4 * hf.n_embd}
         if not hf.scale_attn_weights:  # softmax(Q K^T) without the 1/sqrt(head_dim)
             fields["attention_multiplier"] = 1.0
         return fields
 
-    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
-        scale = getattr(ours, "attention_multiplier", None)
-        return {
-            "vocab_size": ours.vocab_size, "n_embd": ours.hidden_size, "n_layer": ours.num_hidden_layers,
-            "n_head": ours.num_attention_heads, "n_inner": ours.intermediate_size,
-            "activation_function": ours.hidden_act, "n_positions": ours.max_position_embeddings,
-            "initializer_range": ours.initializer_range, "tie_word_embeddings": ours.tie_word_embeddings,
-            "attn_pdrop": ours.attention_dropout, "resid_pdrop": ours.hidden_dropout, "embd_pdrop": ours.hidden_dropout,
-            "layer_norm_epsilon": ours.norm_eps, "scale_attn_weights": scale != 1.0,
-            "pad_token_id": ours.pad_token_id, "bos_token_id": ours.bos_token_id, "eos_token_id": ours.eos_token_id,
-        }
+    def derived_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        return {"n_inner": ours.intermediate_size, "embd_pdrop": ours.hidden_dropout,
+                "scale_attn_weights": ours.attention_multiplier != 1.0}
 
     def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
         return [
@@ -424,22 +536,25 @@ class GPT2(Architecture):
 
 # ------------------------------------------------------------------ BERT
 class Bert(Architecture):
-    """BERT (Devlin et al. 2019, arXiv 1810.04805): post-norm LayerNorm encoder, embedding norm, token types."""
+    """BERT (Devlin et al. 2019, arXiv 1810.04805): post-norm LayerNorm encoder, embedding norm, token types,
+    learned positions, and the masked-LM transform ``LayerNorm(act(W h + b))`` before the tied decoder."""
 
     name = "bert"
-    model_type = "bert"
     hf_config_class = "BertConfig"
     hf_layers = "encoder.layer.{i}."
-    hf_embed = "embeddings.word_embeddings.weight"
+    fields = {**{f: f for f in STANDARD_FIELDS if f != "attention_dropout"},
+              "attention_probs_dropout_prob": "attention_dropout", "hidden_dropout_prob": "hidden_dropout",
+              "type_vocab_size": "type_vocab_size", "layer_norm_eps": "norm_eps"}
+    cell = {"attention_bias": True, "mlp_bias": True, "is_causal": False, "use_cache": False,
+            "position_embedding": "learned", "mlp_type": "plain", "norm_position": "post", "norm_type": "layernorm",
+            "norm_bias": True, "embedding_norm": True}
+    uses_rope = False
 
     @property
     def heads(self) -> dict[str, Head]:
-        return {
-            "BertForMaskedLM": Head(SkipNormForMaskedLM, "bert.", self.mlm_rules),
-            "BertModel": Head(SkipNormModel, ""),
-        }
+        return {"BertForMaskedLM": Head(SkipNormForMaskedLM, "bert.", self.mlm_rules), "BertModel": Head(SkipNormModel, "")}
 
-    def config_to_ours(self, hf: Any) -> dict[str, Any]:
+    def derived_to_ours(self, hf: Any) -> dict[str, Any]:
         if hf.is_decoder:
             raise self.refuse("is_decoder", True, "BERT as a causal decoder is not converted; use the encoder")
         if hf.add_cross_attention:
@@ -447,28 +562,7 @@ class Bert(Architecture):
         position_type = getattr(hf, "position_embedding_type", "absolute")
         if position_type != "absolute":
             raise self.refuse("position_embedding_type", position_type, "only absolute learned positions are supported")
-        return {
-            "vocab_size": hf.vocab_size, "hidden_size": hf.hidden_size, "intermediate_size": hf.intermediate_size,
-            "num_hidden_layers": hf.num_hidden_layers, "num_attention_heads": hf.num_attention_heads,
-            "hidden_act": _check_act(self, "hidden_act", hf.hidden_act),
-            "max_position_embeddings": hf.max_position_embeddings, "initializer_range": hf.initializer_range,
-            "tie_word_embeddings": bool(hf.tie_word_embeddings), "attention_bias": True, "mlp_bias": True,
-            "attention_dropout": float(hf.attention_probs_dropout_prob), "hidden_dropout": float(hf.hidden_dropout_prob),
-            **_ids(hf), "type_vocab_size": hf.type_vocab_size, "is_causal": False, "use_cache": False,
-            "position_embedding": "learned", "mlp_type": "plain", "norm_position": "post", "norm_type": "layernorm",
-            "norm_bias": True, "norm_eps": hf.layer_norm_eps, "embedding_norm": True,
-        }
-
-    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
-        return {
-            "vocab_size": ours.vocab_size, "hidden_size": ours.hidden_size, "intermediate_size": ours.intermediate_size,
-            "num_hidden_layers": ours.num_hidden_layers, "num_attention_heads": ours.num_attention_heads,
-            "hidden_act": ours.hidden_act, "max_position_embeddings": ours.max_position_embeddings,
-            "initializer_range": ours.initializer_range, "tie_word_embeddings": ours.tie_word_embeddings,
-            "attention_probs_dropout_prob": ours.attention_dropout, "hidden_dropout_prob": ours.hidden_dropout,
-            "type_vocab_size": ours.type_vocab_size, "layer_norm_eps": ours.norm_eps, "pad_token_id": ours.pad_token_id,
-            "bos_token_id": ours.bos_token_id, "eos_token_id": ours.eos_token_id,
-        }
+        return {}
 
     def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
         return [
@@ -479,11 +573,9 @@ class Bert(Architecture):
         ]
 
     def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        names = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
         return [
-            *linear("attention.self.query", "self_attn.q_proj", True),
-            *linear("attention.self.key", "self_attn.k_proj", True),
-            *linear("attention.self.value", "self_attn.v_proj", True),
-            *linear("attention.output.dense", "self_attn.o_proj", True),
+            *_attention(config, names, True),
             *norm("attention.output.LayerNorm", "attn_post_norm", True),
             *linear("intermediate.dense", "mlp.up_proj", True),
             *linear("output.dense", "mlp.down_proj", True),
@@ -505,268 +597,10 @@ class Bert(Architecture):
         ]
 
 
-# ------------------------------------------------------------------ Qwen3
-class Qwen3(Llama):
-    """Qwen3 (arXiv 2505.09388): LLaMA except an RMSNorm over each head's query and key (`qk_norm="per_head"`)."""
-
-    name = "qwen3"
-    model_type = "qwen3"
-    hf_config_class = "Qwen3Config"
-
-    @property
-    def heads(self) -> dict[str, Head]:
-        return {
-            "Qwen3ForCausalLM": Head(SkipNormForCausalLM, "model.", _lm_head("model.embed_tokens.weight")),
-            "Qwen3Model": Head(SkipNormModel, ""),
-        }
-
-    def config_to_ours(self, hf: Any) -> dict[str, Any]:
-        return {**super().config_to_ours(_with(hf, mlp_bias=False)), "qk_norm": "per_head"}
-
-    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
-        fields = super().config_to_hf(ours)
-        del fields["mlp_bias"]  # Qwen3's MLP has no biases (config_to_ours maps it to False)
-        return fields
-
-    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
-        return [*super().layer_rules(config, layer), *norm("self_attn.q_norm", "self_attn.q_norm", False),
-                *norm("self_attn.k_norm", "self_attn.k_norm", False)]
-
-
-# ------------------------------------------------------------------ OLMo 2
-class Olmo2(Llama):
-    """OLMo 2 (arXiv 2501.00656): LLaMA except the norms sit on each branch output (`output` placement) and Q/K
-    are RMS-normalized over the whole projection (`qk_norm="full"`)."""
-
-    name = "olmo2"
-    model_type = "olmo2"
-    hf_config_class = "Olmo2Config"
-
-    @property
-    def heads(self) -> dict[str, Head]:
-        return {
-            "Olmo2ForCausalLM": Head(SkipNormForCausalLM, "model.", _lm_head("model.embed_tokens.weight")),
-            "Olmo2Model": Head(SkipNormModel, ""),
-        }
-
-    def config_to_ours(self, hf: Any) -> dict[str, Any]:
-        return {**super().config_to_ours(_with(hf, mlp_bias=False)), "norm_position": "output", "qk_norm": "full"}
-
-    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
-        fields = super().config_to_hf(ours)
-        del fields["mlp_bias"], fields["head_dim"]  # OLMo 2 has neither field: no MLP biases, head_dim = d / H
-        return fields
-
-    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
-        return [
-            *self.attention_rules(config),
-            *norm("self_attn.q_norm", "self_attn.q_norm", False),
-            *norm("self_attn.k_norm", "self_attn.k_norm", False),
-            # OLMo 2's `post_attention_layernorm` really follows attention: it normalizes the branch output.
-            *norm("post_attention_layernorm", "attn_out_norm", False),
-            *self.gated_mlp_rules(config),
-            *norm("post_feedforward_layernorm", "mlp_out_norm", False),
-        ]
-
-
-# ------------------------------------------------------------------ Gemma 2
-class Gemma2(Llama):
-    """Gemma 2 (arXiv 2408.00118): sandwich norms, unit-offset RMSNorm (gain ``1 + w``), embeddings times
-    ``sqrt(hidden_size)``, attention scale ``query_pre_attn_scalar**-0.5``, soft-capped attention scores and final
-    logits, GeGLU (tanh GELU). Sliding-window layers are converted only where the window covers every position."""
-
-    name = "gemma2"
-    model_type = "gemma2"
-    hf_config_class = "Gemma2Config"
-
-    @property
-    def heads(self) -> dict[str, Head]:
-        return {
-            "Gemma2ForCausalLM": Head(SkipNormForCausalLM, "model.", _lm_head("model.embed_tokens.weight")),
-            "Gemma2Model": Head(SkipNormModel, ""),
-        }
-
-    def config_to_ours(self, hf: Any) -> dict[str, Any]:
-        if getattr(hf, "use_bidirectional_attention", None):
-            raise self.refuse("use_bidirectional_attention", True, "only the causal Gemma 2 decoder is converted")
-        fields = super().config_to_ours(_with(hf, hidden_act=hf.hidden_activation, mlp_bias=False))
-        return {
-            **fields, "norm_position": "sandwich", "norm_unit_offset": True,
-            "embedding_multiplier": hf.hidden_size**0.5, "attention_multiplier": hf.query_pre_attn_scalar**-0.5,
-            "attn_logit_softcapping": hf.attn_logit_softcapping, "final_logit_softcapping": hf.final_logit_softcapping,
-        }
-
-    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
-        fields = super().config_to_hf(ours)
-        del fields["mlp_bias"]
-        fields["hidden_activation"] = fields.pop("hidden_act")
-        # query_pre_attn_scalar is stored as a number whose -1/2 power is the scale; rounding recovers Gemma's integers.
-        scalar = ours.attention_multiplier**-2 if ours.attention_multiplier else ours.head_dim
-        fields.update(
-            query_pre_attn_scalar=round(scalar) if abs(scalar - round(scalar)) < 1e-6 else scalar,
-            attn_logit_softcapping=ours.attn_logit_softcapping, final_logit_softcapping=ours.final_logit_softcapping,
-            layer_types=["full_attention"] * ours.num_hidden_layers,
-        )
-        return fields
-
-    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
-        return [
-            *norm("input_layernorm", "attn_pre_norm", False),
-            *self.attention_rules(config),
-            *norm("post_attention_layernorm", "attn_out_norm", False),
-            *norm("pre_feedforward_layernorm", "mlp_pre_norm", False),
-            *self.gated_mlp_rules(config),
-            *norm("post_feedforward_layernorm", "mlp_out_norm", False),
-        ]
-
-
-# ------------------------------------------------------------------ GPT-NeoX
-class GPTNeoX(Architecture):
-    """GPT-NeoX (arXiv 2204.06745): parallel attention and MLP with two LayerNorms (`parallel_block`), partial
-    rotary, a fused per-head-interleaved `query_key_value`. `use_parallel_residual=False` is the sequential pre-LN."""
-
-    name = "gpt_neox"
-    model_type = "gpt_neox"
-    hf_config_class = "GPTNeoXConfig"
-    hf_layers = "layers.{i}."
-    hf_embed = "embed_in.weight"
-
-    @property
-    def heads(self) -> dict[str, Head]:
-        return {
-            "GPTNeoXForCausalLM": Head(SkipNormForCausalLM, "gpt_neox.", _lm_head("gpt_neox.embed_in.weight")),
-            "GPTNeoXModel": Head(SkipNormModel, ""),
-        }
-
-    def config_to_ours(self, hf: Any) -> dict[str, Any]:
-        _common_checks(self, hf, hf.max_position_embeddings)
-        return {
-            "vocab_size": hf.vocab_size, "hidden_size": hf.hidden_size, "intermediate_size": hf.intermediate_size,
-            "num_hidden_layers": hf.num_hidden_layers, "num_attention_heads": hf.num_attention_heads,
-            "hidden_act": _check_act(self, "hidden_act", hf.hidden_act),
-            "max_position_embeddings": hf.max_position_embeddings, "initializer_range": hf.initializer_range,
-            "tie_word_embeddings": bool(hf.tie_word_embeddings), "attention_bias": bool(hf.attention_bias),
-            "mlp_bias": True, "attention_dropout": float(hf.attention_dropout), "hidden_dropout": float(hf.hidden_dropout),
-            **_ids(hf), **_rope_fields(hf), "mlp_type": "plain", "norm_position": "pre", "norm_type": "layernorm",
-            "norm_bias": True, "norm_eps": hf.layer_norm_eps, "parallel_block": bool(hf.use_parallel_residual),
-        }
-
-    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
-        return {
-            "vocab_size": ours.vocab_size, "hidden_size": ours.hidden_size, "intermediate_size": ours.intermediate_size,
-            "num_hidden_layers": ours.num_hidden_layers, "num_attention_heads": ours.num_attention_heads,
-            "hidden_act": ours.hidden_act, "max_position_embeddings": ours.max_position_embeddings,
-            "initializer_range": ours.initializer_range, "tie_word_embeddings": ours.tie_word_embeddings,
-            "attention_bias": ours.attention_bias, "attention_dropout": ours.attention_dropout,
-            "hidden_dropout": ours.hidden_dropout, "layer_norm_eps": ours.norm_eps,
-            "use_parallel_residual": ours.parallel_block,
-            "rope_parameters": {**ours.rope_parameters, "partial_rotary_factor": ours.partial_rotary_factor},
-            "pad_token_id": ours.pad_token_id, "bos_token_id": ours.bos_token_id, "eos_token_id": ours.eos_token_id,
-        }
-
-    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
-        return [rename("embed_in.weight", "embed_tokens.weight"), *norm("final_layer_norm", "final_norm", True)]
-
-    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
-        heads, hd = config.num_attention_heads, config.head_dim
-        qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
-        rules = [
-            *norm("input_layernorm", "attn_pre_norm", True),
-            split_heads_interleaved("attention.query_key_value.weight", tuple(f"{p}.weight" for p in qkv), heads, hd),
-            *linear("attention.dense", "self_attn.o_proj", config.attention_bias),
-            # NeoX's `post_attention_layernorm` is its MLP's input norm in both the parallel and sequential forms.
-            *norm("post_attention_layernorm", "mlp_pre_norm", True),
-            *linear("mlp.dense_h_to_4h", "mlp.up_proj", True),
-            *linear("mlp.dense_4h_to_h", "mlp.down_proj", True),
-        ]
-        if config.attention_bias:
-            rules.append(split_heads_interleaved(
-                "attention.query_key_value.bias", tuple(f"{p}.bias" for p in qkv), heads, hd))
-        return rules
-
-
-# ------------------------------------------------------------------ Phi
-class Phi(Architecture):
-    """Phi-1/1.5/2: parallel attention and MLP reading one shared LayerNorm (`parallel_shared_norm`), partial rotary,
-    biases everywhere including `lm_head`, optional per-head LayerNorm on Q/K (`qk_layernorm`)."""
-
-    name = "phi"
-    model_type = "phi"
-    hf_config_class = "PhiConfig"
-    hf_layers = "layers.{i}."
-    hf_embed = "embed_tokens.weight"
-
-    @property
-    def heads(self) -> dict[str, Head]:
-        return {
-            "PhiForCausalLM": Head(SkipNormForCausalLM, "model.", _lm_head("model.embed_tokens.weight")),
-            "PhiModel": Head(SkipNormModel, ""),
-        }
-
-    def config_to_ours(self, hf: Any) -> dict[str, Any]:
-        _common_checks(self, hf, hf.max_position_embeddings)
-        return {
-            "vocab_size": hf.vocab_size, "hidden_size": hf.hidden_size, "intermediate_size": hf.intermediate_size,
-            "num_hidden_layers": hf.num_hidden_layers, "num_attention_heads": hf.num_attention_heads,
-            "num_key_value_heads": hf.num_key_value_heads, "hidden_act": _check_act(self, "hidden_act", hf.hidden_act),
-            "max_position_embeddings": hf.max_position_embeddings, "initializer_range": hf.initializer_range,
-            "tie_word_embeddings": bool(hf.tie_word_embeddings), "attention_bias": True, "mlp_bias": True,
-            "lm_head_bias": True, "attention_dropout": float(hf.attention_dropout), "hidden_dropout": float(hf.resid_pdrop),
-            **_ids(hf), **_rope_fields(hf), "mlp_type": "plain", "norm_position": "pre", "norm_type": "layernorm",
-            "norm_bias": True, "norm_eps": hf.layer_norm_eps, "parallel_block": True, "parallel_shared_norm": True,
-            "qk_norm": "per_head" if hf.qk_layernorm else "none",
-        }
-
-    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
-        return {
-            "vocab_size": ours.vocab_size, "hidden_size": ours.hidden_size, "intermediate_size": ours.intermediate_size,
-            "num_hidden_layers": ours.num_hidden_layers, "num_attention_heads": ours.num_attention_heads,
-            "num_key_value_heads": ours.num_key_value_heads, "hidden_act": ours.hidden_act,
-            "max_position_embeddings": ours.max_position_embeddings, "initializer_range": ours.initializer_range,
-            "tie_word_embeddings": ours.tie_word_embeddings, "attention_dropout": ours.attention_dropout,
-            "resid_pdrop": ours.hidden_dropout, "embd_pdrop": ours.hidden_dropout, "layer_norm_eps": ours.norm_eps,
-            "qk_layernorm": ours.qk_norm == "per_head",
-            "rope_parameters": {**ours.rope_parameters, "partial_rotary_factor": ours.partial_rotary_factor},
-            "pad_token_id": ours.pad_token_id, "bos_token_id": ours.bos_token_id, "eos_token_id": ours.eos_token_id,
-        }
-
-    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
-        return [rename("embed_tokens.weight", "embed_tokens.weight"), *norm("final_layernorm", "final_norm", True)]
-
-    def layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
-        rules = [
-            *norm("input_layernorm", "shared_pre_norm", True),
-            *linear("self_attn.q_proj", "self_attn.q_proj", True),
-            *linear("self_attn.k_proj", "self_attn.k_proj", True),
-            *linear("self_attn.v_proj", "self_attn.v_proj", True),
-            *linear("self_attn.dense", "self_attn.o_proj", True),
-            *linear("mlp.fc1", "mlp.up_proj", True),
-            *linear("mlp.fc2", "mlp.down_proj", True),
-        ]
-        if config.qk_norm == "per_head":
-            rules += [*norm("self_attn.q_layernorm", "self_attn.q_norm", True),
-                      *norm("self_attn.k_layernorm", "self_attn.k_norm", True)]
-        return rules
-
-
-class _Overridden:
-    """A read-only view of a transformers config with some attributes replaced (e.g. Gemma's `hidden_activation`
-    read as `hidden_act`), so subclasses reuse LLaMA's mapping without mutating the caller's config."""
-
-    def __init__(self, base: Any, overrides: dict[str, Any]):
-        self._base, self._overrides = base, overrides
-
-    def __getattr__(self, name: str) -> Any:
-        overrides = self.__dict__["_overrides"]
-        return overrides[name] if name in overrides else getattr(self.__dict__["_base"], name)
-
-
-def _with(hf: Any, **overrides: Any) -> Any:
-    return _Overridden(hf, overrides)
-
-
+# model_type -> architecture; convert_to_hf tries them in this order.
 ARCHITECTURES: dict[str, Architecture] = {
-    arch.model_type: arch for arch in (Llama(), GPT2(), Bert(), Qwen3(), Olmo2(), Gemma2(), GPTNeoX(), Phi())
+    "llama": Llama(), "qwen3": Qwen3(), "olmo2": Olmo2(), "gemma2": Gemma2(), "gpt_neox": GPTNeoX(), "phi": Phi(),
+    "gpt2": GPT2(), "bert": Bert(),
 }
 
 
