@@ -88,7 +88,10 @@ def rename(hf: str, ours: str) -> WeightRule:
 
 def transposed(hf: str, ours: str) -> WeightRule:
     """GPT-2's `Conv1D` stores (in, out); `nn.Linear` stores (out, in)."""
-    flip = lambda ts: [ts[0].t().contiguous()]  # noqa: E731
+
+    def flip(tensors: Tensors) -> Tensors:
+        return [tensors[0].t().contiguous()]
+
     return WeightRule((hf,), (ours,), flip, flip)
 
 
@@ -150,6 +153,7 @@ def linear(hf: str, ours: str, bias: bool) -> list[WeightRule]:
 
 
 def norm(hf: str, ours: str, bias: bool) -> list[WeightRule]:
+    """A norm's gain (and bias): the same two names as a linear layer, spelled as what it is."""
     return linear(hf, ours, bias)
 
 
@@ -787,7 +791,15 @@ def load_hf_model(source: str | Path, cache_dir: str | Path | None = None) -> Pr
         raise ValueError(f"{folder / 'config.json'}: expected exactly one entry in 'architectures', got {architectures}")
     _find_head(architectures[0])  # refuse unsupported classes before loading any weight
     hf_class = getattr(transformers, architectures[0])
-    return hf_class.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype="auto")
+    model, info = hf_class.from_pretrained(
+        folder, local_files_only=True, use_safetensors=True, dtype="auto", output_loading_info=True
+    )
+    # transformers fills missing weights with random values and only logs it: converting those would be silent.
+    problems = {k: sorted(map(str, v)) for k, v in info.items()
+                if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        raise ValueError(f"{folder}: the checkpoint does not match {architectures[0]}: {problems}")
+    return model
 
 
 def convert_folder(source: str | Path, destination: str | Path, allow_unused: Iterable[str] = (),

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 import transformers as T
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -274,6 +274,17 @@ def test_cli_accepts_a_hub_id_already_in_the_cache(tmp_path):
     ids = torch.randint(3, 100, (2, 7))
     with torch.no_grad():
         assert (source(ids).logits - loaded(ids).logits).abs().max() <= TOLERANCE
+
+
+def test_cli_refuses_checkpoints_with_missing_weights(tmp_path, capsys):
+    source = T.LlamaForCausalLM(T.LlamaConfig(**SMALL))
+    source.save_pretrained(tmp_path / "llama")
+    weights = next((tmp_path / "llama").glob("*.safetensors"))
+    state = load_file(weights)
+    del state["model.layers.1.mlp.up_proj.weight"]
+    save_file(state, weights, metadata={"format": "pt"})
+    assert main([str(tmp_path / "llama"), str(tmp_path / "out")]) == 1
+    assert "model.layers.1.mlp.up_proj.weight" in capsys.readouterr().err
 
 
 def test_cli_refuses_weights_without_a_place_unless_allowed(tmp_path, capsys):
