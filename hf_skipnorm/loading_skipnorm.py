@@ -88,13 +88,14 @@ def check_safetensors_file(path: str) -> None:
 
 def local_weight_files(folder: str, variant: str | None = None) -> list[str]:
     """The safetensors files `from_pretrained` would read from a local `folder` (same order as transformers:
-    a single file first, then a sharded index); raises `OSError` naming a shard the index lists but lacks."""
+    a single file, then a sharded index, then the rank shards of `save_pretrained(distributed_checkpoint=True)`);
+    raises `OSError` naming a shard the index lists but lacks."""
     single = os.path.join(folder, _with_variant(SAFE_WEIGHTS_NAME, variant))
     if os.path.isfile(single):
         return [single]
     index = os.path.join(folder, _with_variant(SAFE_WEIGHTS_INDEX_NAME, variant))
     if not os.path.isfile(index):
-        return []
+        return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".safetensors"))
     try:
         with open(index, encoding="utf-8") as handle:
             shards = sorted(set(json.load(handle)["weight_map"].values()))

@@ -118,7 +118,7 @@ def model_card(checkpoint: str, model, repo_id: str, sharded: bool, license_name
     else:
         config = model.config
         rows = "\n".join(f"| `{name}` | `{json.dumps(getattr(config, name))}` |" for name in CARD_FIELDS)
-        card = ModelCard(FRESH_CARD.format(
+        card = ModelCard("---\nlibrary_name: transformers\n---\n" + FRESH_CARD.format(
             name=repo_id.split("/")[-1], architecture=architecture, rows=rows,
             num_parameters=sum(p.numel() for p in model.parameters()),
             **{name: getattr(config, name) for name in
