@@ -164,6 +164,23 @@ def test_encoder_parity_and_round_trip(case):
             convert_from_hf(source)
 
 
+@pytest.mark.parametrize("class_name,make_config", [
+    ("LlamaModel", lambda: T.LlamaConfig(**SMALL, num_key_value_heads=2)),
+    ("GPTNeoXModel", lambda: T.GPTNeoXConfig(**SMALL)),
+], ids=["llama", "gpt_neox"])
+def test_base_models_convert_both_ways(class_name, make_config):
+    source = _unit_scale(getattr(T, class_name)(make_config()))
+    ours = convert_from_hf(source)
+    assert isinstance(ours, SkipNormModel)
+    ids = torch.randint(3, 100, (2, 7))
+    with torch.no_grad():
+        diff = (source(ids).last_hidden_state - ours(ids).last_hidden_state).abs().max().item()
+    MEASURED[f"{class_name}-hidden"] = diff
+    assert diff <= TOLERANCE
+    back = convert_to_hf(ours)
+    assert type(back) is type(source) and _state_dicts_equal(back.state_dict(), source.state_dict())
+
+
 def test_converted_model_does_not_share_storage_and_keeps_ties():
     source = T.GPT2LMHeadModel(T.GPT2Config(**GPT2_SMALL))
     ours = convert_from_hf(source)
