@@ -22,6 +22,7 @@ import sys
 # Run as a script (python training/train.py, accelerate launch), the repository root is not on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
@@ -62,12 +63,23 @@ TRAINING_DEFAULTS = dict(
     save_steps=200,
     save_total_limit=2,
     report_to="none",
+    dataloader_pin_memory=torch.cuda.is_available(),  # pinning is for host-to-GPU copies; on CPU it only warns
+    ddp_find_unused_parameters=False,  # every parameter gets a gradient; the search costs a graph walk per step
 )
+
+
+def launched_world_size() -> int:
+    """Processes started by torchrun / accelerate launch (1 for a plain `python training/train.py`)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, SkipNormArguments, DataArguments, RunArguments, TrainingArguments))
     parser.set_defaults(**TRAINING_DEFAULTS)
+    if launched_world_size() > 1 and not torch.cuda.is_available():
+        # Without use_cpu, accelerate only forms a process group on an accelerator; on a CPU-only machine
+        # every launched process would silently train alone. use_cpu makes it a gloo (MULTI_CPU) group.
+        parser.set_defaults(use_cpu=True)
     parser.description = __doc__
     return parser.parse_args_into_dataclasses(args=argv)
 
@@ -134,6 +146,11 @@ def main(argv=None, callbacks=()):
     model_args, skipnorm_args, data_args, run_args, training_args = parse_args(argv)
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("--streaming needs --max_steps > 0: a streamed dataset has no length to count epochs from")
+    if training_args.world_size != launched_world_size():
+        raise RuntimeError(
+            f"{launched_world_size()} processes were launched but the Trainer sees world_size="
+            f"{training_args.world_size}: each process would train alone and overwrite the others' output"
+        )
     resume = resolve_resume(training_args)
     set_seed(training_args.seed)
 
@@ -200,6 +217,10 @@ def main(argv=None, callbacks=()):
     # The Trainer sets model.config.use_cache to TrainingArguments.use_cache (False) for training; the saved
     # model should generate with the cache unless the config said otherwise.
     model.config.use_cache = config.use_cache
+    if trainer.is_fsdp_enabled:
+        # Sharded checkpoints are fast to write but are not a from_pretrained folder: gather the full state
+        # dict once for the final save (training/accelerate/fsdp_full_shard.yaml). Needs GPUs; untested here.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model()  # safetensors + config + tokenizer (processing_class) into --output_dir
     trainer.log_metrics("eval", eval_metrics)
     trainer.save_metrics("all", metrics)
