@@ -41,7 +41,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_skipnorm import PLACEMENT_SLOTS, SkipNormConfig
 from .loading_skipnorm import safe_from_pretrained
-from .norms_skipnorm import build_norm
+from .norms_skipnorm import Identity, build_norm
 from .residuals_skipnorm import build_residual
 
 
@@ -223,6 +223,12 @@ class SkipNormAttention(nn.Module):
         return self.o_proj(attn_output), attn_weights
 
 
+def build_dropout(p: float) -> nn.Module:
+    """`nn.Dropout(p)`, or an absent slot when ``p == 0``: `nn.Dropout` costs several microseconds per call even at
+    p = 0 (F.dropout's checks), and a block calls it twice per decoded token (benchmarks/RESULTS.md)."""
+    return nn.Dropout(p) if p > 0 else Identity()
+
+
 # ----------------------------------------------------------------------------------------------------- MLPs
 class SkipNormGatedMLP(nn.Module):
     """``down(act(gate(x)) * up(x))``: SwiGLU / GeGLU by `hidden_act` (Shazeer 2020, arXiv 2002.05202)."""
@@ -285,7 +291,7 @@ class SkipNormBlock(GradientCheckpointingLayer):
         self.mlp_residual = build_residual(config, layer_idx, "mlp")
         self.mlp_post_norm = build_norm(config, d, mlp_post)
 
-        self.branch_dropout = nn.Dropout(config.hidden_dropout)
+        self.branch_dropout = build_dropout(config.hidden_dropout)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -410,7 +416,7 @@ class SkipNormModel(SkipNormPreTrainedModel):
             nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
         )
         self.embedding_norm = build_norm(config, config.hidden_size, config.embedding_norm)
-        self.embedding_dropout = nn.Dropout(config.hidden_dropout)
+        self.embedding_dropout = build_dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(
             [BLOCK_CLASSES[block_topology(config, i)](config, i) for i in range(config.num_hidden_layers)]
         )

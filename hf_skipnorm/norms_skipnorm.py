@@ -58,7 +58,17 @@ class SkipNormRMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}, unit_offset={bool(self.unit_offset)}"
 
 
-class NoNorm(nn.Identity):
+class Identity(nn.Identity):
+    """An absent slot: returns its input. It is an `nn.Identity` (no parameters, no state-dict keys) called without
+    `nn.Module.__call__`'s hook dispatch, which costs about a microsecond per call; a LLaMA-cell block has ten absent
+    slots, all called for every decoded token (benchmarks/RESULTS.md). Hooks on an absent slot therefore never fire:
+    hook the block, the branch (`self_attn`, `mlp`) or the residual module instead."""
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return x
+
+
+class NoNorm(Identity):
     """`norm_type="none"`: the identity (no parameters)."""
 
     def __init__(self, dim: int, config: SkipNormConfig):
@@ -75,7 +85,7 @@ NORM_CLASSES: dict[str, type[nn.Module]] = {
 def build_norm(config: SkipNormConfig, dim: int, present: bool = True) -> nn.Module:
     """The configured norm over `dim`, or `nn.Identity` when the slot is absent (so `forward` never tests a flag)."""
     if not present:
-        return nn.Identity()
+        return Identity()
     try:
         norm_class = NORM_CLASSES[config.norm_type]
     except KeyError:
