@@ -113,6 +113,15 @@ SIZES = {
 }
 
 
+def clock() -> float:
+    """The timer of every measurement: wall time, or this process's CPU time (--clock cpu). On a shared CPU
+    machine with one torch thread, CPU time counts the work done and not the time spent waiting for a core."""
+    return CLOCK()
+
+
+CLOCK = time.perf_counter
+
+
 @dataclass
 class Env:
     device: torch.device
@@ -227,6 +236,19 @@ def skipnorm_vocabulary(name: str) -> tuple:
     return tuple(v for v in getattr(skipnorm_configuration, name, ()) if isinstance(v, str))
 
 
+def build_variant(shape: Shape, env: Env, field: str, value: str) -> nn.Module:
+    """Our LLaMA cell with one field changed. A residual that the config allows only with post-LN (DeepNet, Admin)
+    is built on `norm_position="post"` instead, and the model says so in `benchmark_note`."""
+    try:
+        return build_ours({**llama_cell_kwargs(shape), field: value}, env)
+    except ValueError as error:
+        if field != "residual" or "norm_position='post'" not in str(error):
+            raise
+        model = build_ours({**llama_cell_kwargs(shape), field: value, "norm_position": "post"}, env)
+        model.benchmark_note = "built on post: the config refuses it with pre"
+        return model
+
+
 def candidate_builder(name: str) -> Callable[[Shape, Env], nn.Module]:
     """Resolve a candidate name. Names: llama, gpt2, ours_llama, ours_gpt2, and our LLaMA cell with one
     field changed: ours_pos_<norm_position>, ours_res_<residual>, ours_type_<norm_type>."""
@@ -241,7 +263,7 @@ def candidate_builder(name: str) -> Callable[[Shape, Env], nn.Module]:
     for prefix, field in (("ours_pos_", "norm_position"), ("ours_res_", "residual"), ("ours_type_", "norm_type")):
         if name.startswith(prefix):
             value = name[len(prefix):]
-            return lambda shape, env, field=field, value=value: build_ours({**llama_cell_kwargs(shape), field: value}, env)
+            return lambda shape, env, field=field, value=value: build_variant(shape, env, field, value)
     raise ValueError(f"unknown candidate {name!r}")
 
 
@@ -289,6 +311,9 @@ class Candidate:
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.n_matmul = matmul_parameter_count(self.model)
         self.norm_modules = count_norm_modules(self.model)
+        self.note = getattr(self.model, "benchmark_note", "")
+        stream = getattr(getattr(self.model, "model", None), "residual_stream", None)
+        self.single_stream = stream is None or type(stream).__name__ == "SingleStream"
         self.forward = torch.compile(self.model) if compile_model else self.model
         # foreach=False would slow every candidate alike; the default (foreach) is what users get.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
@@ -319,31 +344,31 @@ class Candidate:
     # Each workload returns (tokens processed, seconds).
     def train(self) -> tuple[int, float]:
         sync(self.env)
-        start = time.perf_counter()
+        start = clock()
         with attention_context(self.env):
             loss = self.forward(input_ids=self.batch, labels=self.batch, use_cache=False).loss
             loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         sync(self.env)
-        return self.batch.numel(), time.perf_counter() - start
+        return self.batch.numel(), clock() - start
 
     def prefill(self) -> tuple[int, float]:
         sync(self.env)
-        start = time.perf_counter()
+        start = clock()
         with torch.inference_mode(), attention_context(self.env):
             self.forward(input_ids=self.batch, use_cache=False)
         sync(self.env)
-        return self.batch.numel(), time.perf_counter() - start
+        return self.batch.numel(), clock() - start
 
     def decode(self) -> tuple[int, float]:
         self.model.eval()
         sync(self.env)
-        start = time.perf_counter()
+        start = clock()
         with torch.inference_mode(), attention_context(self.env):
             out = self.model.generate(self.prompt, generation_config=self.generation_config)
         sync(self.env)
-        seconds = time.perf_counter() - start
+        seconds = clock() - start
         self.model.train()
         new = out.shape[1] - self.prompt.shape[1]
         if new != self.shape.new_tokens:  # the comparison is only fair at a fixed length
@@ -413,10 +438,10 @@ def measure_matmul_peak(env: Env, seconds: float = 1.0) -> float:
     deadline = time.perf_counter() + seconds
     while True:
         sync(env)
-        start = time.perf_counter()
+        start = clock()
         torch.mm(a, b)
         sync(env)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
         if time.perf_counter() > deadline:
             break
     return 2 * n**3 / best
@@ -497,13 +522,13 @@ def time_norm(shape: Shape, env: Env, rounds: int, chain: int = 16) -> float:
     times = []
     for _ in range(max(rounds, 1) + 2):
         sync(env)
-        start = time.perf_counter()
+        start = clock()
         y = x
         for norm in norms:
             y = norm(y)
         y.backward(grad)
         sync(env)
-        times.append((time.perf_counter() - start) / chain)
+        times.append((clock() - start) / chain)
     return statistics.median(times[2:])
 
 
@@ -584,11 +609,10 @@ def run_comparison(comparison: Comparison, shape: Shape, env: Env, args, log) ->
         info["parameters"] = candidate.parameters
         info["matmul_parameters"] = candidate.n_matmul
         info["norm_modules"] = candidate.norm_modules
+        info["single_stream"] = candidate.single_stream
+        info["note"] = candidate.note
         info["train_flops_per_token"] = flops_per_token(candidate.n_matmul, shape, training=True)
         info["forward_flops_per_token"] = flops_per_token(candidate.n_matmul, shape, training=False)
-        for metric, flops_key in (("train", "train_flops_per_token"), ("prefill", "forward_flops_per_token")):
-            if metric in info:
-                info[metric]["mfu"] = info[metric]["tokens_per_s"]["median"] * info[flops_key] / args.matmul_peak
     if comparison.memory and not args.no_memory:
         del candidates
         gc.collect()
@@ -718,10 +742,11 @@ def markdown_for(record: dict, kind: str) -> list[str]:
             time_ratio = 1 / r["median"]
             extra = (info["norm_modules"] - cands[ref]["norm_modules"]) * norm_s / ref_step
             beyond = time_ratio - 1 - extra
-            single_stream = name.startswith("ours_pos_")
+            single_stream = name.startswith("ours_pos_") and info.get("single_stream", True)
             verdict = ("yes" if beyond <= 0.05 else "NO") if single_stream else "n/a (reported)"
+            note = f" ({info['note']})" if info.get("note") else ("" if info.get("single_stream", True) else " (multi-stream)")
             lines.append(
-                f"| {name.removeprefix('ours_')} | {info['norm_modules']} | {_rate(info, 'train')} | "
+                f"| {name.removeprefix('ours_')}{note} | {info['norm_modules']} | {_rate(info, 'train')} | "
                 f"{time_ratio:.3f} [{1 / r['max']:.3f}, {1 / r['min']:.3f}] | {extra * 100:+.1f}% | {beyond * 100:+.1f}% | {verdict} |"
             )
         for name, why in record.get("refused", {}).items():
@@ -782,7 +807,7 @@ def render_markdown(results: dict) -> str:
         f"Command: `{meta['command']}`",
         "",
         f"Machine: {meta['machine']}; device {meta['device']}, dtype {meta['dtype']}, torch threads {meta['threads']}, "
-        f"sdpa backend {meta['sdpa_backend']}; torch {meta['torch']}, transformers {meta['transformers']}; "
+        f"sdpa backend {meta['sdpa_backend']}, timed by {meta['clock']} clock; torch {meta['torch']}, transformers {meta['transformers']}; "
         f"git {meta['git']}; {meta['date']}.",
         f"Measured matmul peak: {meta['matmul_peak'] / 1e9:,.1f} GFLOP/s. Rounds per comparison: {meta['rounds']} "
         f"(interleaved, order reversed every other round); ratios are ours / reference per round, median [min, max].",
@@ -890,12 +915,15 @@ def parse_args(argv=None):
     parser.add_argument("--placement-sizes", default=None, help="sizes for the placements suite (default: --sizes)")
     parser.add_argument("--metrics", default=None, help="comma list restricting every comparison to these of train,prefill,decode")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--suite-rounds", default="", help="per-suite overrides of --rounds, e.g. placements=3,seqlen=5")
     parser.add_argument("--min-seconds", type=float, default=0.3, help="minimum timed seconds per candidate per round")
     parser.add_argument("--max-repeats", type=int, default=50)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--sdpa-backend", default="auto", choices=["auto", "flash_attention", "efficient_attention", "math", "cudnn_attention"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--clock", default=None, choices=["wall", "cpu"],
+                        help="wall time, or process CPU time (default: cpu on a CPU device with --threads 1, else wall)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-parity", action="store_true")
     parser.add_argument("--json", default=None, help="write the full results here")
@@ -909,6 +937,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.dtype is None:
         args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    if args.clock is None:
+        args.clock = "cpu" if args.device == "cpu" and args.threads == 1 else "wall"
     if args.dry_run:
         args.sizes, args.rounds, args.min_seconds, args.max_repeats = "tiny", 1, 0.0, 1
         args.seq_lens = "32,64"
@@ -920,6 +950,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     env = Env(torch.device(args.device), getattr(torch, args.dtype), args.sdpa_backend)
     transformers.logging.set_verbosity_error()
 
@@ -946,6 +978,7 @@ def main(argv=None) -> dict:
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs" + (f", {torch.cuda.get_device_name()}" if env.device.type == "cuda" else ""),
             "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(), "sdpa_backend": args.sdpa_backend,
+            "clock": args.clock,
             "torch": torch.__version__, "transformers": transformers.__version__, "git": git_describe(),
             "rounds": args.rounds, "min_seconds": args.min_seconds, "skipnorm_import_error": SKIPNORM_IMPORT_ERROR,
             "matmul_peak": args.matmul_peak,
@@ -955,6 +988,7 @@ def main(argv=None) -> dict:
     if SKIPNORM_IMPORT_ERROR is None and not args.no_parity:
         results["parity"] = compare_outputs(SIZES[sizes[0]], env)
         log(f"parity: {results['parity']}")
+    suite_rounds = {k: int(v) for k, v in (item.split("=") for item in args.suite_rounds.split(",") if item)}
     for suite in [s for s in args.suites.split(",") if s]:
         if suite not in SUITES:
             raise ValueError(f"--suites: unknown suite {suite!r}; choices: {SUITES}")
@@ -976,20 +1010,36 @@ def main(argv=None) -> dict:
             for comparison in suite_comparisons(suite):
                 log(f"{suite} @ {shape.name} T={shape.seq_len}: {comparison.title}")
                 try:
-                    records.append(run_comparison(comparison, shape, env, args, log))
+                    suite_args = argparse.Namespace(**{**vars(args), "rounds": suite_rounds.get(suite, args.rounds)})
+                    records.append(run_comparison(comparison, shape, env, suite_args, log))
                 except Exception as error:  # noqa: BLE001 - one broken comparison must not lose the others
                     traceback.print_exc()
                     records.append({"title": comparison.title, "shape": asdict(shape), "error": f"{type(error).__name__}: {error}"[:500]})
                 gc.collect()
                 if env.device.type == "cuda":
                     torch.cuda.empty_cache()
+                args.matmul_peak = max(args.matmul_peak, measure_matmul_peak(env, seconds=0.3))
+                results["meta"]["matmul_peak"] = args.matmul_peak
                 write_results(results, args)  # after every comparison, so a time-boxed run keeps what it measured
     markdown = write_results(results, args)
     print(markdown)
     return results
 
 
+def refresh_mfu(results: dict) -> None:
+    """MFU of every train/prefill rate against the best matmul seen in the whole run (re-measured between
+    comparisons, so a busy moment at start-up cannot inflate MFU)."""
+    peak = results["meta"]["matmul_peak"]
+    for records in results["suites"].values():
+        for record in records if isinstance(records, list) else []:
+            for info in record.get("candidates", {}).values():
+                for metric, flops_key in (("train", "train_flops_per_token"), ("prefill", "forward_flops_per_token")):
+                    if metric in info and flops_key in info:
+                        info[metric]["mfu"] = info[metric]["tokens_per_s"]["median"] * info[flops_key] / peak
+
+
 def write_results(results: dict, args) -> str:
+    refresh_mfu(results)
     markdown = render_markdown(results)
     if args.json:
         with open(args.json, "w") as out:
