@@ -7,4 +7,4 @@ B="python benchmarks/bench.py --threads 1"
 $B --suites llama,gpt2 --sizes tiny,small --rounds 7 --json benchmarks/results_cpu_pairs.json --markdown benchmarks/results_cpu_pairs.md
 $B --suites seqlen --seq-lens 128,256,512,1024,2048 --rounds 5 --no-parity --json benchmarks/results_cpu_seqlen.json --markdown benchmarks/results_cpu_seqlen.md
 $B --suites compile --compile-sizes tiny --rounds 5 --no-parity --json benchmarks/results_cpu_compile.json --markdown benchmarks/results_cpu_compile.md
-$B --suites placements --placement-sizes tiny,small --suite-rounds placements=3 --min-seconds 0 --no-parity --json benchmarks/results_cpu_placements.json --markdown benchmarks/results_cpu_placements.md
+$B --suites placements --placement-sizes tiny,small --suite-rounds placements=3 --no-parity --json benchmarks/results_cpu_placements.json --markdown benchmarks/results_cpu_placements.md
