@@ -32,10 +32,10 @@ TRAIN_MODEL_DEFAULTS = {"hidden_size": 192, "num_hidden_layers": 4, "num_attenti
 CLASHING_FIELD_PREFIX = "config_"
 
 
-def skipnorm_config_fields() -> list[dataclasses.Field]:
-    """The fields SkipNormConfig declares (those of the PreTrainedConfig base, like id2label, are not model cells)."""
+def skipnorm_config_fields(config_class=SkipNormConfig) -> list[dataclasses.Field]:
+    """The fields the config class declares (those of the PreTrainedConfig base, like id2label, are not model cells)."""
     base = {f.name for f in dataclasses.fields(PreTrainedConfig)}
-    return [f for f in dataclasses.fields(SkipNormConfig) if f.name not in base]
+    return [f for f in dataclasses.fields(config_class) if f.name not in base]
 
 
 def cli_name(config_field: str) -> str:
@@ -54,9 +54,10 @@ def _field_type(config_field: dataclasses.Field):
     return hint if hint in _SIMPLE_TYPES else None
 
 
-def _build_skipnorm_arguments():
+def build_skipnorm_arguments(config_class=SkipNormConfig):
+    """A dataclass with one optional option per config field, for HfArgumentParser."""
     fields = []
-    for config_field in skipnorm_config_fields():
+    for config_field in skipnorm_config_fields(config_class):
         simple = _field_type(config_field)
         default = (
             config_field.default
@@ -65,17 +66,17 @@ def _build_skipnorm_arguments():
         )
         kind = _SIMPLE_TYPES[simple] if simple else "JSON or a plain string"
         help_text = (
-            f"SkipNormConfig.{config_field.name} ({kind}; config default {default!r}). "
+            f"{config_class.__name__}.{config_field.name} ({kind}; config default {default!r}). "
             + ("" if simple else "Give JSON for lists/numbers/null, e.g. '[\"post\", \"pre\"]'.")
         )
         fields.append(
             (cli_name(config_field.name), typing.Optional[simple or str], field(default=None, metadata={"help": help_text}))
         )
-    return dataclasses.make_dataclass("SkipNormArguments", fields)
+    return dataclasses.make_dataclass(f"{config_class.__name__}Arguments", fields)
 
 
 # One option per SkipNormConfig field; None means "not given on the command line".
-SkipNormArguments = _build_skipnorm_arguments()
+SkipNormArguments = build_skipnorm_arguments(SkipNormConfig)
 
 
 def _parse_json_value(text):
@@ -87,10 +88,10 @@ def _parse_json_value(text):
         return text  # a bare word such as post: the string itself
 
 
-def cli_config_overrides(skipnorm_args) -> dict:
+def cli_config_overrides(skipnorm_args, config_class=SkipNormConfig) -> dict:
     """{config field: value} for every field given on the command line."""
     overrides = {}
-    for config_field in skipnorm_config_fields():
+    for config_field in skipnorm_config_fields(config_class):
         value = getattr(skipnorm_args, cli_name(config_field.name))
         if value is None:
             continue
