@@ -2,14 +2,27 @@
 
 ``x`` is the stream entering the sublayer, ``y`` the (normalized) branch output. The combine is a module, not an
 inline ``+``, so forward hooks can watch it (OLMo-core does the same) and a residual style is one class.
+
+Learned residual coefficients are stored as learned offsets from their paper init, ``c = c_init + c_bias`` with
+``c_init`` a Python constant from the config (ReZero's 0, LayerScale's CaiT value, Admin's profiled omega). The
+offset is a bias in the plain sense, so the `Trainer`'s no-decay rule (names containing ``bias``) keeps weight decay
+off it, and the model starts at the paper's init by construction. All initial values are set in
+`SkipNormPreTrainedModel._init_weights`.
+
+`hyper`, `mhc` and `dense` carry more than one stream; their connection modules live in
+hyper_connections_skipnorm.py and their blocks in modeling_skipnorm.py. Inside a DenseFormer block the sublayers
+combine with the plain ``x + y``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .configuration_skipnorm import SkipNormConfig
+from .hyper_connections_skipnorm import ManifoldHyperConnection, hyper_connection, sublayer_index
 
 
 class AddResidual(nn.Module):
@@ -48,10 +61,110 @@ class ScaledResidual(nn.Module):
         return f"alpha={self.alpha}, multiplier={self.multiplier}"
 
 
-RESIDUAL_CLASSES: dict[str, type[nn.Module]] = {
+class DeepNormResidual(nn.Module):
+    """``alpha * x + y``, inside a post-LN sublayer: DeepNorm ``N(alpha*x + F(x))``, DeepNet (arXiv 2203.00555).
+
+    ``alpha = residual_alpha``, resolved by the config to ``(2L)^(1/4)`` (encoder-only and decoder-only alike); the
+    paired init (Xavier-normal gain ``beta = (8L)^(-1/4)`` on v_proj, o_proj and the MLP) is in `_init_weights`.
+    """
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.alpha = float(config.residual_alpha)  # a Python float: depth constants never live in buffers
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.alpha * x + y
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class AdminResidual(nn.Module):
+    """``omega * x + y`` inside a post-LN sublayer, Admin (Liu et al. 2020, arXiv 2004.08249, Sec. 5).
+
+    ``omega`` is per channel and learned: ``omega = omega_init + omega_bias`` with ``omega_init`` this sublayer's
+    entry of `admin_omegas` (1 until `admin_profile` fills them: plain post-LN) and ``omega_bias`` 0 at init.
+    """
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.sublayer_index = sublayer_index(layer_idx, sublayer)
+        omegas = config.admin_omegas
+        self.omega_init = float(omegas[self.sublayer_index]) if omegas is not None else 1.0
+        self.omega_bias = nn.Parameter(torch.empty(config.hidden_size))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (self.omega_init + self.omega_bias) * x + y
+
+    def extra_repr(self) -> str:
+        return f"sublayer={self.sublayer_index}, omega_init={self.omega_init}"
+
+
+class ReZeroResidual(nn.Module):
+    """``x + a * y`` with one learned scalar ``a`` initialized to 0: ReZero (arXiv 2003.04887), SkipInit (arXiv
+    2002.10444). Stored as ``alpha_bias`` (the offset from the init 0, i.e. ``a`` itself). One ``a`` per sublayer;
+    the ReZero code shares one between a layer's two sublayers."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.alpha_bias = nn.Parameter(torch.empty(1))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + self.alpha_bias * y
+
+
+class LayerScaleResidual(nn.Module):
+    """``x + diag(lambda) * y``, LayerScale of CaiT (Touvron et al. 2021, arXiv 2103.17239, Sec. 3.1).
+
+    ``lambda = layerscale_init + lambda_bias`` per channel, ``layerscale_init`` by default CaiT's depth schedule
+    (0.1 up to 18 blocks, 1e-5 up to 24, 1e-6 beyond) and ``lambda_bias`` 0 at init.
+    """
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.lambda_init = float(config.layerscale_init)
+        self.lambda_bias = nn.Parameter(torch.empty(config.hidden_size))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + (self.lambda_init + self.lambda_bias) * y
+
+    def extra_repr(self) -> str:
+        return f"lambda_init={self.lambda_init}"
+
+
+# The gate starts mostly closed, sigmoid(-1) = 0.27: Highway networks (Srivastava et al. 2015, arXiv 1505.00387,
+# Sec. 2.2) initialize the transform-gate bias negative (-1, -3) so the carry (skip) path dominates early.
+GATE_BIAS_INIT = -1.0
+
+
+class GatedResidual(nn.Module):
+    """``x + g * y`` with a per-channel gate ``g = sigmoid(W_g [x; y] + b_g)``: a highway gate on the branch
+    (Highway networks, arXiv 1505.00387; GTrXL, arXiv 1910.06764, gates its residuals with a GRU instead). The skip
+    stays an identity, as in the VARIANTS table, so only the branch is gated. ``W_g`` (`gate_proj`, 2C -> C) gets the
+    usual linear init, ``b_g = -1``."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.gate_proj = nn.Linear(2 * config.hidden_size, config.hidden_size, bias=True)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.gate_proj(torch.cat((x, y), dim=-1)))  # (B, T, C)
+        return x + gate * y
+
+
+RESIDUAL_CLASSES: dict[str, Callable[[SkipNormConfig, int, str], nn.Module]] = {
     "add": AddResidual,
     "none": NoResidual,
     "scaled": ScaledResidual,
+    "deepnorm": DeepNormResidual,
+    "admin": AdminResidual,
+    "rezero": ReZeroResidual,
+    "skipinit": ReZeroResidual,  # SkipInit's x + a*F(x) with a = 0 at init is ReZero's formula and init
+    "layerscale": LayerScaleResidual,
+    "gated": GatedResidual,
+    "hyper": hyper_connection,  # static or dynamic by `hyper_dynamic`; used by HyperConnectionBlock
+    "mhc": ManifoldHyperConnection,  # used by HyperConnectionBlock
+    "dense": AddResidual,  # inside a DenseFormer block; the depth-weighted average sits after the block
 }
 
 
