@@ -16,7 +16,7 @@ from training import study  # noqa: E402
 
 MICRO = dict(steps=3, batch_size=2, seq_len=16, eval_batches=1, init_grad_depths=(1, 2, 3), init_grad_seeds=(0,),
              base_depth=1, mid_depth=2, deep_depth=2, lrs=(1e-3,), norm_free_lrs=(1e-3,), overhead_steps=2,
-             overhead_every=1, cells=("post", "pre"), label="micro")
+             overhead_every=1, cells=("post", "pre"), label="micro", noise_seeds=(1,))
 VERDICTS = ("agree", "partly agree", "disagree")
 
 
@@ -110,6 +110,7 @@ def test_micro_study_end_to_end(tmp_path):
     for cell, status in saved["availability"].items():  # unavailable cells are named with their reason
         assert status == "available" or status in report
     assert results["callback_overhead"]["callback_fraction"] > 0
+    assert all(len(losses) == 2 for losses in saved["noise"].values()) and "Seed-to-seed spread" in report
     for name in study.REFERENCE_MODELS.values():
         validate_card(str(out / "model_cards" / name / "README.md"))
 

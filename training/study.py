@@ -62,14 +62,15 @@ class Settings:
     mid_lr: float = 1e-3  # findings 4 and 5
     overhead_steps: int = 40  # Trainer with and without the diagnostics callback
     overhead_every: int = 10
+    noise_seeds: tuple = (1, 2)  # extra seeds of the reference cells: the seed-to-seed spread the findings sit on
     threads: int = 1
     cells: tuple | None = None  # restrict the training runs to these cells (None: all); findings without data say so
     label: str = "default"
 
 
-QUICK = dict(label="quick", steps=30, batch_size=8, seq_len=32, eval_batches=2, init_grad_depths=(2, 4, 8), init_grad_seeds=(0,),
-             base_depth=2, mid_depth=4, deep_depth=6, lrs=(1e-3, 1e-2), norm_free_lrs=(1e-3,), overhead_steps=10,
-             overhead_every=5)
+QUICK = dict(label="quick", steps=30, batch_size=8, seq_len=32, eval_batches=2, init_grad_depths=(2, 4, 8),
+             init_grad_seeds=(0,), base_depth=2, mid_depth=4, deep_depth=6, lrs=(1e-3, 1e-2), norm_free_lrs=(1e-3,),
+             overhead_steps=10, overhead_every=5, noise_seeds=(1,))
 
 BASE_CONFIG = dict(vocab_size=256, num_attention_heads=4, max_position_embeddings=256, norm_type="layernorm",
                    norm_eps=1e-5, mlp_type="plain", hidden_act="gelu", tie_word_embeddings=True)
@@ -87,10 +88,10 @@ CELLS = {
 }
 
 
-def make_config(cell: str, depth: int, settings: Settings) -> SkipNormConfig:
-    """The cell's config (the cell's fields override BASE_CONFIG)."""
-    return SkipNormConfig(**{**BASE_CONFIG, **CELLS[cell]}, hidden_size=settings.hidden_size, num_hidden_layers=depth,
-                          initializer_range=settings.hidden_size**-0.5)
+def make_config(cell: str, depth: int, settings: Settings, **extra) -> SkipNormConfig:
+    """The cell's config (the cell's fields override BASE_CONFIG, `extra` overrides both)."""
+    return SkipNormConfig(**{**BASE_CONFIG, **CELLS[cell], **extra}, hidden_size=settings.hidden_size,
+                          num_hidden_layers=depth, initializer_range=settings.hidden_size**-0.5)
 
 
 def availability(cell: str, settings: Settings) -> str | None:
@@ -241,16 +242,23 @@ def effective_loss(run: dict) -> float:
 
 # ----------------------------------------------------------------------------------------------- finding 1 (init only)
 def init_gradients(settings: Settings, data: Data) -> dict:
-    """Per-layer MLP-weight gradient norms at init for post and pre at several depths, averaged over seeds."""
+    """Per-layer MLP-weight gradient norms at init for post and pre at several depths, averaged over seeds.
+
+    Also Pre-LN with the embeddings multiplied by sqrt(d) (`pre_sqrt_d`, Vaswani et al.'s convention): a control for
+    how much Pre-LN's layer profile depends on the scale the stream starts at, not part of any verdict.
+    """
     out = {}
-    for cell in ("post", "pre"):
+    variants = {"post": ("post", {}), "pre": ("pre", {})}
+    if "embedding_multiplier" in SkipNormConfig.__dataclass_fields__:
+        variants["pre_sqrt_d"] = ("pre", {"embedding_multiplier": settings.hidden_size**0.5})
+    for name, (cell, extra) in variants.items():
         for depth in settings.init_grad_depths:
             per_seed = []
             for seed in settings.init_grad_seeds:
                 torch.manual_seed(seed)
-                model = SkipNormForCausalLM(make_config(cell, depth, settings))
+                model = SkipNormForCausalLM(make_config(cell, depth, settings, **extra))
                 per_seed.append([row["grad_norm/mlp"] for row in profile(model, data.diagnostic)["layers"]])
-            out[f"{cell}/{depth}"] = [sum(v) / len(v) for v in zip(*per_seed)]
+            out[f"{name}/{depth}"] = [sum(v) / len(v) for v in zip(*per_seed)]
     return out
 
 
@@ -353,6 +361,15 @@ def run_study(settings: Settings, out: str, log=print, cards: str | None = None,
         results["runs"][key] = runs
         first = runs[0]
         log(f"{key}: {first['status']} val={first.get('val_loss')} ({first.get('seconds', 0):.0f}s)")
+    results["noise"] = {}
+    for cell in REFERENCE_MODELS:
+        if settings.cells is None or cell in settings.cells:
+            key = run_key(cell, settings.base_depth, settings.lrs[0], True)
+            extra = [train_cell(cell, settings.base_depth, settings.lrs[0], True, seed, settings, data)
+                     for seed in settings.noise_seeds]
+            losses = [effective_loss(r) for r in results["runs"][key][:1] + extra]
+            results["noise"][key] = losses
+            log(f"noise {key}: {[round(v, 3) for v in losses]}")
     t0 = time.perf_counter()
     results["callback_overhead"] = callback_overhead(settings, data, os.path.join(scratch, "work"))
     log(f"callback overhead: {results['callback_overhead']['callback_fraction']:.1%} measured "
@@ -436,6 +453,10 @@ def findings(results: dict, s: Settings) -> list[dict]:
     slope = {c: loglog_slope(depths, last[c]) for c in ("post", "pre")}
     ref = depths[-2] if len(depths) > 2 else depths[-1]
     spread = {c: grads[f"{c}/{ref}"][-1] / grads[f"{c}/{ref}"][0] for c in ("post", "pre")}
+    control = control_slope = None
+    if f"pre_sqrt_d/{ref}" in grads:
+        control = grads[f"pre_sqrt_d/{ref}"][-1] / grads[f"pre_sqrt_d/{ref}"][0]
+        control_slope = loglog_slope(depths, [grads[f"pre_sqrt_d/{d}"][-1] for d in depths])
     checks = [("Pre-LN last-layer grad shrinks with L (slope < -0.25)", slope["pre"] < -0.25),
               ("Post-LN's does not shrink like Pre-LN's (slope > Pre-LN's + 0.25)", slope["post"] > slope["pre"] + 0.25),
               (f"Post-LN grads grow toward the output (last/first > 1.5 at L={ref})", spread["post"] > 1.5),
@@ -449,7 +470,9 @@ def findings(results: dict, s: Settings) -> list[dict]:
         measured=(f"last-layer MLP grad norm vs L={depths}: post {[round(v, 4) for v in last['post']]} "
                   f"(log-log slope {slope['post']:+.2f}), pre {[round(v, 4) for v in last['pre']]} "
                   f"(slope {slope['pre']:+.2f}; theorem: 0 and -0.5). Last/first layer at L={ref}: "
-                  f"post {spread['post']:.2f}x, pre {spread['pre']:.2f}x."),
+                  f"post {spread['post']:.2f}x, pre {spread['pre']:.2f}x."
+                  + (f" Control, Pre-LN with embeddings x sqrt(d): last/first {control:.2f}x, last-layer slope "
+                     f"{control_slope:+.2f}." if control is not None else "")),
         verdict=_verdict(checks), checks=checks, figure="fig1_init_gradients.png"))
     # 2 ------------------------------------------------------------------------------------------------
     table = {}
@@ -638,6 +661,8 @@ def write_figures(results: dict, s: Settings, out: str) -> None:
     depths = list(s.init_grad_depths)
     ref = depths[-2] if len(depths) > 2 else depths[-1]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    if f"pre_sqrt_d/{ref}" in grads:
+        a.plot(range(1, ref + 1), grads[f"pre_sqrt_d/{ref}"], "--", color="C0", label=f"pre-LN, emb x sqrt(d), L={ref}")
     for c, color in (("post", "C3"), ("pre", "C0")):
         for d in depths:
             a.plot(range(1, d + 1), grads[f"{c}/{d}"], "-o", ms=2, color=color, alpha=0.4 + 0.6 * (d == ref),
@@ -749,6 +774,11 @@ def write_report(results: dict, s: Settings, out: str) -> None:
         "Availability in this build: " + "; ".join(
             f"`{c}`: {'available' if v == 'available' else NOT_AVAILABLE + ' (' + v + ')'}"
             for c, v in results["availability"].items()),
+        "",
+        "Seed-to-seed spread of the final val loss (same cell, seeds 0 and " + ", ".join(map(str, s.noise_seeds))
+        + "): " + "; ".join(f"{k}: {min(v):.3f} to {max(v):.3f} (range {max(v) - min(v):.3f})"
+                            for k, v in results.get("noise", {}).items())
+        + ". Loss differences smaller than this range are not evidence either way.",
         "",
         "## Findings",
         "",
