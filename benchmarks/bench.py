@@ -491,6 +491,25 @@ def memory_child(name: str, shape: Shape, env: Env) -> dict:
     }
 
 
+def saved_activation_bytes(candidate: "Candidate") -> int:
+    """Bytes that autograd keeps for the backward pass of one training forward (loss included): every tensor
+    saved for backward, counted once per storage, parameters excluded. Exact and the same on every device, so it
+    separates the models' activation memory from allocator and process noise."""
+    parameters = {p.untyped_storage().data_ptr() for p in candidate.model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), attention_context(candidate.env):
+        loss = candidate.forward(input_ids=candidate.batch, labels=candidate.batch, use_cache=False).loss
+    del loss
+    return sum(storages.values())
+
+
 def measure_memory(name: str, shape: Shape, env: Env, args) -> dict:
     if env.device.type == "cuda":
         return memory_child(name, shape, env)
@@ -619,7 +638,12 @@ def run_comparison(comparison: Comparison, shape: Shape, env: Env, args, log) ->
         info["train_flops_per_token"] = flops_per_token(candidate.n_matmul, shape, training=True)
         info["forward_flops_per_token"] = flops_per_token(candidate.n_matmul, shape, training=False)
     if comparison.memory and not args.no_memory:
-        del candidates
+        reference = next(c for c in candidates if c.name == comparison.reference)
+        reference_saved = saved_activation_bytes(reference)
+        for candidate in candidates:
+            saved = reference_saved if candidate is reference else saved_activation_bytes(candidate)
+            record["candidates"][candidate.name]["saved_activations"] = {"bytes": saved, "ratio_vs_reference": saved / reference_saved}
+        del candidates, reference
         gc.collect()
         for name in [comparison.reference] + comparison.others:
             if name in record["candidates"]:
@@ -715,8 +739,8 @@ def markdown_for(record: dict, kind: str) -> list[str]:
     cands = record["candidates"]
     if kind == "pair":
         lines += [
-            "| model | params | train tok/s | train ratio | train MFU | prefill tok/s | prefill ratio | decode tok/s | decode ratio | peak train MiB | memory ratio |",
-            "|---|---:|---:|---|---:|---:|---|---:|---|---:|---:|",
+            "| model | params | train tok/s | train ratio | train MFU | prefill tok/s | prefill ratio | decode tok/s | decode ratio | peak train MiB | memory ratio | saved activations MiB | ratio |",
+            "|---|---:|---:|---|---:|---:|---|---:|---|---:|---:|---:|---:|",
         ]
         for name, info in cands.items():
             mem = info.get("memory")
@@ -726,6 +750,8 @@ def markdown_for(record: dict, kind: str) -> list[str]:
                 if metric == "train":
                     cells.append(f"{info['train']['mfu'] * 100:.1f}%" if "train" in info else "-")
             cells += [f"{mem['peak_bytes'] / 2**20:,.0f}", f"{mem['ratio_vs_reference']:.3f}"] if mem else ["-", "-"]
+            saved = info.get("saved_activations")
+            cells += [f"{saved['bytes'] / 2**20:,.1f}", f"{saved['ratio_vs_reference']:.3f}"] if saved else ["-", "-"]
             lines.append("| " + " | ".join(cells) + " |")
         flops = cands[ref]["train_flops_per_token"]
         lines += ["", f"Training FLOPs/token (6N + 12LHQT) of {ref}: {flops / 1e6:,.1f} MFLOP."]
