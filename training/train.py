@@ -181,6 +181,7 @@ def main(argv=None, callbacks=()):
         )
 
     # ---- model and Trainer
+    use_cache = config.use_cache  # the Trainer overwrites model.config.use_cache with TrainingArguments.use_cache
     auto_class = AutoModelForCausalLM if config.is_causal else AutoModelForMaskedLM
     model = auto_class.from_config(config)
     collator = DataCollatorForLanguageModeling(
@@ -214,9 +215,9 @@ def main(argv=None, callbacks=()):
     if trainer.nonfinite_skipped_steps:
         metrics["nonfinite_skipped_steps"] = trainer.nonfinite_skipped_steps
 
-    # The Trainer sets model.config.use_cache to TrainingArguments.use_cache (False) for training; the saved
+    # The Trainer set model.config.use_cache to TrainingArguments.use_cache (False) for training; the saved
     # model should generate with the cache unless the config said otherwise.
-    model.config.use_cache = config.use_cache
+    model.config.use_cache = use_cache
     if trainer.is_fsdp_enabled:
         # Sharded checkpoints are fast to write but are not a from_pretrained folder: gather the full state
         # dict once for the final save (training/accelerate/fsdp_full_shard.yaml). Needs GPUs; untested here.
