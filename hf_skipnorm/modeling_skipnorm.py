@@ -3,7 +3,9 @@
 Identical to transformers' `LlamaModel` except:
 - each sublayer computes ``N_post(R(x, N_out(F(N_in(x)))))``; the placement (`norm_position`) decides which of
   the three norm slots exist (absent slots are `nn.Identity`), the residual (`residual`) decides ``R``;
-- the norm class comes from `norm_type` (norms_skipnorm.py);
+- the norm class comes from `norm_type` (norms_skipnorm.py); norms may also sit inside a branch (Q/K norms, HybridNorm's
+  QKV-norm, Sub-LN's norm before the output projection, NormFormer's head scales), and placements that rewire the
+  block (parallel, B2T, ResiDual's dual stream) are block subclasses chosen by `block_topology`;
 - positions may be RoPE (optionally partial), learned absolute, or none; the MLP may be gated or plain;
 - the same stack serves decoders (`is_causal=True`) and bidirectional encoders (`is_causal=False`), with optional
   token-type embeddings and an embedding norm (BERT);
@@ -39,10 +41,25 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_skipnorm import PLACEMENT_SLOTS, SkipNormConfig
+from .configuration_skipnorm import PLACEMENT_SLOTS, SkipNormConfig, SublayerNorms
 from .loading_skipnorm import safe_from_pretrained
-from .norms_skipnorm import Identity, build_norm
-from .residuals_skipnorm import build_residual
+from .norms_skipnorm import Identity, SkipNormDynamicErf, SkipNormDynamicTanh, SkipNormScaleNorm, build_norm
+from .hyper_connections_skipnorm import (
+    DenseStream,
+    DepthWeightedAverage,
+    DynamicHyperConnection,
+    ManifoldHyperConnection,
+    MultiStream,
+    StaticHyperConnection,
+)
+from .residuals_skipnorm import (
+    GATE_BIAS_INIT,
+    AdminResidual,
+    GatedResidual,
+    LayerScaleResidual,
+    ReZeroResidual,
+    build_residual,
+)
 
 
 # ----------------------------------------------------------------------------------------------------- positions
@@ -167,10 +184,30 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
-class SkipNormAttention(nn.Module):
-    """Multi-head attention with grouped-query heads, RoPE and a KV cache, through transformers' attention interface."""
+class SkipNormHeadScale(nn.Module):
+    """NormFormer's HeadScale (arXiv 2110.09456): head ``h``'s attention output times a learned gain ``gamma_h``
+    (init 1), before `o_proj`. The paper counts it among its three "normalization operations"; it is stored as
+    `head_scale_norm` so the Trainer's no-decay rule (names with `_norm.`) leaves it, like every norm gain, undecayed."""
 
-    def __init__(self, config: SkipNormConfig, layer_idx: int):
+    def __init__(self, num_heads: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_heads))
+
+    def forward(self, heads: torch.Tensor) -> torch.Tensor:  # (B, T, H, hd)
+        return heads * self.weight[:, None].to(heads.dtype)
+
+
+class SkipNormAttention(nn.Module):
+    """Multi-head attention with grouped-query heads, RoPE and a KV cache, through transformers' attention interface.
+
+    ``o_proj(N_sub(HeadScale(softmax(q k^T / sqrt(hd)) v)))`` with ``q = N_q(W_q x)``, ``k = N_k(W_k x)``,
+    ``v = N_v(W_v x)``; every ``N`` is an identity unless the config asks for it: `qk_norm` (per head, Qwen3 / Gemma 3;
+    or over the full projection, OLMo 2), HybridNorm's QKV-norm (per head, arXiv 2503.04598), NormFormer's HeadScale
+    (arXiv 2110.09456), Sub-LN's norm before `o_proj` (Magneto, arXiv 2210.06423). Q/K norms act before RoPE.
+    """
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, norms: SublayerNorms = SublayerNorms(),
+                 init_gain: float = 1.0):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
@@ -181,10 +218,22 @@ class SkipNormAttention(nn.Module):
         self.softcap = config.attn_logit_softcapping  # None: no capping; every backend accepts the keyword
         self.attention_dropout = config.attention_dropout
         self.is_causal = config.is_causal
-        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=config.attention_bias)
-        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias)
-        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias)
-        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
+        self.init_gain = float(init_gain)  # Magneto's gamma on v_proj / o_proj at init (_init_weights), else 1
+        heads, kv_heads, hd = config.num_attention_heads, config.num_key_value_heads, self.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, heads * hd, bias=config.attention_bias)
+        self.k_proj = nn.Linear(config.hidden_size, kv_heads * hd, bias=config.attention_bias)
+        self.v_proj = nn.Linear(config.hidden_size, kv_heads * hd, bias=config.attention_bias)
+        self.o_proj = nn.Linear(heads * hd, config.hidden_size, bias=config.attention_bias)
+
+        qk_norm = "per_head" if norms.qkv else config.qk_norm
+        # The shape each Q/K norm sees: (heads, hd) normalizes each head's vector, (heads * hd,) the whole projection.
+        self.q_norm_shape = (heads * hd,) if qk_norm == "full" else (heads, hd)
+        self.k_norm_shape = (kv_heads * hd,) if qk_norm == "full" else (kv_heads, hd)
+        self.q_norm = build_norm(config, self.q_norm_shape[-1], qk_norm != "none", "attn")
+        self.k_norm = build_norm(config, self.k_norm_shape[-1], qk_norm != "none", "attn")
+        self.v_norm = build_norm(config, hd, norms.qkv, "attn")
+        self.head_scale_norm = SkipNormHeadScale(heads) if norms.head_scale else Identity()
+        self.sub_norm = build_norm(config, heads * hd, norms.sub, "attn")
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -197,9 +246,11 @@ class SkipNormAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H, T, hd)
-        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H_kv, T, hd)
-        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query = self.q_norm(self.q_proj(hidden_states).view(*input_shape, *self.q_norm_shape))
+        key = self.k_norm(self.k_proj(hidden_states).view(*input_shape, *self.k_norm_shape))
+        query = query.view(hidden_shape).transpose(1, 2)  # (B, H, T, hd)
+        key = key.view(hidden_shape).transpose(1, 2)  # (B, H_kv, T, hd)
+        value = self.v_norm(self.v_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
         if position_embeddings is not None:
             cos, sin = position_embeddings
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
@@ -219,7 +270,8 @@ class SkipNormAttention(nn.Module):
             softcap=self.softcap,
             **kwargs,
         )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # (B, T, H*hd)
+        attn_output = self.head_scale_norm(attn_output)  # (B, T, H, hd)
+        attn_output = self.sub_norm(attn_output.reshape(*input_shape, -1).contiguous())  # (B, T, H*hd)
         return self.o_proj(attn_output), attn_weights
 
 
@@ -231,30 +283,38 @@ def build_dropout(p: float) -> nn.Module:
 
 # ----------------------------------------------------------------------------------------------------- MLPs
 class SkipNormGatedMLP(nn.Module):
-    """``down(act(gate(x)) * up(x))``: SwiGLU / GeGLU by `hidden_act` (Shazeer 2020, arXiv 2002.05202)."""
+    """``down(N_sub(act(gate(x)) * up(x)))``: SwiGLU / GeGLU by `hidden_act` (Shazeer 2020, arXiv 2002.05202).
 
-    def __init__(self, config: SkipNormConfig):
+    ``N_sub`` (`sub_norm`, over `intermediate_size`) is Sub-LN's / NormFormer's norm before the output projection;
+    an identity unless the placement asks for it.
+    """
+
+    def __init__(self, config: SkipNormConfig, norms: SublayerNorms = SublayerNorms(), init_gain: float = 1.0):
         super().__init__()
+        self.init_gain = float(init_gain)  # Magneto's gamma on every projection at init (_init_weights), else 1
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act_fn = ACT2FN[config.hidden_act]
+        self.sub_norm = build_norm(config, config.intermediate_size, norms.sub, "mlp")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.sub_norm(self.act_fn(self.gate_proj(x)) * self.up_proj(x)))
 
 
 class SkipNormPlainMLP(nn.Module):
-    """``down(act(up(x)))``: the two-layer MLP of GPT-2 and BERT."""
+    """``down(N_sub(act(up(x))))``: the two-layer MLP of GPT-2 and BERT (``N_sub`` as in the gated MLP)."""
 
-    def __init__(self, config: SkipNormConfig):
+    def __init__(self, config: SkipNormConfig, norms: SublayerNorms = SublayerNorms(), init_gain: float = 1.0):
         super().__init__()
+        self.init_gain = float(init_gain)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act_fn = ACT2FN[config.hidden_act]
+        self.sub_norm = build_norm(config, config.intermediate_size, norms.sub, "mlp")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.up_proj(x)))
+        return self.down_proj(self.sub_norm(self.act_fn(self.up_proj(x))))
 
 
 MLP_CLASSES: dict[str, type[nn.Module]] = {"gated": SkipNormGatedMLP, "plain": SkipNormPlainMLP}
@@ -268,28 +328,34 @@ class SkipNormBlock(GradientCheckpointingLayer):
     post ``N(x + F(x))`` (Vaswani et al. 2017), sandwich ``x + N(F(N(x)))`` (arXiv 2105.13290),
     output ``x + N(F(x))`` (OLMo 2, arXiv 2501.00656), pre_post ``N(x + F(N(x)))`` (arXiv 2601.19895), none ``x + F(x)``.
     Slot names say what they normalize: ``*_pre_norm`` the sublayer input, ``*_out_norm`` the branch output before
-    the skip, ``*_post_norm`` the sum after the skip.
+    the skip, ``*_post_norm`` the sum after the skip; norms inside a branch live in the branch (`self_attn.q_norm`,
+    `self_attn.sub_norm`, `mlp.sub_norm`, ...). The placement table (`PLACEMENT_SLOTS`) also gives subln
+    (Magneto, arXiv 2210.06423), normformer (arXiv 2110.09456), hybrid / hybrid_pre (HybridNorm, arXiv 2503.04598),
+    peri (arXiv 2502.02732) and, resolved per layer, mix (Mix-LN, arXiv 2412.13795). With `norm_depth_scaling` the
+    input norms output ``N(x) / sqrt(l)`` (LayerNorm Scaling, arXiv 2502.05795).
     """
 
     def __init__(self, config: SkipNormConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
         attn_position, mlp_position = config.layer_norm_positions(layer_idx)
-        attn_pre, attn_out, attn_post = PLACEMENT_SLOTS[attn_position]
-        mlp_pre, mlp_out, mlp_post = PLACEMENT_SLOTS[mlp_position]
+        attn_norms = PLACEMENT_SLOTS[attn_position][0]
+        mlp_norms = PLACEMENT_SLOTS[mlp_position][1]
+        input_scale = config.norm_depth_scale(layer_idx)  # LayerNorm Scaling on N_in; 1.0 when off
+        magneto = config.subln_init_gain  # Sub-LN's init gain gamma, only on subln sublayers
         d = config.hidden_size
 
-        self.attn_pre_norm = build_norm(config, d, attn_pre)
-        self.self_attn = SkipNormAttention(config, layer_idx)
-        self.attn_out_norm = build_norm(config, d, attn_out)
+        self.attn_pre_norm = build_norm(config, d, attn_norms.pre, "attn", input_scale)
+        self.self_attn = SkipNormAttention(config, layer_idx, attn_norms, magneto if attn_position == "subln" else 1.0)
+        self.attn_out_norm = build_norm(config, d, attn_norms.out, "attn")
         self.attn_residual = build_residual(config, layer_idx, "attn")
-        self.attn_post_norm = build_norm(config, d, attn_post)
+        self.attn_post_norm = build_norm(config, d, attn_norms.post, "attn")
 
-        self.mlp_pre_norm = build_norm(config, d, mlp_pre)
-        self.mlp = MLP_CLASSES[config.mlp_type](config)
-        self.mlp_out_norm = build_norm(config, d, mlp_out)
+        self.mlp_pre_norm = build_norm(config, d, mlp_norms.pre, "mlp", input_scale)
+        self.mlp = MLP_CLASSES[config.mlp_type](config, mlp_norms, magneto if mlp_position == "subln" else 1.0)
+        self.mlp_out_norm = build_norm(config, d, mlp_norms.out, "mlp")
         self.mlp_residual = build_residual(config, layer_idx, "mlp")
-        self.mlp_post_norm = build_norm(config, d, mlp_post)
+        self.mlp_post_norm = build_norm(config, d, mlp_norms.post, "mlp")
 
         self.branch_dropout = build_dropout(config.hidden_dropout)
 
@@ -313,16 +379,179 @@ class SkipNormBlock(GradientCheckpointingLayer):
         return x
 
 
+class SkipNormParallelBlock(SkipNormBlock):
+    """Parallel attention and MLP: ``R(x, N_ao(Attn(N_a(x))) + N_mo(MLP(N_m(x))))`` (GPT-J; GPT-NeoX
+    `use_parallel_residual`; PaLM, arXiv 2204.02311). With `parallel_shared_norm` one `shared_pre_norm` feeds both
+    branches (GPT-J, Phi, Cohere), and `attn_pre_norm` / `mlp_pre_norm` are identities. One skip, one combine
+    (`residual`), so placements with a norm after the skip are refused by the config.
+    """
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        shared = config.parallel_shared_norm
+        attn_norms = PLACEMENT_SLOTS[config.layer_norm_positions(layer_idx)[0]][0]
+        self.shared_pre_norm = build_norm(config, config.hidden_size, shared and attn_norms.pre, "attn",
+                                          config.norm_depth_scale(layer_idx))
+        if shared:
+            self.attn_pre_norm, self.mlp_pre_norm = nn.Identity(), nn.Identity()
+        # One skip for the summed branches: keep the attention's combine module and drop the MLP's.
+        self.residual = self.attn_residual
+        del self.attn_residual, self.mlp_residual
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, C)
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        x = hidden_states
+        u = self.shared_pre_norm(x)
+        attn, _ = self.self_attn(
+            self.attn_pre_norm(u), position_embeddings=position_embeddings, attention_mask=attention_mask,
+            cache=cache, **kwargs,
+        )
+        mlp = self.mlp(self.mlp_pre_norm(u))
+        branches = self.branch_dropout(self.attn_out_norm(attn)) + self.branch_dropout(self.mlp_out_norm(mlp))
+        return self.residual(x, branches)
+
+
+class SkipNormB2TBlock(SkipNormBlock):
+    """Post-LN with the B2T connection (Takase et al., arXiv 2206.00330, Findings of ACL 2023):
+    ``h = N_a(x + Attn(x))``, ``out = N_m(h + FFN(h) + x)``: the block input skips to the last norm, so the
+    gradient has a path around every post-LN norm but the last. Norms: `attn_post_norm`, `mlp_post_norm`.
+    """
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, C)
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        x = hidden_states
+        attn, _ = self.self_attn(
+            x, position_embeddings=position_embeddings, attention_mask=attention_mask, cache=cache, **kwargs,
+        )
+        h = self.attn_post_norm(self.attn_residual(x, self.branch_dropout(attn)))
+        return self.mlp_post_norm(self.mlp_residual(h, self.branch_dropout(self.mlp(h))) + x)
+
+
+class SkipNormResiDualBlock(SkipNormBlock):
+    """ResiDual's Pre-Post-LN block (Xie et al., arXiv 2304.14802), per sublayer ``F``:
+    ``x <- N(x + F(x))`` (the post-LN stream) and ``d <- d + F(x)`` (the dual stream, never normalized).
+
+    The stream is one tensor (B, T, 2, C): ``[..., 0, :]`` is ``x``, ``[..., 1, :]`` is ``d`` (`ResiDualStream`).
+    """
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, 2, C)
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        x, d = hidden_states.unbind(-2)  # (B, T, C) each
+        attn, _ = self.self_attn(
+            x, position_embeddings=position_embeddings, attention_mask=attention_mask, cache=cache, **kwargs,
+        )
+        attn = self.branch_dropout(attn)
+        x, d = self.attn_post_norm(self.attn_residual(x, attn)), d + attn
+        mlp = self.branch_dropout(self.mlp(x))
+        x, d = self.mlp_post_norm(self.mlp_residual(x, mlp)), d + mlp
+        return torch.stack((x, d), dim=-2)
+
+
+class SkipNormHyperConnectionBlock(SkipNormBlock):
+    """A block on ``n`` residual streams (B, T, n, C): hyper-connections (`hyper`, arXiv 2409.19606) or mHC (`mhc`,
+    arXiv 2512.24880). Per sublayer, with ``T(h) = N_out(F(N_in(h)))`` the sequential block's own sublayer::
+
+        h, mixed, w = connection.width(H)     (h = A_m^T H, mixed = A_r^T H, w = B)
+        H = mixed + w^T T(h)                  (connection.depth)
+
+    The connection modules sit in the `attn_residual` / `mlp_residual` slots; the config refuses placements with a
+    norm after the skip.
+    """
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, n, C)
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        streams = hidden_states
+        h, mixed, write = self.attn_residual.width(streams)
+        attn, _ = self.self_attn(
+            self.attn_pre_norm(h), position_embeddings=position_embeddings, attention_mask=attention_mask,
+            cache=cache, **kwargs,
+        )
+        streams = self.attn_residual.depth(mixed, write, self.branch_dropout(self.attn_out_norm(attn)), streams.dtype)
+        h, mixed, write = self.mlp_residual.width(streams)
+        mlp = self.mlp(self.mlp_pre_norm(h))
+        return self.mlp_residual.depth(mixed, write, self.branch_dropout(self.mlp_out_norm(mlp)), streams.dtype)
+
+
+class SkipNormDenseBlock(SkipNormBlock):
+    """A DenseFormer block (arXiv 2402.02622): the sequential block ``Y_{l+1} = Block(X_l)``, then the depth-weighted
+    average ``X_{l+1} = DWA([Y_0, ..., Y_{l+1}])`` (`depth_average`).
+
+    The state is one tensor ``[Y_0, ..., Y_l, X_l]`` (B, T, l + 2, C) in, ``[Y_0, ..., Y_{l+1}, X_{l+1}]`` out.
+    """
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.depth_average = DepthWeightedAverage(config, layer_idx)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, l + 2, C)
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        history, x = hidden_states[..., :-1, :], hidden_states[..., -1, :]
+        y = super().forward(x, attention_mask=attention_mask, position_embeddings=position_embeddings, cache=cache,
+                            **kwargs)
+        history = torch.cat((history, y.unsqueeze(-2)), dim=-2)  # (B, T, l + 2, C)
+        return torch.cat((history, self.depth_average(history).unsqueeze(-2)), dim=-2)
+
+
 # ----------------------------------------------------------------------------------------------------- topologies
 # Which block class builds layer `l`. Placements and residuals that change the block's wiring (parallel blocks,
 # dual streams, hyper-connections, ...) add a block subclass and a row here; `block_topology` picks the row.
 BLOCK_CLASSES: dict[str, type[nn.Module]] = {
     "sequential": SkipNormBlock,
+    "parallel": SkipNormParallelBlock,
+    "b2t": SkipNormB2TBlock,
+    "resi_dual": SkipNormResiDualBlock,
+    "hyper": SkipNormHyperConnectionBlock,
+    "dense": SkipNormDenseBlock,
 }
 
 
 def block_topology(config: SkipNormConfig, layer_idx: int) -> str:
-    """The `BLOCK_CLASSES` key for block `layer_idx`: everything so far is the sequential attention -> MLP block."""
+    """The `BLOCK_CLASSES` key for block `layer_idx`: placements that rewire the block name their own class (the
+    config refuses mixing them across sublayers or with `parallel_block`), then the parallel block, else sequential."""
+    attn_position, _ = config.layer_norm_positions(layer_idx)
+    if attn_position in ("b2t", "resi_dual"):
+        return attn_position
+    if config.parallel_block:
+        return "parallel"
+    if config.residual in ("hyper", "mhc"):  # the config refuses them with parallel / b2t / resi_dual blocks
+        return "hyper"
+    if config.residual == "dense":
+        return "dense"
     return "sequential"
 
 
@@ -340,7 +569,30 @@ class SingleStream(nn.Module):
         return stream
 
 
+class ResiDualStream(nn.Module):
+    """ResiDual's two streams as one tensor (B, T, 2, C) (arXiv 2304.14802; microsoft/ResiDual):
+    both start at the embeddings (``x_1 = d_1 = e``); the output is ``x_L + N(d_L)`` with `dual_final_norm`.
+    """
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__()
+        self.dual_final_norm = build_norm(config, config.hidden_size, True, "final")
+
+    def expand(self, hidden_states: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, 2, C)
+        return torch.stack((hidden_states, hidden_states), dim=-2)
+
+    def reduce(self, stream: torch.Tensor) -> torch.Tensor:  # (B, T, 2, C) -> (B, T, C)
+        x, d = stream.unbind(-2)
+        return x + self.dual_final_norm(d)
+
+
 def build_stream(config: SkipNormConfig) -> nn.Module:
+    if config.norm_position == "resi_dual":  # whole-stack only (the config refuses it in lists and overrides)
+        return ResiDualStream(config)
+    if config.residual in ("hyper", "mhc"):
+        return MultiStream(config)
+    if config.residual == "dense":
+        return DenseStream()
     return SingleStream()
 
 
@@ -350,7 +602,17 @@ class SkipNormPreTrainedModel(PreTrainedModel):
     config: SkipNormConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["SkipNormBlock"]
+    _no_split_modules = ["SkipNormBlock", "SkipNormParallelBlock", "SkipNormB2TBlock", "SkipNormResiDualBlock",
+                         "SkipNormHyperConnectionBlock", "SkipNormDenseBlock"]
+    # Hyper-connection weights stay float32 when loading in bf16/fp16 (they also compute in float32): small mixing
+    # matrices whose products over depth amplify rounding (mHC, arXiv 2512.24880, keeps them in full precision).
+    _keep_in_fp32_modules_strict = [
+        rf"_residual\.{name}" for name in (
+            "input_bias", "mixing_bias", "output_bias", "dynamic_norm", "dynamic_width_proj", "dynamic_depth_proj",
+            "width_scale_bias", "depth_scale_bias", "pre_bias", "post_bias", "res_bias", "dynamic_proj",
+            "pre_scale_bias", "post_scale_bias", "res_scale_bias",
+        )
+    ]
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
@@ -367,6 +629,12 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         """transformers' `from_pretrained`, safetensors only, and refusing weights that do not match the config
         (see loading_skipnorm.py): a checkpoint never gets unpickled or silently half-initialized."""
         return safe_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # transformers marks a custom-code module with no direct parameters as initialized without calling
+        # `_init_weights` (a guard for remote code that writes weights in place). Ours uses `transformers.initialization`,
+        # which skips loaded tensors itself, and parents (attention, MLP) must run to re-init their branch projections.
+        super()._initialize_weights(module, is_custom_code=False)
 
     def branch_init_std(self) -> float:
         """Std of the branch output projections (`o_proj`, `down_proj`) from `branch_init`."""
@@ -385,6 +653,18 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         | Linear, Embedding | N(0, initializer_range); biases 0; padding row 0 |
         | norm gain / bias | 1 (0 when `norm_unit_offset`, since the gain is 1 + w) / 0 |
         | attention o_proj, MLP down_proj | N(0, branch std) from `branch_init` (zero: all 0) |
+        | subln sublayers: v_proj, o_proj, gate/up/down_proj | the above times Magneto's gamma = sqrt(log 2L) |
+        | ScaleNorm g | sqrt(d) (arXiv 1910.05895) |
+        | DyT / Derf alpha, Derf shift | `dyt_alpha_init` (attention: `dyt_attn_alpha_init`) or `derf_alpha_init`, 0 |
+        | NormFormer head scales | 1 |
+        | `branch_init_gain` set (deepnorm: beta = (8L)^(-1/4)) | Xavier-normal: q/k_proj gain 1; v/o_proj and every MLP
+          projection gain `branch_init_gain` (DeepNet's deepnorm_init, arXiv 2203.00555) |
+        | Admin omega / ReZero a / LayerScale lambda offsets (`*_bias`) | 0: omega = `admin_omegas` (or 1), a = 0,
+          lambda = `layerscale_init` |
+        | gated residual gate bias | -1 (sigmoid(-1) = 0.27: the skip dominates, Highway networks) |
+        | hyper-connections (SHC / DHC) | offsets 0: A_m = e_{k mod n}, A_r = I, B = 1; dynamic W = 0, s = 0.01 |
+        | mHC | b_pre = e_{k mod n}, b_post = 0, b_res = I (logits); phi = 0; gating offsets 0 (alpha = 0.01) |
+        | DenseFormer depth weights | offsets 0: the plain residual (weight 1 on the latest block output) |
         | rotary inv_freq | recomputed from the config (transformers' default) |
         """
         super()._init_weights(module)
@@ -393,14 +673,110 @@ class SkipNormPreTrainedModel(PreTrainedModel):
             init.constant_(module.weight, 1.0 - module.unit_offset)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
+        if isinstance(module, SkipNormScaleNorm):
+            init.constant_(module.scale, module.scale_init)
+        if isinstance(module, SkipNormDynamicTanh):  # Derf too (a subclass)
+            init.constant_(module.alpha, module.alpha_init)
+        if isinstance(module, SkipNormDynamicErf):
+            init.zeros_(module.shift)
+        if isinstance(module, SkipNormHeadScale):
+            init.ones_(module.weight)
         branch_out = {SkipNormAttention: "o_proj", SkipNormGatedMLP: "down_proj", SkipNormPlainMLP: "down_proj"}
         if type(module) in branch_out:
             proj = getattr(module, branch_out[type(module)])
-            std = self.branch_init_std()
+            std = self.branch_init_std() * module.init_gain
             if std == 0.0:
                 init.zeros_(proj.weight)
             else:
                 init.normal_(proj.weight, mean=0.0, std=std)
+            # Magneto (arXiv 2210.06423) scales the init of every branch weight but Q and K by gamma (torchscale:
+            # fc1, fc2, out_proj, v_proj); gamma is 1 outside subln sublayers, so nothing is redrawn there.
+            if module.init_gain != 1.0:
+                for name in ("v_proj", "gate_proj", "up_proj"):
+                    if hasattr(module, name):
+                        init.normal_(getattr(module, name).weight, mean=0.0,
+                                     std=self.config.initializer_range * module.init_gain)
+        self._init_residual_weights(module)
+
+    def _init_residual_weights(self, module: nn.Module) -> None:
+        """The residual catalogue's rows of the `_init_weights` table."""
+        gain = self.config.branch_init_gain
+        if gain is not None and isinstance(module, SkipNormAttention):
+            init.xavier_normal_(module.q_proj.weight, gain=1.0)
+            init.xavier_normal_(module.k_proj.weight, gain=1.0)
+            init.xavier_normal_(module.v_proj.weight, gain=gain)
+            init.xavier_normal_(module.o_proj.weight, gain=gain)
+        if gain is not None and isinstance(module, (SkipNormGatedMLP, SkipNormPlainMLP)):
+            for proj in (module.get_submodule(name) for name in ("gate_proj", "up_proj", "down_proj")
+                         if hasattr(module, name)):
+                init.xavier_normal_(proj.weight, gain=gain)
+        if isinstance(module, AdminResidual):
+            init.zeros_(module.omega_bias)
+        if isinstance(module, ReZeroResidual):
+            init.zeros_(module.alpha_bias)
+        if isinstance(module, LayerScaleResidual):
+            init.zeros_(module.lambda_bias)
+        if isinstance(module, GatedResidual):
+            init.constant_(module.gate_proj.bias, GATE_BIAS_INIT)
+        if isinstance(module, StaticHyperConnection):
+            for param in (module.input_bias, module.mixing_bias, module.output_bias):
+                init.zeros_(param)
+        if isinstance(module, DynamicHyperConnection):
+            for param in (module.dynamic_width_proj.weight, module.dynamic_depth_proj.weight, module.width_scale_bias,
+                          module.depth_scale_bias):
+                init.zeros_(param)
+        if isinstance(module, ManifoldHyperConnection):
+            one_hot = torch.zeros(module.num_streams, dtype=module.pre_bias.dtype, device=module.pre_bias.device)
+            one_hot[module.input_stream] = 1.0
+            init.copy_(module.pre_bias, one_hot)
+            init.zeros_(module.post_bias)
+            init.eye_(module.res_bias)
+            for param in (module.dynamic_proj.weight, module.pre_scale_bias, module.post_scale_bias,
+                          module.res_scale_bias):
+                init.zeros_(param)
+        if isinstance(module, DepthWeightedAverage):
+            init.zeros_(module.alpha_bias)
+
+    @torch.no_grad()
+    def admin_profile(self, batch: torch.Tensor | dict) -> list[float]:
+        """Admin's profiling pass (Liu et al. 2020, arXiv 2004.08249, Sec. 5): set every ``omega`` from a forward
+        pass on `batch` (input ids, or a dict of model inputs; labels are ignored) and store them in
+        `config.admin_omegas`, so `from_config` / `save_pretrained` reproduce them. Returns the omegas.
+
+        As the authors' code (Transformer-Clinic, ``adaptive-profiling``) computes it, sublayer by sublayer in
+        forward order: ``omega_1 = 1``, ``omega_{i+1} = sqrt(Var[omega_i * x_i] + Var[F_i(x_i)])``, where ``x_i`` is
+        the sublayer's skip input, ``F_i(x_i)`` its branch output and Var the variance over every element of the
+        batch. The pass runs in eval mode (the authors' runs in train mode, dropout included), which makes it
+        deterministic. The learned offsets ``omega_bias`` are left as they are (0 at init). The first sublayer's skip
+        input is the embedding output, so its variance enters ``omega_2``: fairseq, where Admin was built, scales
+        embeddings to unit variance; here that is `embedding_norm=True` (BERT-style post-LN).
+        """
+        if self.config.residual != "admin":
+            raise ValueError(f"admin_profile needs SkipNormConfig.residual='admin', got {self.config.residual!r}")
+        inputs = dict(batch) if isinstance(batch, dict) else {"input_ids": batch}
+        inputs.pop("labels", None)
+        residuals = sorted((m for m in self.modules() if isinstance(m, AdminResidual)), key=lambda m: m.sublayer_index)
+        omegas = [1.0] * len(residuals)
+        running = [1.0]  # omega of the next sublayer in forward order
+
+        def profile(module: AdminResidual, args: tuple) -> None:
+            x, y = args
+            module.omega_init = running[0]
+            omegas[module.sublayer_index] = running[0]
+            skip = (module.omega_init + module.omega_bias.double()) * x.double()
+            running[0] = math.sqrt(skip.var(unbiased=False).item() + y.double().var(unbiased=False).item())
+
+        handles = [module.register_forward_pre_hook(profile) for module in residuals]
+        was_training = self.training
+        try:
+            self.eval()
+            self(**inputs, use_cache=False)
+        finally:
+            self.train(was_training)
+            for handle in handles:
+                handle.remove()
+        self.config.admin_omegas = omegas
+        return omegas
 
 
 class SkipNormModel(SkipNormPreTrainedModel):

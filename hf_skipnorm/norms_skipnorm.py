@@ -3,9 +3,16 @@
 Each class takes ``(dim, config)`` so a new norm is one class plus one registry row. The gain is stored as ``w``
 and used as ``w`` or, with ``norm_unit_offset``, as ``1 + w`` (Gemma): the offset is chosen once at construction,
 never tested in `forward`. Statistics are computed in at least float32 (bf16 variance underflows), in float64 for float64 inputs.
+
+Every norm also multiplies its output by ``output_scale``, a Python float fixed at construction: 1.0 except for the
+input norms of LayerNorm Scaling (``1/sqrt(l)``, arXiv 2502.05795). Initial values live in
+`SkipNormPreTrainedModel._init_weights`; the constants that init needs (DyT's ``alpha`` init, ScaleNorm's
+``sqrt(d)``) are Python attributes set here from the config, so meta-device loading cannot wipe them.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -22,40 +29,138 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
 class SkipNormLayerNorm(nn.Module):
     """LayerNorm, Ba et al. 2016 (arXiv 1607.06450): ``g * (x - mean) / sqrt(var + eps) + b``."""
 
-    def __init__(self, dim: int, config: SkipNormConfig):
+    def __init__(self, dim: int, config: SkipNormConfig, sublayer: str = "mlp", output_scale: float = 1.0):
         super().__init__()
         self.eps = config.norm_eps
         self.unit_offset = 1.0 if config.norm_unit_offset else 0.0  # gain = unit_offset + weight
+        self.output_scale = float(output_scale)
         self.weight = nn.Parameter(torch.empty(dim))
         self.bias = nn.Parameter(torch.empty(dim)) if config.norm_bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
         dtype = _stats_dtype(x)
-        gain = (self.weight + self.unit_offset).to(dtype)
-        bias = None if self.bias is None else self.bias.to(dtype)
+        # output_scale folds into gain and bias ((g*z + b)*s = (g*s)*z + b*s): no extra full-size multiply.
+        gain = (self.weight + self.unit_offset).to(dtype) * self.output_scale
+        bias = None if self.bias is None else self.bias.to(dtype) * self.output_scale
         return F.layer_norm(x.to(dtype), gain.shape, gain, bias, self.eps).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}, unit_offset={bool(self.unit_offset)}"
+        return (f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}, "
+                f"unit_offset={bool(self.unit_offset)}, output_scale={self.output_scale:g}")
 
 
 class SkipNormRMSNorm(nn.Module):
     """RMSNorm, Zhang & Sennrich 2019 (arXiv 1910.07467): ``g * x / sqrt(mean(x^2) + eps)``."""
 
-    def __init__(self, dim: int, config: SkipNormConfig):
+    def __init__(self, dim: int, config: SkipNormConfig, sublayer: str = "mlp", output_scale: float = 1.0):
         super().__init__()
         self.eps = config.norm_eps
         self.unit_offset = 1.0 if config.norm_unit_offset else 0.0
+        self.output_scale = float(output_scale)
         self.weight = nn.Parameter(torch.empty(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
         dtype = _stats_dtype(x)
         xs = x.to(dtype)
         normed = xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * (self.weight.to(dtype) + self.unit_offset)).to(x.dtype)
+        # The scalars fold into the (dim,) gain first: one full-size multiply, not three (benchmarks/RESULTS.md).
+        gain = (self.weight.to(dtype) + self.unit_offset) * self.output_scale
+        return (normed * gain).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}, unit_offset={bool(self.unit_offset)}"
+        return (f"{self.weight.shape[0]}, eps={self.eps}, unit_offset={bool(self.unit_offset)}, "
+                f"output_scale={self.output_scale:g}")
+
+
+class SkipNormScaleNorm(nn.Module):
+    """ScaleNorm, Nguyen & Salazar 2019 (Transformers without Tears, arXiv 1910.05895): ``g * x / max(||x||, eps)``.
+
+    One learned scalar ``g`` (`scale`), initialized to ``sqrt(dim)`` as in the paper, so at init the output has the
+    unit RMS of an RMSNorm.
+    """
+
+    def __init__(self, dim: int, config: SkipNormConfig, sublayer: str = "mlp", output_scale: float = 1.0):
+        super().__init__()
+        self.eps = config.norm_eps
+        self.output_scale = float(output_scale)
+        self.scale_init = math.sqrt(dim)  # the paper's g init, read by _init_weights
+        self.scale = nn.Parameter(torch.empty(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
+        dtype = _stats_dtype(x)
+        xs = x.to(dtype)
+        norm = torch.linalg.vector_norm(xs, dim=-1, keepdim=True).clamp(min=self.eps)
+        return (self.scale.to(dtype) * xs / norm * self.output_scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, scale_init={self.scale_init:g}, output_scale={self.output_scale:g}"
+
+
+class SkipNormSimpleRMSNorm(nn.Module):
+    """Simple RMSNorm (SRMSNorm), TransNormerLLM (arXiv 2307.14995): ``x / (||x|| / sqrt(dim) + eps)``, no parameters."""
+
+    def __init__(self, dim: int, config: SkipNormConfig, sublayer: str = "mlp", output_scale: float = 1.0):
+        super().__init__()
+        self.eps = config.norm_eps
+        self.output_scale = float(output_scale)
+        self.inv_sqrt_dim = dim**-0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
+        dtype = _stats_dtype(x)
+        xs = x.to(dtype)
+        rms = torch.linalg.vector_norm(xs, dim=-1, keepdim=True) * self.inv_sqrt_dim
+        return (xs / (rms + self.eps) * self.output_scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, output_scale={self.output_scale:g}"
+
+
+class SkipNormDynamicTanh(nn.Module):
+    """Dynamic Tanh, Zhu et al. 2025 (Transformers without Normalization, arXiv 2503.10622): ``g * tanh(a*x) + b``.
+
+    ``a`` is one learned scalar (`alpha`, init `dyt_alpha_init`, or `dyt_attn_alpha_init` in the attention sublayer as
+    the paper does for LLaMA); ``g`` per channel (``1 + w`` with `norm_unit_offset`); ``b`` iff `norm_bias`. They all
+    sit under a `*_norm` module name, so the Trainer's no-decay rule skips them.
+    """
+
+    def __init__(self, dim: int, config: SkipNormConfig, sublayer: str = "mlp", output_scale: float = 1.0):
+        super().__init__()
+        self.unit_offset = 1.0 if config.norm_unit_offset else 0.0
+        self.output_scale = float(output_scale)
+        self.alpha_init = config.dyt_alpha_init_for(sublayer)  # read by _init_weights
+        self.alpha = nn.Parameter(torch.empty(1))
+        self.weight = nn.Parameter(torch.empty(dim))
+        # b = 0 stands for "no bias" when norm_bias is off, so forward has one formula (a zero add is exact)
+        self.bias = nn.Parameter(torch.empty(dim)) if config.norm_bias else None
+
+    def squash(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.alpha.to(x.dtype) * x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
+        dtype = _stats_dtype(x)
+        y = self.squash(x.to(dtype)) * (self.weight.to(dtype) + self.unit_offset)
+        bias = 0.0 if self.bias is None else self.bias.to(dtype)
+        return ((y + bias) * self.output_scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[0]}, alpha_init={self.alpha_init:g}, bias={self.bias is not None}, "
+                f"unit_offset={bool(self.unit_offset)}, output_scale={self.output_scale:g}")
+
+
+class SkipNormDynamicErf(SkipNormDynamicTanh):
+    """Dynamic erf (Derf), Stronger Normalization-Free Transformers (arXiv 2512.10938): ``g * erf(a*x + s) + b``.
+
+    DyT with ``erf`` for ``tanh`` and a learned scalar shift ``s`` (`shift`, init 0); ``a`` starts at
+    `derf_alpha_init` (0.5, the paper's value).
+    """
+
+    def __init__(self, dim: int, config: SkipNormConfig, sublayer: str = "mlp", output_scale: float = 1.0):
+        super().__init__(dim, config, sublayer, output_scale)
+        self.alpha_init = float(config.derf_alpha_init)
+        self.shift = nn.Parameter(torch.empty(1))
+
+    def squash(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.erf(self.alpha.to(x.dtype) * x + self.shift.to(x.dtype))
 
 
 class Identity(nn.Identity):
@@ -71,19 +176,28 @@ class Identity(nn.Identity):
 class NoNorm(Identity):
     """`norm_type="none"`: the identity (no parameters)."""
 
-    def __init__(self, dim: int, config: SkipNormConfig):
+    def __init__(self, dim: int, config: SkipNormConfig, sublayer: str = "mlp", output_scale: float = 1.0):
         super().__init__()
 
 
 NORM_CLASSES: dict[str, type[nn.Module]] = {
     "layernorm": SkipNormLayerNorm,
     "rmsnorm": SkipNormRMSNorm,
+    "scalenorm": SkipNormScaleNorm,
+    "simple_rmsnorm": SkipNormSimpleRMSNorm,
+    "dyt": SkipNormDynamicTanh,
+    "derf": SkipNormDynamicErf,
     "none": NoNorm,
 }
 
 
-def build_norm(config: SkipNormConfig, dim: int, present: bool = True) -> nn.Module:
-    """The configured norm over `dim`, or `nn.Identity` when the slot is absent (so `forward` never tests a flag)."""
+def build_norm(config: SkipNormConfig, dim: int, present: bool = True, sublayer: str = "mlp",
+               output_scale: float = 1.0) -> nn.Module:
+    """The configured norm over `dim`, or `nn.Identity` when the slot is absent (so `forward` never tests a flag).
+
+    `sublayer` ("attn", "mlp", "embedding", "final", ...) gives sublayer-specific init (DyT's attention alpha);
+    `output_scale` is LayerNorm Scaling's ``1/sqrt(l)`` on input norms.
+    """
     if not present:
         return Identity()
     try:
@@ -92,4 +206,4 @@ def build_norm(config: SkipNormConfig, dim: int, present: bool = True) -> nn.Mod
         raise ValueError(
             f"SkipNormConfig.norm_type={config.norm_type!r} is not valid; valid choices: {', '.join(NORM_CLASSES)}"
         ) from None
-    return norm_class(dim, config)
+    return norm_class(dim, config, sublayer=sublayer, output_scale=output_scale)
