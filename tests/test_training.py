@@ -360,3 +360,14 @@ def test_fsdp_config_resolves_to_full_shard_of_our_block_with_sharded_state_dict
     assert plugin.transformer_cls_names_to_wrap == ["SkipNormBlock"]
     model = SkipNormForCausalLM(SkipNormConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2))
     assert get_module_class_from_name(model, "SkipNormBlock") is SkipNormBlock
+
+
+# ------------------------------------------------------------------------------------- local files, streaming
+def test_streaming_a_local_jsonl_file_with_its_own_text_column(tmp_path):
+    topics = data.reference_topics()
+    rows = [{"id": i, "body": text} for i, text in enumerate(list(topics.values())[:12])]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    metrics = _run_train(["--output_dir", str(tmp_path / "run"), *TINY, "--max_steps", "2",
+                          "--train_file", str(tmp_path / "train.jsonl"), "--text_column", "body",
+                          "--streaming", "true", "--streaming_validation_rows", "2"])
+    assert math.isfinite(metrics["eval_loss"]) and metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))

@@ -190,7 +190,10 @@ def _check_not_empty(dataset, split: str) -> None:
 
 def text_column_of(dataset, text_column: str | None = None) -> str:
     """The column holding the text: `text_column` if given, else "text", else the only string column."""
-    features = dataset.features or {}
+    features = dataset.features
+    if features is None:  # streamed without known features: read the first row
+        first = next(iter(dataset), {})
+        features = {name: datasets.Value("string" if isinstance(v, str) else "null") for name, v in first.items()}
     if text_column:
         if text_column not in features:
             raise ValueError(f"--text_column {text_column!r} is not a column; columns: {list(features)}")
@@ -235,7 +238,8 @@ def pack_for_language_modeling(
     for split, dataset in raw.items():
         if split not in ("train", "validation"):
             continue
-        remove = list(dataset.features or {}) or None
+        # A streamed dataset may not know its features; its first row names the columns to drop.
+        remove = list(dataset.features or next(iter(dataset), {}))
         map_kwargs = {} if isinstance(dataset, datasets.IterableDataset) else {"num_proc": num_proc}
         tokens = dataset.map(tokenize, batched=True, remove_columns=remove, **map_kwargs)
         if isinstance(dataset, datasets.IterableDataset):

@@ -14,6 +14,7 @@ tokenizer and a model card to --output_dir, and reloads the folder in a fresh pr
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import subprocess
@@ -66,6 +67,10 @@ TRAINING_DEFAULTS = dict(
     dataloader_pin_memory=torch.cuda.is_available(),  # pinning is for host-to-GPU copies; on CPU it only warns
     ddp_find_unused_parameters=False,  # every parameter gets a gradient; the search costs a graph walk per step
 )
+
+
+# When streaming, the tokenizer is trained on this many rows from the start of the train split.
+STREAMING_TOKENIZER_ROWS = 20_000
 
 
 def launched_world_size() -> int:
@@ -172,6 +177,8 @@ def main(argv=None, callbacks=()):
     else:
         column = data.text_column_of(raw["train"], data_args.text_column)
         texts = (row[column] for row in raw["train"] if row[column])
+        if data_args.streaming:  # a stream may be endless: learn the merges from its beginning
+            texts = itertools.islice(texts, STREAMING_TOKENIZER_ROWS)
         tokenizer = data.train_tokenizer(texts, vocab_size=model_args.tokenizer_vocab_size)
     config = build_config(model_args, skipnorm_args, tokenizer, data_args.block_size, resume)
     data.check_tokenizer_fits(tokenizer, config.vocab_size, masked_lm=not config.is_causal)
