@@ -303,15 +303,36 @@ def test_resi_dual_whole_stack_matches_formula(random_stack):
     assert_rel(model(ids).last_hidden_state, expected, 1e-10)
 
 
-def test_resi_dual_cache_generation_matches_full_forward():
+@pytest.mark.parametrize("fields", [
+    dict(norm_position="resi_dual"), dict(norm_position="b2t"), dict(norm_position="hybrid"),
+    dict(norm_position="normformer"), dict(norm_position="subln", qk_norm="full"),
+    dict(norm_position="pre", parallel_block=True, parallel_shared_norm=True, qk_norm="per_head"),
+], ids=lambda f: "-".join(str(v) for v in f.values()))
+def test_cached_generation_equals_uncached(fields):
+    """The KV cache sees normalized keys/values exactly as a full forward does, in every rewired block."""
     from hf_skipnorm import SkipNormForCausalLM
-    model = SkipNormForCausalLM(config_for("resi_dual", "layernorm", num_hidden_layers=2)).double().eval()
-    ids = torch.randint(0, 50, (1, 4))
-    out = model.generate(ids, max_new_tokens=4, do_sample=False)
-    full = model(out).logits
-    incremental = model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False)
-    assert torch.equal(out, incremental)
-    assert torch.isfinite(full).all()
+    model = SkipNormForCausalLM(SkipNormConfig(**{**TINY, "norm_type": "layernorm", **fields})).double().eval()
+    ids = torch.randint(0, 50, (2, 4))
+    cached = model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=True, pad_token_id=0)
+    uncached = model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(cached, uncached)
+    step_logits = model(cached[:, :-1], use_cache=True).logits
+    assert torch.isfinite(step_logits).all()
+
+
+@pytest.mark.parametrize("position,parallel", [("resi_dual", False), ("b2t", False), ("pre", True)])
+def test_gradient_checkpointing_gives_the_same_gradients_in_rewired_blocks(position, parallel):
+    from hf_skipnorm import SkipNormForCausalLM
+    config = config_for(position, "layernorm", parallel_block=parallel)
+    plain = SkipNormForCausalLM(config).double().train()
+    ckpt = SkipNormForCausalLM(config).double().train()
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.activation_checkpointing_enable()  # the v5 name of gradient_checkpointing_enable
+    ids = torch.randint(0, 50, (2, 6))
+    plain(ids, labels=ids).loss.backward()
+    ckpt(ids, labels=ids).loss.backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("ratio,num_layers,post_layers", [(0.25, 4, 1), (0.5, 4, 2), (0.25, 12, 3), (0.25, 32, 8),
