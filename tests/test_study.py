@@ -15,7 +15,7 @@ from hf_skipnorm.configuration_skipnorm import SkipNormConfig  # noqa: E402
 from training import study  # noqa: E402
 
 MICRO = dict(steps=3, batch_size=2, seq_len=16, eval_batches=1, init_grad_depths=(1, 2, 3), init_grad_seeds=(0,),
-             base_depth=1, mid_depth=2, deep_depth=2, lrs=(1e-3,), norm_free_lrs=(1e-3,), overhead_steps=2,
+             base_depth=1, mid_depth=2, deep_depth=2, lrs=(1e-3,), norm_free_lrs=(1e-3,), deep_lrs=(1e-3,), overhead_steps=2,
              overhead_every=1, cells=("post", "pre"), label="micro", noise_seeds=(1,))
 VERDICTS = ("agree", "partly agree", "disagree")
 
