@@ -393,7 +393,7 @@ class SkipNormParallelBlock(SkipNormBlock):
         self.shared_pre_norm = build_norm(config, config.hidden_size, shared and attn_norms.pre, "attn",
                                           config.norm_depth_scale(layer_idx))
         if shared:
-            self.attn_pre_norm, self.mlp_pre_norm = nn.Identity(), nn.Identity()
+            self.attn_pre_norm, self.mlp_pre_norm = Identity(), Identity()
         # One skip for the summed branches: keep the attention's combine module and drop the MLP's.
         self.residual = self.attn_residual
         del self.attn_residual, self.mlp_residual

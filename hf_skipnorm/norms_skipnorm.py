@@ -130,7 +130,7 @@ class SkipNormDynamicTanh(nn.Module):
         self.alpha_init = config.dyt_alpha_init_for(sublayer)  # read by _init_weights
         self.alpha = nn.Parameter(torch.empty(1))
         self.weight = nn.Parameter(torch.empty(dim))
-        # b = 0 stands for "no bias" when norm_bias is off, so forward has one formula (a zero add is exact)
+        # no b when norm_bias is off (the DyT LLaMA code drops it, as RMSNorm has none)
         self.bias = nn.Parameter(torch.empty(dim)) if config.norm_bias else None
 
     def squash(self, x: torch.Tensor) -> torch.Tensor:
