@@ -290,7 +290,7 @@ def test_non_finite_loss_is_reported_as_the_loss():
     trainer = SkipNormTrainer(model=model, args=args, train_dataset=[{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}])
     ids = torch.tensor([[1, 2, 3, 4]])
     loss = model(input_ids=ids, labels=ids).loss
-    trainer._step_losses = [loss.item()]
+    trainer._step_losses = [loss.detach()]
     loss.backward()
     with pytest.raises(NonFiniteTrainingError, match=r"optimizer step 1 .*: loss nan"):
         trainer._guard_gradients(model)

@@ -201,11 +201,11 @@ def main(argv=None, callbacks=()):
     trainer.save_metrics("all", metrics)
     if trainer.is_world_process_zero():
         default_task = not (args.dataset_name or args.train_file)
-        description = (
-            f"Offline task built from {data.CORPUS_SOURCE}: "
-            + ("which topic a paragraph comes from" if args.task == "sequence" else "tag tokens as text / \"literal\" / *emphasis*")
-            + f"; labels {names}." if default_task else f"`{args.dataset_name or args.train_file}`; labels {names}."
-        )
+        if default_task:
+            what = "which topic a paragraph comes from" if args.task == "sequence" else 'tag tokens as text / "literal" / *emphasis*'
+            description = f"Offline task built from {data.CORPUS_SOURCE}: {what}; labels {names}."
+        else:
+            description = f"`{args.dataset_name or args.train_file}`; labels {names}."
         write_model_card(
             training_args.output_dir, model.config, training_args, description,
             "pydoc_data.topics" if default_task else (args.dataset_name or "local-files"), metrics,

@@ -68,7 +68,7 @@ class SkipNormTrainer(Trainer):
         self.report_perplexity = report_perplexity
         self.nonfinite_skipped_steps = 0
         self._staging = False
-        self._step_losses: list[float] = []  # this optimizer step's micro-batch losses, for the error message
+        self._step_losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses (detached)
 
     # ------------------------------------------------------------------ 1. atomic checkpoints
     def _get_output_dir(self, trial) -> str:
@@ -122,7 +122,7 @@ class SkipNormTrainer(Trainer):
     # ------------------------------------------------------------------ 2. non-finite guard
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._step_losses.append(float(loss))
+        self._step_losses.append(loss.detach())  # checked once per optimizer step: no device sync here
         return loss
 
     def _clip_grad_norm(self, model):
@@ -136,20 +136,23 @@ class SkipNormTrainer(Trainer):
 
     def _guard_gradients(self, model) -> None:
         losses, self._step_losses = self._step_losses, []
-        bad_loss = next((value for value in losses if not math.isfinite(value)), None)
-        bad_params = [
-            name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
-        ]
-        local_flag = torch.tensor(float(bad_loss is not None or bool(bad_params)), device=self.args.device)
+        named_grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+        # One flag tensor and one host sync per optimizer step, not one per parameter.
+        finite = [torch.isfinite(loss).all().to(self.args.device) for loss in losses]
+        finite += [torch.isfinite(grad).all().to(self.args.device) for _, grad in named_grads]
+        local_flag = (~torch.stack(finite)).any().float() if finite else torch.zeros((), device=self.args.device)
         # The loss is per rank; gradients are already all-reduced. Agree on one decision so no rank is left
         # waiting in a collective that the others skipped.
         if self.accelerator.num_processes > 1:
             local_flag = self.accelerator.reduce(local_flag, reduction="sum")
         if local_flag.item() == 0:
             return
+        loss_values = [loss.item() for loss in losses]
+        bad_loss = next((value for value in loss_values if not math.isfinite(value)), None)
+        bad_params = [name for name, grad in named_grads if not torch.isfinite(grad).all()]
         step = self.state.global_step + 1  # the optimizer step being computed (global_step counts finished ones)
         where = self._first_bad_parameter(bad_params)
-        loss_text = f"loss {bad_loss}" if bad_loss is not None else f"loss finite on this rank ({losses[-1:]})"
+        loss_text = f"loss {bad_loss}" if bad_loss is not None else f"loss finite on this rank ({loss_values})"
         if self.on_nonfinite == "skip":
             self.nonfinite_skipped_steps += 1
             logger.warning(f"Skipping optimizer step {step}: non-finite {loss_text}; {where}.")

@@ -107,9 +107,11 @@ def resolve_resume(training_args) -> str | None:
 def build_config(model_args, skipnorm_args, tokenizer, block_size: int, resume: str | None) -> SkipNormConfig:
     if resume:
         # The checkpoint fixes the architecture; a command line asking for a different one is a mistake.
+        # (use_cache is a runtime switch, and checkpoints store the Trainer's False: not compared.)
         config = SkipNormConfig.from_pretrained(resume)
+        config.use_cache = cli_config_overrides(skipnorm_args).get("use_cache", True)
         for name, value in cli_config_overrides(skipnorm_args).items():
-            if getattr(config, name) != value:
+            if name != "use_cache" and getattr(config, name) != value:
                 raise ValueError(
                     f"--{name} {value!r} differs from the checkpoint being resumed ({resume}: {name}={getattr(config, name)!r})"
                 )
