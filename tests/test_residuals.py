@@ -246,6 +246,14 @@ def test_hyper_connections_and_dense_start_as_the_plain_residual_model(position,
     torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("position", ["output", "subln", "normformer", "peri", "none"])
+def test_hyper_connections_start_as_the_single_stream_model_under_other_placements(position):
+    reference = SkipNormForCausalLM(tiny(norm_position=position)).eval()
+    model = copy_into(tiny(norm_position=position, residual="hyper"), reference)
+    ids = torch.randint(0, VOCAB, (2, 7))
+    torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=1e-6, atol=1e-6)
+
+
 def test_mhc_starts_as_the_pre_norm_model_up_to_the_norm_epsilon():
     base = tiny(num_hidden_layers=3, norm_eps=1e-12)  # mHC's H_pre scales the input; a pre-norm removes the scale
     reference = SkipNormForCausalLM(base).eval()
