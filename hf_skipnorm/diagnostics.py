@@ -261,7 +261,9 @@ class ForwardProbe:
                 # What the branch adds, R(x, y) - R(x, 0): right for x + y, a*x + m*y, x + alpha*y, N-free or not.
                 without_branch = module(x, torch.zeros_like(y))
                 contribution = _first_tensor(output).detach() - without_branch
-                return token_norm(_at_least_float32(contribution)) / max(token_norm(_at_least_float32(x)), 1e-30)
+                mask = self._mask_for(x) if x.dim() == 3 else None
+                return (token_norm(_at_least_float32(contribution), mask)
+                        / max(token_norm(_at_least_float32(x), mask), 1e-30))
 
             self._record((index, "branch", branch), compute)
 
@@ -350,7 +352,9 @@ class DiagnosticsCallback(TrainerCallback):
     `max_grad_norm=0` to see raw ones) and the weights copied; at `on_optimizer_step` the update-to-weight ratios are
     computed. The record goes to `jsonl_path` (one JSON object per line), to `state.log_history`, and, when bound to
     a trainer (`attach_diagnostics`), through `trainer.log` to every logger in `report_to` (TensorBoard, ...).
-    Between logged steps the hooks return at once; ``diag/overhead_fraction`` reports the measured cost.
+    Between logged steps the hooks return at once; ``diag/overhead_fraction`` reports the measured cost (about 2% at
+    `every_n_steps=10` on a 6-block d=64 model, training/study_output/report.md). The callback does not see the
+    batch, so padding tokens count in its token statistics; `profile(model, batch)` honours `attention_mask`.
     """
 
     def __init__(self, every_n_steps: int = 50, jsonl_path: str | None = None, trainer=None):

@@ -76,6 +76,19 @@ def test_stream_norm_and_similarity_match_output_hidden_states():
         assert row["token_cosine"] == pytest.approx(expected, rel=1e-10)
 
 
+def test_profile_ignores_padding_tokens():
+    model = tiny_model(norm_position="pre", final_norm=False)
+    inputs = batch()
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    inputs["attention_mask"][1, 5:] = 0  # right padding in the second row
+    with torch.no_grad():
+        states = model(**inputs, output_hidden_states=True).hidden_states
+    result = profile(model, inputs)
+    real = inputs["attention_mask"].bool()
+    for row, state in zip(result["layers"], states[1:]):
+        assert row["stream_norm"] == pytest.approx(state.norm(dim=-1)[real].mean().item(), rel=1e-10)
+
+
 @pytest.mark.parametrize("residual, alpha, multiplier", [("add", 1.0, 1.0), ("scaled", 0.5, 2.0), ("none", 1.0, 1.0)],
                          ids=["add", "scaled", "none"])
 def test_branch_ratio_is_what_the_branch_adds_over_the_stream(residual, alpha, multiplier):
