@@ -221,7 +221,7 @@ class SkipNormConfig(PreTrainedConfig):
             `gated`: a highway gate on the branch, ``x + g*F`` with ``g = sigmoid(W_g [x; F] + b_g)`` per channel,
             ``W_g`` initialized like the other linears and ``b_g = -1`` so the skip dominates at init (Highway
             networks, Srivastava et al. 2015, arXiv 1505.00387, who advise a negative gate bias; GTrXL, arXiv
-            1910.06764, gates its residuals the same way with a GRU). `hyper`: hyper-connections (Zhu et al. 2024,
+            1910.06764, replaces the residual sum by a GRU-style gate instead). `hyper`: hyper-connections (Zhu et al. 2024,
             arXiv 2409.19606): `residual_streams` copies of the residual stream mixed by learned width and depth
             connections, static or input-dependent (`hyper_dynamic`), initialized so the model computes exactly the
             pre-norm model; the streams are averaged before the final norm. `mhc`: manifold-constrained
