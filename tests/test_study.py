@@ -111,6 +111,9 @@ def test_micro_study_end_to_end(tmp_path):
         assert status == "available" or status in report
     assert results["callback_overhead"]["callback_fraction"] > 0
     assert all(len(losses) == 2 for losses in saved["noise"].values()) and "Seed-to-seed spread" in report
+    before = report
+    study.main(["--report-only", "--out", str(out)])  # recomputed from results.json alone: the same report
+    assert (out / "report.md").read_text() == before
     for name in study.REFERENCE_MODELS.values():
         validate_card(str(out / "model_cards" / name / "README.md"))
 
