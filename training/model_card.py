@@ -14,7 +14,8 @@ import sys
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-# The fields that define the cell this project studies, shown first.
+# The fields that define the cell this project studies, shown first; every other config field that is not
+# shape or bookkeeping follows, so fields added to SkipNormConfig later show up without an edit here.
 CELL_FIELDS = (
     "norm_position", "attn_norm_position", "mlp_norm_position", "norm_type", "norm_eps", "norm_bias",
     "norm_unit_offset", "residual", "residual_alpha", "branch_multiplier", "embedding_norm", "final_norm",
@@ -25,6 +26,7 @@ SHAPE_FIELDS = (
     "intermediate_size", "mlp_type", "hidden_act", "position_embedding", "max_position_embeddings", "is_causal",
     "tie_word_embeddings",
 )
+NOT_CELL_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "use_cache")
 HYPERPARAMETERS = (
     "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "optim",
     "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "num_train_epochs", "seed",
@@ -92,6 +94,14 @@ def _format(value) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
+def _cell_fields(config) -> list[str]:
+    from training.arguments import skipnorm_config_fields
+
+    declared = [f.name for f in skipnorm_config_fields(type(config))]
+    rest = [n for n in declared if n not in CELL_FIELDS and n not in SHAPE_FIELDS and n not in NOT_CELL_FIELDS]
+    return [n for n in CELL_FIELDS if n in declared] + rest
+
+
 def write_model_card(
     output_dir: str,
     config,
@@ -144,7 +154,7 @@ def write_model_card(
         placement=_format(config.norm_position),
         norm_type=config.norm_type,
         residual=config.residual,
-        cell=[(name, _format(getattr(config, name))) for name in CELL_FIELDS if hasattr(config, name)],
+        cell=[(name, _format(getattr(config, name))) for name in _cell_fields(config)],
         shape=[(name, _format(getattr(config, name))) for name in SHAPE_FIELDS if hasattr(config, name)],
         num_parameters=f"{num_parameters:,}",
         data_description=data_description,
