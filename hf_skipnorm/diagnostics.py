@@ -37,8 +37,6 @@ from torch import nn
 
 from transformers import TrainerCallback
 
-PARAMETER_GROUPS = ("attn", "mlp", "other")
-
 
 # ----------------------------------------------------------------------------------------------- model anatomy
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
