@@ -945,6 +945,7 @@ def parse_args(argv=None):
     parser.add_argument("--compile-sizes", default=None, help="sizes for the compile suite (default: the smallest of --sizes)")
     parser.add_argument("--placement-sizes", default=None, help="sizes for the placements suite (default: --sizes)")
     parser.add_argument("--metrics", default=None, help="comma list restricting every comparison to these of train,prefill,decode")
+    parser.add_argument("--variants", default=None, help="comma list: keep only these non-reference candidates (e.g. ours_pos_post)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--suite-rounds", default="", help="per-suite overrides of --rounds, e.g. placements=3,seqlen=5")
     parser.add_argument("--min-seconds", type=float, default=0.3, help="minimum timed seconds per candidate per round")
@@ -1041,6 +1042,8 @@ def main(argv=None) -> dict:
             for comparison in suite_comparisons(suite):
                 if args.metrics and not set(comparison.metrics) & set(args.metrics.split(",")):
                     continue
+                if args.variants:
+                    comparison = replace(comparison, others=[o for o in comparison.others if o in args.variants.split(",")])
                 log(f"{suite} @ {shape.name} T={shape.seq_len}: {comparison.title}")
                 try:
                     suite_args = argparse.Namespace(**{**vars(args), "rounds": suite_rounds.get(suite, args.rounds)})
