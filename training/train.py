@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pretrain a skipnorm model from scratch with the transformers Trainer (causal LM; masked LM when is_causal=False).
 
-    python training/train.py --output_dir runs/main                        # README command 1, ~4 min on 2 CPU cores
+    python training/train.py --output_dir runs/main                        # README command 1, a few minutes on CPU
     python training/train.py --output_dir runs/post --norm_position post   # another placement: one flag
     python training/train.py --output_dir runs/bert --preset bert-style    # a named cell (training/presets)
     accelerate launch --config_file training/accelerate/cpu_multi_process.yaml training/train.py --output_dir runs/ddp
@@ -49,8 +49,8 @@ from training.model_card import write_model_card  # noqa: E402
 from training.reliable_trainer import SkipNormTrainer  # noqa: E402
 
 # TrainingArguments defaults for the main job (all overridable on the command line). 500 steps of 16 x 128
-# tokens is ~12 passes over the embedded corpus (~86k tokens); ~0.9 CPU-seconds per step for the default
-# model, so about 4 minutes on an otherwise idle 2-core CPU.
+# tokens is ~12 passes over the embedded corpus (~86k tokens), ~0.7-0.9 CPU-seconds per step for the default
+# model: about 4-5 minutes on an idle 2-core CPU (10.7 minutes measured on a shared one with load ~5, one thread).
 TRAINING_DEFAULTS = dict(
     max_steps=500,
     per_device_train_batch_size=16,
