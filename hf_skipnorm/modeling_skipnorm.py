@@ -602,8 +602,10 @@ class SkipNormPreTrainedModel(PreTrainedModel):
     config: SkipNormConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["SkipNormBlock", "SkipNormParallelBlock", "SkipNormB2TBlock", "SkipNormResiDualBlock",
-                         "SkipNormHyperConnectionBlock", "SkipNormDenseBlock"]
+    # Filled per instance by SkipNormModel with the block classes it actually holds: accelerate's FSDP wrap policy
+    # looks each listed name up in the model and raises on a name that is absent, and matches by isinstance, so the
+    # list must be exactly the present classes (a subclass such as the parallel block is not "SkipNormBlock").
+    _no_split_modules: list[str] = []
     # Hyper-connection weights stay float32 when loading in bf16/fp16 (they also compute in float32): small mixing
     # matrices whose products over depth amplify rounding (mHC, arXiv 2512.24880, keeps them in full precision).
     _keep_in_fp32_modules_strict = [
@@ -796,6 +798,7 @@ class SkipNormModel(SkipNormPreTrainedModel):
         self.layers = nn.ModuleList(
             [BLOCK_CLASSES[block_topology(config, i)](config, i) for i in range(config.num_hidden_layers)]
         )
+        self._no_split_modules = sorted({type(layer).__name__ for layer in self.layers})  # see the class attribute
         self.residual_stream = build_stream(config)
         self.final_norm = build_norm(config, config.hidden_size, config.use_final_norm)
         self.gradient_checkpointing = False

@@ -357,9 +357,19 @@ def test_fsdp_config_resolves_to_full_shard_of_our_block_with_sharded_state_dict
     plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True  # FULL_SHARD in FSDP2 terms
     assert "SHARDED_STATE_DICT" in str(plugin.state_dict_type)
-    assert plugin.transformer_cls_names_to_wrap == ["SkipNormBlock"]
-    model = SkipNormForCausalLM(SkipNormConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2))
-    assert get_module_class_from_name(model, "SkipNormBlock") is SkipNormBlock
+    assert plugin.transformer_cls_names_to_wrap is None  # taken from the model's _no_split_modules
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+
+    from hf_skipnorm.modeling_skipnorm import SkipNormParallelBlock
+
+    tiny = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
+    for extra, block_class in (({}, SkipNormBlock), ({"parallel_block": True}, SkipNormParallelBlock)):
+        model = SkipNormForCausalLM(SkipNormConfig(**tiny, **extra))
+        assert model._no_split_modules == {block_class.__name__}
+        assert get_module_class_from_name(model, block_class.__name__) is block_class
+        policy = fsdp2_prepare_auto_wrap_policy(FullyShardedDataParallelPlugin(), model)
+        wrapped = [name for name, module in model.named_modules() if policy(module)]
+        assert wrapped == ["model.layers.0", "model.layers.1"], (extra, wrapped)
 
 
 # ------------------------------------------------------------------------------------- local files, streaming
