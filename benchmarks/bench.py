@@ -1047,6 +1047,7 @@ def main(argv=None) -> dict:
                 log(f"{suite} @ {shape.name} T={shape.seq_len}: {comparison.title}")
                 try:
                     suite_args = argparse.Namespace(**{**vars(args), "rounds": suite_rounds.get(suite, args.rounds)})
+                    results["meta"]["rounds"] = suite_args.rounds  # what the header reports (one suite per run)
                     records.append(run_comparison(comparison, shape, env, suite_args, log))
                 except Exception as error:  # noqa: BLE001 - one broken comparison must not lose the others
                     traceback.print_exc()
