@@ -8,8 +8,8 @@
 #   1. our LLaMA cell vs LlamaForCausalLM at ~134M (gpu125m) and ~373M (gpu350m) parameters, eager, with
 #      sdpa forced onto the FlashAttention kernel for training and prefill: tokens/s, MFU against a bf16 matmul
 #      measured in the same run, peak memory (torch.cuda.max_memory_allocated), greedy decode tokens/s;
-#   2. torch.compile vs eager for both models: training at both sizes, decoding (static cache + compiled
-#      forward, CUDA graphs) at gpu125m; decoding always uses sdpa's automatic kernel choice;
+#   2. torch.compile vs eager for both models (whole-model compile, 2 rounds): training at both sizes, decoding
+#      (static cache + compiled forward, CUDA graphs) at gpu125m; decoding always uses sdpa's automatic kernel;
 #   3. a 1-GPU FSDP2 smoke run through `accelerate launch` (sharded for real, loss falls, state dict gathers);
 #   4. one summary table of all of the above.
 #
@@ -42,22 +42,29 @@ $PY -c "import torch, transformers, accelerate; print('torch', torch.__version__
 BENCH="$PY benchmarks/bench.py --device cuda --dtype bfloat16 --rounds 3 --min-seconds 0.3 --max-repeats 20"
 
 echo "== 1. eager, flash attention: ours vs LlamaForCausalLM at gpu125m and gpu350m ($(elapsed)s)"
-timeout -k 10 150 $BENCH --suites llama --sizes gpu125m,gpu350m --sdpa-backend flash_attention \
+timeout -k 5 100 $BENCH --suites llama --sizes gpu125m,gpu350m --sdpa-backend flash_attention \
     --json "$RESULTS/gpu_eager.json" --markdown "$RESULTS/gpu_eager.md" > "$RESULTS/gpu_eager.log" 2>&1
 echo "   exit $? ($(elapsed)s)"; tail -n 4 "$RESULTS/gpu_eager.log"
 
-echo "== 2a. torch.compile vs eager, training, at gpu125m and gpu350m ($(elapsed)s)"
-timeout -k 10 130 $BENCH --suites compile --compile-sizes gpu125m,gpu350m --metrics train --no-parity \
-    --json "$RESULTS/gpu_compile_train.json" --markdown "$RESULTS/gpu_compile_train.md" > "$RESULTS/gpu_compile_train.log" 2>&1
-echo "   exit $? ($(elapsed)s)"; tail -n 4 "$RESULTS/gpu_compile_train.log"
+# torch.compile steps: each model's first call compiles (tens of seconds on the device's CPUs), so each step is
+# its own time-boxed process and writes its JSON as soon as its comparison is done.
+echo "== 2a. torch.compile vs eager, training, gpu125m ($(elapsed)s)"
+timeout -k 5 85 $BENCH --suites compile --compile-sizes gpu125m --metrics train --rounds 2 --no-parity \
+    --json "$RESULTS/gpu_compile_train125m.json" --markdown "$RESULTS/gpu_compile_train125m.md" > "$RESULTS/gpu_compile_train125m.log" 2>&1
+echo "   exit $? ($(elapsed)s)"; tail -n 4 "$RESULTS/gpu_compile_train125m.log"
 
-echo "== 2b. torch.compile vs eager, decoding (static cache, CUDA graphs), at gpu125m ($(elapsed)s)"
-timeout -k 10 100 $BENCH --suites compile --compile-sizes gpu125m --metrics decode --no-parity \
+echo "== 2b. torch.compile vs eager, decoding (static cache, CUDA graphs), gpu125m ($(elapsed)s)"
+timeout -k 5 75 $BENCH --suites compile --compile-sizes gpu125m --metrics decode --rounds 2 --no-parity \
     --json "$RESULTS/gpu_compile_decode.json" --markdown "$RESULTS/gpu_compile_decode.md" > "$RESULTS/gpu_compile_decode.log" 2>&1
 echo "   exit $? ($(elapsed)s)"; tail -n 4 "$RESULTS/gpu_compile_decode.log"
 
+echo "== 2c. torch.compile vs eager, training, gpu350m ($(elapsed)s)"
+timeout -k 5 95 $BENCH --suites compile --compile-sizes gpu350m --metrics train --rounds 2 --no-parity \
+    --json "$RESULTS/gpu_compile_train350m.json" --markdown "$RESULTS/gpu_compile_train350m.md" > "$RESULTS/gpu_compile_train350m.log" 2>&1
+echo "   exit $? ($(elapsed)s)"; tail -n 4 "$RESULTS/gpu_compile_train350m.log"
+
 echo "== 3. FSDP2 smoke run through accelerate launch, 1 GPU ($(elapsed)s)"
-timeout -k 10 60 $PY -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision bf16 \
+timeout -k 5 55 $PY -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision bf16 \
     --dynamo_backend no --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \
     --fsdp_transformer_layer_cls_to_wrap SkipNormBlock --fsdp_state_dict_type FULL_STATE_DICT \
     --fsdp_reshard_after_forward true \
@@ -65,6 +72,7 @@ timeout -k 10 60 $PY -m accelerate.commands.launch --num_processes 1 --num_machi
 echo "   exit $? ($(elapsed)s)"; tail -n 4 "$RESULTS/gpu_fsdp.log"
 
 echo "== 4. summary ($(elapsed)s)"
-$PY benchmarks/bench.py --summarize "$RESULTS"/gpu_eager.json "$RESULTS"/gpu_compile_train.json \
-    "$RESULTS"/gpu_compile_decode.json "$RESULTS"/gpu_fsdp.json | tee "$RESULTS/gpu_summary.md"
+$PY benchmarks/bench.py --summarize "$RESULTS"/gpu_eager.json "$RESULTS"/gpu_compile_train125m.json \
+    "$RESULTS"/gpu_compile_decode.json "$RESULTS"/gpu_compile_train350m.json "$RESULTS"/gpu_fsdp.json \
+    | tee "$RESULTS/gpu_summary.md"
 echo "total $(elapsed)s"

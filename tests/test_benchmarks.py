@@ -137,7 +137,7 @@ def test_gpu_check_script_parses():
     commands = _gpu_check_commands()
     bench_calls = [c for c in commands if c[1] == "benchmarks/bench.py"]
     launches = [c for c in commands if c[1:3] == ["-m", "accelerate.commands.launch"]]
-    assert len(bench_calls) == 4 and len(launches) == 1
+    assert len(bench_calls) == 5 and len(launches) == 1
     for command in bench_calls:  # argparse exits on an unknown flag or a bad choice
         args = bench.parse_args(command[2:])
         for size in (args.sizes + "," + (args.compile_sizes or "")).split(","):
