@@ -14,6 +14,7 @@ Identical to transformers' `LlamaModel` except:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -596,6 +597,24 @@ def build_stream(config: SkipNormConfig) -> nn.Module:
     return SingleStream()
 
 
+def reduce_captured_streams(forward: Callable) -> Callable:
+    """`output_hidden_states` records each block's output, which for multi-stream residuals (hyper-connections,
+    mHC, DenseFormer, ResiDual) is the whole stream state, (B, T, n, C). Report what the final norm would read
+    instead, (B, T, C), as every transformers model does; `diagnostics.py` hooks the blocks for the raw state."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        outputs = forward(self, *args, **kwargs)
+        hidden_states = getattr(outputs, "hidden_states", None)
+        if hidden_states is not None:
+            outputs.hidden_states = tuple(
+                h if h is None or h.dim() == 3 else self.residual_stream.reduce(h) for h in hidden_states
+            )
+        return outputs
+
+    return wrapper
+
+
 # ----------------------------------------------------------------------------------------------------- models
 class SkipNormPreTrainedModel(PreTrainedModel):
     config_class = SkipNormConfig
@@ -827,6 +846,7 @@ class SkipNormModel(SkipNormPreTrainedModel):
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @merge_with_config_defaults
+    @reduce_captured_streams
     @capture_outputs
     def forward(
         self,

@@ -224,3 +224,21 @@ def test_output_hidden_states_and_attentions():
     out = model(torch.randint(1, VOCAB, (1, 4)), output_hidden_states=True, output_attentions=True)
     assert len(out.hidden_states) == 3 and len(out.attentions) == 2
     assert out.attentions[0].shape == (1, 4, 4, 4)
+
+
+@pytest.mark.parametrize("extra", [{"residual": "hyper"}, {"residual": "mhc"}, {"residual": "dense"},
+                                   {"norm_position": "resi_dual", "norm_type": "layernorm"}],
+                         ids=["hyper", "mhc", "dense", "resi_dual"])
+def test_multi_stream_models_report_hidden_states_as_one_stream(extra):
+    """Each recorded hidden state is what the final norm would read, (B, T, C), as in any transformers model."""
+    model = SkipNormModel(tiny(num_hidden_layers=3, **extra)).eval()
+    ids = torch.randint(1, VOCAB, (2, 5))
+    out = model(ids, output_hidden_states=True)
+    assert len(out.hidden_states) == 4
+    assert all(h.shape == (2, 5, 32) for h in out.hidden_states)
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    # the first one is the embedding output e, put into the streams and read back: ResiDual reads x + N(d) = e + N(e),
+    # the others read e itself
+    e = model.embed_tokens(ids)
+    expected = e + model.residual_stream.dual_final_norm(e) if "norm_position" in extra else e
+    torch.testing.assert_close(out.hidden_states[0], expected)
