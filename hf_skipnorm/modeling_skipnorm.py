@@ -44,7 +44,14 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_skipnorm import PLACEMENT_SLOTS, SkipNormConfig, SublayerNorms
 from .loading_skipnorm import safe_from_pretrained
-from .norms_skipnorm import Identity, SkipNormDynamicErf, SkipNormDynamicTanh, SkipNormScaleNorm, build_norm
+from .norms_skipnorm import (
+    Identity,
+    SkipNormDynamicErf,
+    SkipNormDynamicTanh,
+    SkipNormScaleNorm,
+    build_norm,
+    fold_affine,
+)
 from .hyper_connections_skipnorm import (
     DenseStream,
     DepthWeightedAverage,
@@ -96,8 +103,8 @@ class SkipNormRotaryEmbedding(nn.Module):
     @dynamic_rope_update
     def rotary(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = torch.promote_types(x.dtype, torch.float32)  # angles in at least float32, as in LLaMA
-        freqs = position_ids[..., None].to(dtype) * self.inv_freq.to(device=x.device, dtype=dtype)  # (B, T, r/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, r)
+        freqs = position_ids[:, None, :, None].to(dtype) * self.inv_freq.to(device=x.device, dtype=dtype)  # (B, 1, T, r/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, 1, T, r): the head axis once here, not per layer in attention
         return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor):
@@ -138,8 +145,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first ``cos.shape[-1]`` dims of each head of ``x`` (B, H, T, hd); the rest pass through."""
-    rotary_dim = cos.shape[-1]
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, r)
+    rotary_dim = cos.shape[-1]  # cos, sin: (B, 1, T, r), broadcast over the heads
     if rotary_dim == x.shape[-1]:
         return x * cos + rotate_half(x) * sin
     x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
@@ -807,7 +813,8 @@ class SkipNormModel(SkipNormPreTrainedModel):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.embedding_multiplier = float(config.embedding_multiplier)  # a Python float: nothing for loading to wipe
+        # Gemma's sqrt(d) as a Python float (nothing for loading to wipe); no op at all when it is 1.
+        self.scale_embeddings = fold_affine(0.0, float(config.embedding_multiplier))
         self.embed_positions = POSITION_CLASSES[config.position_embedding](config)
         self.embed_token_types = (
             nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
@@ -862,7 +869,8 @@ class SkipNormModel(SkipNormPreTrainedModel):
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids) * self.embedding_multiplier  # Gemma: * sqrt(hidden_size)
+            # Gemma: * sqrt(hidden_size), on the token lookup only; a caller's inputs_embeds are used as given
+            inputs_embeds = self.scale_embeddings(self.embed_tokens(input_ids))
         if not self.config.is_causal:
             use_cache = False  # an encoder re-reads the whole sequence; a cache would be wrong, not just useless
         if use_cache and cache is None:

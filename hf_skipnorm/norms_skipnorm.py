@@ -12,6 +12,7 @@ input norms of LayerNorm Scaling (``1/sqrt(l)``, arXiv 2502.05795). Initial valu
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -21,9 +22,30 @@ import torch.nn.functional as F
 from .configuration_skipnorm import SkipNormConfig
 
 
+def _unchanged(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _offset_and_scale(t: torch.Tensor, offset: float, scale: float) -> torch.Tensor:
+    return (t + offset) * scale
+
+
+def fold_affine(offset: float, scale: float):
+    """``t -> (t + offset) * scale`` with Python-float constants, chosen at construction: the identity when there is
+    nothing to fold, so the common cell (no unit offset, no depth scaling) spends no tensor op per call on it (two
+    scalar ops per norm were a measurable share of a CPU decode step, benchmarks/RESULTS.md)."""
+    if offset == 0.0 and scale == 1.0:
+        return _unchanged
+    return functools.partial(_offset_and_scale, offset=offset, scale=scale)
+
+
+# float32 statistics for half-precision inputs (bf16 variance underflows), the input's own dtype otherwise; a dict
+# lookup rather than torch.promote_types, which is a dispatched op on every norm call.
+_HALF_TO_FLOAT32 = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
-    """float32 for half-precision inputs (bf16 variance underflows), the input's own dtype for float32/float64."""
-    return torch.promote_types(x.dtype, torch.float32)
+    return _HALF_TO_FLOAT32.get(x.dtype, x.dtype)
 
 
 class SkipNormLayerNorm(nn.Module):
@@ -36,12 +58,14 @@ class SkipNormLayerNorm(nn.Module):
         self.output_scale = float(output_scale)
         self.weight = nn.Parameter(torch.empty(dim))
         self.bias = nn.Parameter(torch.empty(dim)) if config.norm_bias else None
+        # output_scale folds into gain and bias ((g*z + b)*s = (g*s)*z + b*s): no extra full-size multiply.
+        self.fold_gain = fold_affine(self.unit_offset, self.output_scale)
+        self.fold_bias = fold_affine(0.0, self.output_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
         dtype = _stats_dtype(x)
-        # output_scale folds into gain and bias ((g*z + b)*s = (g*s)*z + b*s): no extra full-size multiply.
-        gain = (self.weight + self.unit_offset).to(dtype) * self.output_scale
-        bias = None if self.bias is None else self.bias.to(dtype) * self.output_scale
+        gain = self.fold_gain(self.weight.to(dtype))
+        bias = None if self.bias is None else self.fold_bias(self.bias.to(dtype))
         return F.layer_norm(x.to(dtype), gain.shape, gain, bias, self.eps).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -58,14 +82,14 @@ class SkipNormRMSNorm(nn.Module):
         self.unit_offset = 1.0 if config.norm_unit_offset else 0.0
         self.output_scale = float(output_scale)
         self.weight = nn.Parameter(torch.empty(dim))
+        # The scalars fold into the (dim,) gain first: one full-size multiply, not three (benchmarks/RESULTS.md).
+        self.fold_gain = fold_affine(self.unit_offset, self.output_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
         dtype = _stats_dtype(x)
         xs = x.to(dtype)
         normed = xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + self.eps)
-        # The scalars fold into the (dim,) gain first: one full-size multiply, not three (benchmarks/RESULTS.md).
-        gain = (self.weight.to(dtype) + self.unit_offset) * self.output_scale
-        return (normed * gain).to(x.dtype)
+        return (normed * self.fold_gain(self.weight.to(dtype))).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[0]}, eps={self.eps}, unit_offset={bool(self.unit_offset)}, "

@@ -137,7 +137,7 @@ def causal_mask(T, dtype):
 def run_block(block, config, x):
     cos, sin = ref_rope(x.shape[1], config.head_dim)
     return block(x, attention_mask=causal_mask(x.shape[1], x.dtype),
-                 position_embeddings=(cos[None].to(x.dtype), sin[None].to(x.dtype)))
+                 position_embeddings=(cos[None, None].to(x.dtype), sin[None, None].to(x.dtype)))  # (B, 1, T, hd)
 
 
 # ---------------------------------------------------------------------------------------------- the grid
