@@ -1039,7 +1039,7 @@ class SkipNormForSequenceClassification(SkipNormPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = SkipNormModel(config)
-        self.classifier_dropout = nn.Dropout(config.hidden_dropout)
+        self.classifier_dropout = build_dropout(config.hidden_dropout)
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
 
@@ -1080,7 +1080,7 @@ class SkipNormForTokenClassification(SkipNormPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = SkipNormModel(config)
-        self.classifier_dropout = nn.Dropout(config.hidden_dropout)
+        self.classifier_dropout = build_dropout(config.hidden_dropout)
         self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
