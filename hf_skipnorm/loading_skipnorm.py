@@ -162,7 +162,8 @@ class LoadReport:
         prefix = model.base_model_prefix + "."
         is_base = model.base_model is model
         children = {name for name, _ in model.named_children()}
-        same_class = type(model).__name__ in (checkpoint_classes or [])
+        # saved by this class (or a class it subclasses): every head tensor must be there
+        saved_by = next((c.__name__ for c in type(model).__mro__ if c.__name__ in checkpoint_classes), None)
 
         for key, checkpoint_shape, model_shape in sorted(info["mismatched_keys"]):
             line = f"{key}: shape {tuple(checkpoint_shape)} in the checkpoint, {tuple(model_shape)} built from the config"
@@ -188,14 +189,11 @@ class LoadReport:
             head = head_of(key)
             if head is None:
                 self.problems.append(f"{key}: built from the config, but missing from the checkpoint")
-            elif same_class:
-                self.problems.append(
-                    f"{key}: missing from a checkpoint saved by {type(model).__name__} itself (it would be random-"
-                    f"filled); if the checkpoint ties it to the input embeddings, load with tie_word_embeddings=True"
-                    if key == "lm_head.weight" else
-                    f"{key}: missing from a checkpoint saved by {type(model).__name__} itself (it would be random-"
-                    f"filled)"
-                )
+            elif saved_by:
+                hint = ("; if the checkpoint ties it to the input embeddings, load with tie_word_embeddings=True"
+                        if key == "lm_head.weight" else "")
+                self.problems.append(f"{key}: missing from a checkpoint saved by {saved_by}, which has this head (it "
+                                     f"would be random-filled){hint}")
             elif head in unexpected_heads or head in loaded_heads:
                 self.problems.append(f"{key}: missing, while the checkpoint has other {head} tensors (a renamed key?)")
             else:
