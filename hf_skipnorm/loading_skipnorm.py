@@ -184,11 +184,11 @@ class LoadReport:
             if head is not None and head not in children:
                 self.other_heads.append(key)
             else:
-                self.problems.append(f"{key}: in the checkpoint, but the config builds no tensor of that name")
+                self.problems.append(f"{key}: in the checkpoint but not built from the config (the model has no tensor of that name)")
         for key in sorted(info["missing_keys"]):
             head = head_of(key)
             if head is None:
-                self.problems.append(f"{key}: built from the config, but missing from the checkpoint")
+                self.problems.append(f"{key}: built from the config but missing from the checkpoint")
             elif saved_by:
                 hint = ("; if the checkpoint ties it to the input embeddings, load with tie_word_embeddings=True"
                         if key == "lm_head.weight" else "")

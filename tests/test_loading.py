@@ -74,7 +74,7 @@ def test_a_tensor_the_model_has_no_place_for_is_refused(tmp_path, saved_with, ed
     edit_config(tmp_path, **edited)
     if weights:
         edit_weights(tmp_path, weights)
-    with pytest.raises(CheckpointMismatchError, match=rf"{key}: in the checkpoint, but the config builds no tensor"):
+    with pytest.raises(CheckpointMismatchError, match=rf"{key}: in the checkpoint but not built from the config"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
@@ -88,9 +88,9 @@ MISSING = {
                            r"lm_head\.weight: missing from a checkpoint saved by SkipNormForCausalLM, which"),
     "backbone-key-renamed": (SkipNormForCausalLM, dict(), dict(),
                              rename("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weighs"),
-                             r"model\.layers\.0\.mlp\.up_proj\.weight: built from the config, but missing"),
+                             r"model\.layers\.0\.mlp\.up_proj\.weight: built from the config but missing"),
     "head-key-renamed": (SkipNormForCausalLM, dict(tie_word_embeddings=False), dict(),
-                         rename("lm_head.weight", "lm_head.weigh"), r"lm_head\.weigh: in the checkpoint"),
+                         rename("lm_head.weight", "lm_head.weigh"), r"lm_head\.weigh: in the checkpoint but not built"),
     "score-renamed": (SkipNormForSequenceClassification, dict(num_labels=3), dict(),
                       rename("score.weight", "score.weigh"), r"score\.weight: missing from a checkpoint saved by"),
 }
@@ -113,7 +113,7 @@ def test_a_renamed_head_key_in_an_unknown_checkpoint_is_still_refused(tmp_path):
     del config["architectures"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     edit_weights(tmp_path, rename("score.weight", "score.weigh"))
-    with pytest.raises(CheckpointMismatchError, match=r"score\.weigh: in the checkpoint"):
+    with pytest.raises(CheckpointMismatchError, match=r"score\.weigh: in the checkpoint but not built"):
         SkipNormForSequenceClassification.from_pretrained(tmp_path)
 
 
