@@ -34,6 +34,8 @@ from hf_skipnorm.configuration_skipnorm import POST_LN_RESIDUALS, RESIDUALS  # n
 VARIANTS: dict[str, dict] = {residual: {"residual": residual} for residual in RESIDUALS}
 VARIANTS["hyper_static"] = {"residual": "hyper", "hyper_dynamic": False}
 VARIANTS["add@post"] = {"residual": "add", "norm_position": "post"}
+# Issue 15's depth mixing: Block AttnRes (N=2 blocks of the default 4 layers) beside Full AttnRes (`attn_res`).
+VARIANTS["attn_res_blocks2"] = {"residual": "attn_res", "attn_res_blocks": 2}
 for residual in POST_LN_RESIDUALS:
     VARIANTS[residual]["norm_position"] = "post"
 

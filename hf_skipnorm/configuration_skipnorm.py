@@ -92,10 +92,11 @@ PARALLEL_RESIDUALS: tuple[str, ...] = ("add", "none", "scaled", "rezero", "skipi
 NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dyt", "derf", "none")
 RESIDUALS: tuple[str, ...] = (
     "add", "none", "scaled", "deepnorm", "admin", "rezero", "skipinit", "layerscale", "gated", "hyper", "mhc", "dense",
+    "attn_res",  # issue 15
 )
 # Residuals that replace the single residual stream by several (hyper-connections) or by the history of block
 # outputs (DenseFormer): their blocks take and return a stream state, not (B, T, C) (modeling_skipnorm.BLOCK_CLASSES).
-STREAM_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense")
+STREAM_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense", "attn_res")
 # Post-LN residuals: their formula is N(w * x + F(x)) and their constants were derived for post-LN.
 POST_LN_RESIDUALS: tuple[str, ...] = ("deepnorm", "admin")
 POSITION_EMBEDDINGS: tuple[str, ...] = ("rope", "learned", "none")
@@ -229,8 +230,14 @@ class SkipNormConfig(PreTrainedConfig):
             doubly stochastic matrices by `sinkhorn_iters` Sinkhorn-Knopp iterations; the paper reports 6.7% training
             overhead at n=4. `dense`: DenseFormer (Pagliardini et al. 2024, arXiv 2402.02622): after block ``i`` a
             depth-weighted average of the embeddings and every block output so far, initialized to the plain residual.
-            `hyper`, `mhc` and `dense` need the sequential block (no `parallel_block`, `b2t` or `resi_dual`); `hyper`
-            and `mhc` need placements without a norm after the skip.
+            `attn_res`: Attention Residuals (Kimi Team 2026, arXiv 2603.15031; MoonshotAI/Attention-Residuals): each
+            sublayer's input is ``h = sum_i alpha_i v_i`` with ``alpha = softmax_i(w^T RMSNorm(v_i))`` over the embedding
+            and every earlier sublayer output (Full AttnRes) or block sums (`attn_res_blocks`), ``w`` a learned
+            pseudo-query per sublayer initialized to 0 (uniform weights at init); a last aggregation with its own ``w``
+            feeds the final norm. The paper reports Block AttnRes matching a baseline trained with 1.25x more compute
+            and more uniform output magnitudes and gradients across depth than PreNorm (Kimi Linear 48B).
+            `hyper`, `mhc`, `dense` and `attn_res` need the sequential block (no `parallel_block`, `b2t` or
+            `resi_dual`); `hyper`, `mhc` and `attn_res` need placements without a norm after the skip.
         residual_alpha (`float` or `None`): constant on the skip path for `scaled` and `deepnorm`. `None` resolves to
             DeepNet's ``(2L)^(1/4)`` for `deepnorm` and to 1.0 otherwise; the resolved value is stored.
         branch_init_gain (`float` or `None`): when set, the branch weights (`v_proj`, `o_proj`, `gate_proj`,
@@ -246,6 +253,10 @@ class SkipNormConfig(PreTrainedConfig):
         hyper_dynamic (`bool`, defaults to `True`): `hyper` with the input-dependent connections (DHC, the paper's
             best) as well as the static ones; `False` gives static hyper-connections (SHC).
         sinkhorn_iters (`int`, defaults to 20): Sinkhorn-Knopp iterations of `mhc` (the paper's ``t_max = 20``).
+        attn_res_blocks (`int` or `None`): Block AttnRes (arXiv 2603.15031, Sec. 3.2): `None` is Full AttnRes (every
+            attention and MLP output is a source, memory O(Ld)); N splits the L layers into N blocks of L/N whole layers,
+            plain residual sums inside a block and attention over the block sums ``[b_0 = embeddings, b_1, ...]`` plus
+            the partial sum of the current block (memory O(Nd)); the paper finds N around 8 recovers most of Full's gain.
         branch_multiplier (`float`, defaults to 1.0): constant on the branch for `scaled` (MiniCPM's scale_depth/sqrt(L)).
         embedding_norm (`bool`, defaults to `False`): normalize the embedding output (BERT; Peri-LN, arXiv 2502.02732;
             `norm_position="peri"` turns it on).
@@ -354,6 +365,10 @@ class SkipNormConfig(PreTrainedConfig):
     hyper_dynamic: bool = True
     sinkhorn_iters: int = 20
 
+    # --- issue 15: the depth-mixing frontier (arXiv ids and paper defaults in the docstring; checks in
+    # validate_depth_mixing) ---
+    attn_res_blocks: int | None = None
+
     def __post_init__(self, **kwargs):
         if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int):
             if self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads == 0:
@@ -449,6 +464,7 @@ class SkipNormConfig(PreTrainedConfig):
         self._check_positions("mlp_norm_position", self.mlp_norm_position, allow_none=True)
         self.validate_norm_catalogue()
         self.validate_residual_catalogue()
+        self.validate_depth_mixing()
 
     def validate_norm_catalogue(self) -> None:
         """Cross-field checks of the norm catalogue: refuse combinations that do not mean anything, saying why."""
@@ -636,6 +652,33 @@ class SkipNormConfig(PreTrainedConfig):
                         f"SkipNormConfig.norm_position={bad[0]!r} (block {layer}) is not valid with residual="
                         f"{self.residual!r}: hyper-connections mix several streams after each sublayer, so a norm "
                         f"after the skip has no single stream to normalize; valid choices: placements without a "
+                        f"post norm, e.g. pre, sandwich, output, none"
+                    )
+
+    def validate_depth_mixing(self) -> None:
+        """Issue 15's fields (Attention Residuals, ...): types, ranges and the combinations that mean nothing."""
+        blocks = self.attn_res_blocks
+        if blocks is not None:
+            if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1 or self.num_hidden_layers % blocks:
+                raise ValueError(
+                    f"SkipNormConfig.attn_res_blocks={blocks!r} is not valid; expected None (Full AttnRes) or an integer "
+                    f"N >= 1 dividing num_hidden_layers={self.num_hidden_layers} (Block AttnRes: blocks of whole "
+                    f"transformer layers, as the reference code's block_size counts attention + MLP)"
+                )
+            if self.residual != "attn_res":
+                raise ValueError(
+                    f"SkipNormConfig.attn_res_blocks={blocks!r} is not valid with residual={self.residual!r}: it sets the "
+                    f"blocks of Attention Residuals; valid choices: residual='attn_res' or attn_res_blocks=None"
+                )
+        if self.residual == "attn_res":
+            for layer in range(self.num_hidden_layers):
+                attn, mlp = self.layer_norm_positions(layer)
+                bad = [p for p, sub in ((attn, 0), (mlp, 1)) if PLACEMENT_SLOTS[p][sub].post]
+                if bad:
+                    raise ValueError(
+                        f"SkipNormConfig.norm_position={bad[0]!r} (block {layer}) is not valid with residual='attn_res': "
+                        f"Attention Residuals replace the skip sum by attention over depth, so a norm after the skip "
+                        f"has no sum to normalize (the paper builds on PreNorm); valid choices: placements without a "
                         f"post norm, e.g. pre, sandwich, output, none"
                     )
 

@@ -60,6 +60,7 @@ from .hyper_connections_skipnorm import (
     MultiStream,
     StaticHyperConnection,
 )
+from .depth_mixing_skipnorm import AttnResStream, DepthAttention
 from .residuals_skipnorm import (
     GATE_BIAS_INIT,
     AdminResidual,
@@ -534,6 +535,37 @@ class SkipNormDenseBlock(SkipNormBlock):
         return torch.cat((history, self.depth_average(history).unsqueeze(-2)), dim=-2)
 
 
+class SkipNormAttnResBlock(SkipNormBlock):
+    """A block under Attention Residuals (Kimi Team, arXiv 2603.15031): per sublayer ``F`` (with its norms),
+
+        h = sum_i alpha_i v_i            (`*_residual.aggregate`: softmax over depth with the sublayer's pseudo-query)
+        sources <- write(sources, F(h))  (a new source, or added to the current block's partial sum)
+
+    The state is the stack of sources (B, T, S, C) (`AttnResStream`); the depth-attention modules sit in the
+    `attn_residual` / `mlp_residual` slots. The config refuses placements with a norm after the skip.
+    """
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, S, C)
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        sources = hidden_states
+        h = self.attn_residual.aggregate(sources)
+        attn, _ = self.self_attn(
+            self.attn_pre_norm(h), position_embeddings=position_embeddings, attention_mask=attention_mask,
+            cache=cache, **kwargs,
+        )
+        sources = self.attn_residual.write(sources, self.branch_dropout(self.attn_out_norm(attn)))
+        h = self.mlp_residual.aggregate(sources)
+        mlp = self.mlp(self.mlp_pre_norm(h))
+        return self.mlp_residual.write(sources, self.branch_dropout(self.mlp_out_norm(mlp)))
+
+
 # ----------------------------------------------------------------------------------------------------- topologies
 # Which block class builds layer `l`. Placements and residuals that change the block's wiring (parallel blocks,
 # dual streams, hyper-connections, ...) add a block subclass and a row here; `block_topology` picks the row.
@@ -544,6 +576,7 @@ BLOCK_CLASSES: dict[str, type[nn.Module]] = {
     "resi_dual": SkipNormResiDualBlock,
     "hyper": SkipNormHyperConnectionBlock,
     "dense": SkipNormDenseBlock,
+    "attn_res": SkipNormAttnResBlock,
 }
 
 
@@ -559,6 +592,8 @@ def block_topology(config: SkipNormConfig, layer_idx: int) -> str:
         return "hyper"
     if config.residual == "dense":
         return "dense"
+    if config.residual == "attn_res":
+        return "attn_res"
     return "sequential"
 
 
@@ -600,6 +635,8 @@ def build_stream(config: SkipNormConfig) -> nn.Module:
         return MultiStream(config)
     if config.residual == "dense":
         return DenseStream()
+    if config.residual == "attn_res":
+        return AttnResStream(config)
     return SingleStream()
 
 
@@ -637,9 +674,9 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         rf"_residual\.{name}" for name in (
             "input_bias", "mixing_bias", "output_bias", "dynamic_norm", "dynamic_width_proj", "dynamic_depth_proj",
             "width_scale_bias", "depth_scale_bias", "pre_bias", "post_bias", "res_bias", "dynamic_proj",
-            "pre_scale_bias", "post_scale_bias", "res_scale_bias",
+            "pre_scale_bias", "post_scale_bias", "res_scale_bias", "query_bias", "key_norm",
         )
-    ]
+    ] + [r"residual_stream\.query_bias", r"residual_stream\.key_norm"]  # AttnRes's final aggregation
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
@@ -692,6 +729,7 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         | hyper-connections (SHC / DHC) | offsets 0: A_m = e_{k mod n}, A_r = I, B = 1; dynamic W = 0, s = 0.01 |
         | mHC | b_pre = e_{k mod n}, b_post = 0, b_res = I (logits); phi = 0; gating offsets 0 (alpha = 0.01) |
         | DenseFormer depth weights | offsets 0: the plain residual (weight 1 on the latest block output) |
+        | AttnRes pseudo-queries w (`query_bias`), key RMSNorm gain | 0 (uniform weights over depth, the paper's init) / 1 |
         | rotary inv_freq | recomputed from the config (transformers' default) |
         """
         super()._init_weights(module)
@@ -763,6 +801,8 @@ class SkipNormPreTrainedModel(PreTrainedModel):
                 init.zeros_(param)
         if isinstance(module, DepthWeightedAverage):
             init.zeros_(module.alpha_bias)
+        if isinstance(module, DepthAttention):
+            init.zeros_(module.query_bias)
 
     @torch.no_grad()
     def admin_profile(self, batch: torch.Tensor | dict) -> list[float]:

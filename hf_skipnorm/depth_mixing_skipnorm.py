@@ -1,0 +1,97 @@
+"""Depth mixing of the 2024-2026 frontier (issue 15): Attention Residuals, U-Net skips, layer drop, value residuals.
+
+- Attention Residuals (Kimi Team, arXiv 2603.15031; MoonshotAI/Attention-Residuals): every sublayer's input is a
+  softmax-weighted sum over depth, ``h = sum_i alpha_i v_i`` with ``alpha = softmax_i(w^T RMSNorm(v_i))`` and ``w`` a
+  learned pseudo-query. `DepthAttention` is that operator; `AttnResStream` is the stream adapter whose state is the
+  stack of sources ``[v_0, v_1, ...]`` (Full AttnRes) or ``[b_0, ..., b_{n-1}, b_n^i]`` (Block AttnRes), shape
+  (B, T, S, C), and whose `reduce` is the final aggregation the paper's reference code puts before the output norm.
+
+Learned scalars and vectors are stored as offsets from their paper init named ``*_bias`` (the pseudo-query ``w`` is
+``0 + query_bias``), so the Trainer's no-decay rule (names containing ``bias`` or ``norm``) leaves them alone, as in
+hyper_connections_skipnorm.py. Mixing runs in at least float32, autocast off.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .configuration_skipnorm import SkipNormConfig
+from .hyper_connections_skipnorm import at_least_float32, full_precision, sublayer_index
+from .norms_skipnorm import SkipNormRMSNorm
+
+
+# ----------------------------------------------------------------------------------------------------- AttnRes
+def attn_res_block_size(config: SkipNormConfig) -> int:
+    """Sublayers per AttnRes block ``S``: 1 for Full AttnRes (every attention and MLP output is its own source), else
+    ``2L / N`` for `attn_res_blocks` = N (the reference code's `block_size`, which "counts ATTN + MLP")."""
+    if config.attn_res_blocks is None:
+        return 1
+    return 2 * config.num_hidden_layers // config.attn_res_blocks
+
+
+class DepthAttention(nn.Module):
+    """Softmax attention over depth, Attention Residuals (Kimi Team 2026, arXiv 2603.15031, Sec. 3)::
+
+        h = sum_i alpha_i v_i,    alpha_i = exp(w^T RMSNorm(v_i)) / sum_j exp(w^T RMSNorm(v_j))
+
+    over the sources ``v_i`` (B, T, S, C): keys are the RMS-normalized values (`key_norm`, an RMSNorm with a learned
+    gain as in the reference code, whatever `norm_type` is), the query ``w`` is one learned vector per sublayer,
+    independent of the input (the "pseudo-query"). ``w`` starts at 0 (the paper's init), so every aggregation starts
+    as the uniform mean of its sources. Stored as ``query_bias = w - 0``.
+    """
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__()
+        self.query_bias = nn.Parameter(torch.empty(config.hidden_size))  # the pseudo-query w
+        self.key_norm = SkipNormRMSNorm(config.hidden_size, config)
+
+    def aggregate(self, sources: torch.Tensor) -> torch.Tensor:  # (B, T, S, C) -> (B, T, C)
+        with full_precision(sources):
+            values = at_least_float32(sources)
+            logits = self.key_norm(values) @ self.query_bias.to(values.dtype)  # (B, T, S): w^T RMSNorm(v_i)
+            weights = torch.softmax(logits, dim=-1)
+            mixed = (weights.unsqueeze(-2) @ values).squeeze(-2)  # sum_i alpha_i v_i
+        return mixed.to(sources.dtype)
+
+
+def open_block(sources: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """The sublayer opens a new block: its output becomes a new source, ``[..., v_k]`` (B, T, S + 1, C)."""
+    return torch.cat((sources, output.to(sources.dtype).unsqueeze(-2)), dim=-2)
+
+
+def add_to_block(sources: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """Inside a block the residual is the plain sum: the last source (the partial block ``b_n^i``) gains the output."""
+    partial = sources[..., -1, :] + output.to(sources.dtype)
+    return torch.cat((sources[..., :-1, :], partial.unsqueeze(-2)), dim=-2)
+
+
+class SublayerDepthAttention(DepthAttention):
+    """One sublayer's AttnRes: `aggregate` reads its input from the sources, `write` puts its output back.
+
+    Block AttnRes (arXiv 2603.15031, Sec. 3.2) with ``S`` sublayers per block: ``b_0`` is the embedding output, block
+    ``n`` sums its sublayer outputs, ``b_n = sum_{j in B_n} f_j(h_j)``; the first sublayer of block ``n`` attends over
+    ``[b_0, ..., b_{n-1}]``, the ``i``-th (i >= 2) over ``[b_0, ..., b_{n-1}, b_n^{i-1}]`` with ``b_n^{i-1}`` the
+    partial sum so far. Full AttnRes is ``S = 1``: every output is a source. Whether this sublayer opens a block is a
+    Python fact of its position, fixed at construction.
+    """
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__(config)
+        self.position_in_block = sublayer_index(layer_idx, sublayer) % attn_res_block_size(config)
+        self.write = open_block if self.position_in_block == 0 else add_to_block
+
+    def extra_repr(self) -> str:
+        return f"position_in_block={self.position_in_block}"
+
+
+class AttnResStream(DepthAttention):
+    """`attn_res` stream adapter: the state is the stack of AttnRes sources (B, T, S, C), starting from
+    ``[b_0 = embeddings]``; `reduce` is the final depth attention with its own pseudo-query and key norm, which the
+    reference integrations (``final_attn_res_proj`` / ``final_attn_res_norm``) apply before the output norm."""
+
+    def expand(self, hidden_states: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, 1, C)
+        return hidden_states.unsqueeze(-2)
+
+    def reduce(self, stream: torch.Tensor) -> torch.Tensor:  # (B, T, S, C) -> (B, T, C)
+        return self.aggregate(stream)

@@ -1,0 +1,199 @@
+"""Issue 15's depth mixing against formulas written here from the papers, in float64 on random (non-init) weights.
+
+The depth bookkeeping (which sources each sublayer reads, how blocks sum, the softmax over depth, the mixes) is
+written out again from the papers' equations; the attention and MLP branches themselves are the model's own modules
+(tests/test_catalogue.py checks them against their formulas). Papers: Attention Residuals arXiv 2603.15031.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from hf_skipnorm import SkipNormConfig, SkipNormForCausalLM, SkipNormModel
+
+TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=24, norm_eps=1e-5, max_position_embeddings=32, attn_implementation="eager")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**fields):
+    return SkipNormConfig(**{**TINY, **fields})
+
+
+def randomize_(module, std=0.3):
+    """Random values everywhere, pseudo-queries and norm gains included, so a skipped factor cannot hide."""
+    with torch.no_grad():
+        for _, p in module.named_parameters():
+            p.copy_(torch.randn_like(p) * std + (1.0 if p.dim() == 1 else 0.0) * 0.5)
+
+
+def rms(x, weight, eps):
+    return weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def causal(T, dtype):
+    return torch.full((T, T), torch.finfo(dtype).min, dtype=dtype).triu(1)[None, None]
+
+
+def random_model(config, seed=1):
+    torch.manual_seed(seed)
+    model = SkipNormModel(config).double().eval()
+    randomize_(model, std=0.25)
+    return model, torch.randint(0, 50, (2, 6))
+
+
+def branches(block, mask):
+    """The block's attention and MLP as functions of their (already aggregated) input h, pre-norm included."""
+    eps = block.attn_pre_norm.eps
+
+    def attn(h):
+        return block.self_attn(rms(h, block.attn_pre_norm.weight, eps), attention_mask=mask)[0]
+
+    def mlp(h):
+        return block.mlp(rms(h, block.mlp_pre_norm.weight, eps))
+
+    return attn, mlp
+
+
+# ---------------------------------------------------------------------------------------------- Attention Residuals
+def depth_attention(sources, query, key_gain, eps):
+    """arXiv 2603.15031 Eq. (2)-(3): h = sum_i alpha_i v_i, alpha_i = exp(w^T RMSNorm(v_i)) / sum_j exp(w^T RMSNorm(v_j))."""
+    scores = torch.stack([(query * rms(v, key_gain, eps)).sum(-1) for v in sources])  # (S, B, T)
+    alpha = torch.exp(scores - scores.max(0).values)
+    alpha = alpha / alpha.sum(0)
+    return sum(a[..., None] * v for a, v in zip(alpha, sources))
+
+
+def attn_res_reference(model, ids, blocks):
+    """Block AttnRes written from Sec. 3.2: b_0 = embeddings; L layers in N blocks of L/N layers; the first sublayer
+    of block n reads [b_0..b_{n-1}], a later one [b_0..b_{n-1}, b_n^{i-1}]; the block sum b_n is the plain residual
+    sum of its sublayer outputs. Full AttnRes: every sublayer output is its own source. A final depth attention
+    (the reference code's final_attn_res_proj / _norm) feeds the final norm."""
+    config = model.config
+    x = model.embed_tokens.weight[ids]
+    mask = causal(ids.shape[1], x.dtype)
+    completed, partial = [x], None  # [b_0, ...], b_n^i (None: the block has no output yet)
+    layers_per_block = None if blocks is None else config.num_hidden_layers // blocks
+    for index, block in enumerate(model.layers):
+        attn, mlp = branches(block, mask)
+        for f, residual, sub in ((attn, block.attn_residual, 0), (mlp, block.mlp_residual, 1)):
+            if layers_per_block is None:  # Full AttnRes: v_0 = embedding, v_k = output of sublayer k
+                h = depth_attention(completed, residual.query_bias, residual.key_norm.weight, config.norm_eps)
+                completed.append(f(h))
+                continue
+            starts_block = index % layers_per_block == 0 and sub == 0
+            if starts_block and partial is not None:
+                completed, partial = completed + [partial], None
+            sources = completed + ([] if partial is None else [partial])
+            h = depth_attention(sources, residual.query_bias, residual.key_norm.weight, config.norm_eps)
+            partial = f(h) if partial is None else partial + f(h)
+    final = completed + ([] if partial is None else [partial])
+    stream = model.residual_stream
+    out = depth_attention(final, stream.query_bias, stream.key_norm.weight, config.norm_eps)
+    return rms(out, model.final_norm.weight, config.norm_eps)
+
+
+@pytest.mark.parametrize("blocks", [None, 1, 2, 4], ids=lambda b: "full" if b is None else f"blocks{b}")
+def test_attn_res_stack_matches_the_papers_equations(blocks):
+    model, ids = random_model(tiny(residual="attn_res", attn_res_blocks=blocks, position_embedding="none"))
+    expected = attn_res_reference(model, ids, blocks)
+    actual = model(ids).last_hidden_state
+    assert (actual - expected).abs().max().item() < 1e-10 * expected.abs().max().item()
+
+
+def test_attn_res_starts_with_zero_queries_and_uniform_weights():
+    """The paper's init: every pseudo-query 0, so each aggregation is the plain mean of its sources."""
+    model = SkipNormModel(tiny(residual="attn_res")).double()
+    queries = [p for n, p in model.named_parameters() if n.endswith("query_bias")]
+    assert len(queries) == 2 * 4 + 1 and all(torch.all(q == 0) for q in queries)
+    sources = torch.randn(2, 3, 5, 16, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1, 3.0, 7.0])[:, None].double()
+    torch.testing.assert_close(model.layers[2].attn_residual.aggregate(sources), sources.mean(-2), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("blocks", [None, 2], ids=["full", "blocks2"])
+def test_attn_res_hidden_states_and_state_layout(blocks):
+    """output_hidden_states reports what the final norm would read (the final aggregation), (B, T, C); the raw state
+    after block l holds the sources so far: Full 1 + 2(l+1), Block the completed blocks plus the partial sum."""
+    model, ids = random_model(tiny(residual="attn_res", attn_res_blocks=blocks))
+    states = []
+    hooks = [layer.register_forward_hook(lambda m, a, out: states.append(out)) for layer in model.layers]
+    out = model(ids, output_hidden_states=True)
+    for hook in hooks:
+        hook.remove()
+    assert all(h.shape == (2, 6, 16) for h in out.hidden_states)
+    assert [s.shape[-2] for s in states] == ([3, 5, 7, 9] if blocks is None else [2, 2, 3, 3])
+    stream = model.residual_stream
+    for state, hidden in zip(states[:-1], out.hidden_states[1:-1]):
+        expected = depth_attention(list(state.unbind(-2)), stream.query_bias, stream.key_norm.weight, 1e-5)
+        torch.testing.assert_close(hidden, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(residual="attn_res"), dict(residual="attn_res", attn_res_blocks=2, norm_position="sandwich"),
+], ids=["full", "blocks2-sandwich"])
+def test_cached_generation_equals_uncached(fields):
+    model = SkipNormForCausalLM(tiny(**fields)).double().eval()
+    randomize_(model, std=0.2)
+    ids = torch.randint(0, 50, (2, 4))
+    cached = model.generate(ids, max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=0)
+    uncached = model.generate(ids, max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("fields", [dict(residual="attn_res"), dict(residual="attn_res", attn_res_blocks=2)],
+                         ids=["full", "blocks2"])
+def test_gradient_checkpointing_gives_the_same_gradients(fields):
+    plain = SkipNormForCausalLM(tiny(**fields)).double().train()
+    randomize_(plain, std=0.2)
+    ckpt = SkipNormForCausalLM(tiny(**fields)).double().train()
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.activation_checkpointing_enable()
+    ids = torch.randint(0, 50, (2, 6))
+    plain(ids, labels=ids).loss.backward()
+    ckpt(ids, labels=ids).loss.backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        assert a.grad is not None, name
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+# Every learned scalar/vector of this issue, by name suffix and count in a 4-layer model.
+NO_DECAY = {
+    "attn_res": (dict(residual="attn_res"), {"query_bias": 9, "_residual.key_norm.weight": 8,
+                                             "residual_stream.key_norm.weight": 1}),
+}
+
+
+@pytest.mark.parametrize("value", sorted(NO_DECAY))
+def test_trainer_does_not_decay_the_learned_scalars(value, tmp_path):
+    fields, expected = NO_DECAY[value]
+    model = SkipNormForCausalLM(tiny(**fields))
+    args = TrainingArguments(output_dir=str(tmp_path), weight_decay=0.1, report_to=[], use_cpu=True)
+    optimizer = Trainer(model=model, args=args).create_optimizer()
+    no_decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    for suffix, count in expected.items():
+        matching = [n for n, p in model.named_parameters() if n.endswith(suffix)]
+        assert len(matching) == count, matching
+        assert all(id(dict(model.named_parameters())[n]) in no_decay for n in matching), matching
+
+
+@pytest.mark.parametrize("fields,words", [
+    (dict(residual="attn_res", norm_position="post"), "norm after the skip"),
+    (dict(residual="attn_res", norm_position="mix", mix_ratio=0.5), "norm after the skip"),
+    (dict(residual="attn_res", parallel_block=True), "parallel_block"),
+    (dict(residual="add", attn_res_blocks=2), "residual='attn_res'"),
+    (dict(residual="attn_res", attn_res_blocks=3), "dividing num_hidden_layers"),
+    (dict(residual="attn_res", attn_res_blocks=0), "dividing num_hidden_layers"),
+], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()))
+def test_meaningless_combinations_are_refused_with_the_reason(fields, words):
+    with pytest.raises(ValueError, match="SkipNormConfig") as error:
+        tiny(**fields)
+    assert words in str(error.value)
