@@ -36,6 +36,8 @@ VARIANTS["hyper_static"] = {"residual": "hyper", "hyper_dynamic": False}
 VARIANTS["add@post"] = {"residual": "add", "norm_position": "post"}
 # Issue 15's depth mixing: Block AttnRes (N=2 blocks of the default 4 layers) beside Full AttnRes (`attn_res`).
 VARIANTS["attn_res_blocks2"] = {"residual": "attn_res", "attn_res_blocks": 2}
+VARIANTS["value_residual_learned"] = {"residual": "add", "value_residual": "learned"}
+VARIANTS["value_residual_per_token"] = {"residual": "add", "value_residual": "per_token"}
 for residual in POST_LN_RESIDUALS:
     VARIANTS[residual]["norm_position"] = "post"
 

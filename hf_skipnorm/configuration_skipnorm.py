@@ -103,6 +103,7 @@ POSITION_EMBEDDINGS: tuple[str, ...] = ("rope", "learned", "none")
 MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
 CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
+VALUE_RESIDUALS: tuple[str, ...] = ("none", "fixed", "learned", "per_token")  # issue 15: ResFormer, 2410.17897
 
 
 # --- Depth-dependent residual constants, as plain functions of the depth L (tests compare them with the papers). ---
@@ -253,6 +254,15 @@ class SkipNormConfig(PreTrainedConfig):
         hyper_dynamic (`bool`, defaults to `True`): `hyper` with the input-dependent connections (DHC, the paper's
             best) as well as the static ones; `False` gives static hyper-connections (SHC).
         sinkhorn_iters (`int`, defaults to 20): Sinkhorn-Knopp iterations of `mhc` (the paper's ``t_max = 20``).
+        value_residual (`str`, defaults to `"none"`): ResFormer's value residual (Zhou et al., arXiv 2410.17897, ACL
+            2025): every layer after the first attends with ``lambda_1 V_1 + lambda_2 V_n`` instead of ``V_n`` (``V_1``
+            the first layer's values, mixed before the KV cache). `fixed`: the paper's constants 0.5 / 0.5; `learned`:
+            Learnable-ResFormer's two scalars per layer, starting there (modded-nanogpt); `per_token`: a sigmoid gate per
+            token and key/value head read from the attention input, ``m V_n + (1 - m) V_1`` (x-transformers'
+            `learned_value_residual_mix`), initialized to 0.5. The paper reports the same loss with 16.1% fewer
+            parameters and 20.3% less data.
+        value_residual_lambda (`float`, defaults to 0.5): ``lambda_1`` (the weight on ``V_1``) of `fixed`, and the init
+            of `learned`; ``lambda_2 = 1 - lambda_1`` (ResFormer's 0.5 / 0.5).
         attn_res_blocks (`int` or `None`): Block AttnRes (arXiv 2603.15031, Sec. 3.2): `None` is Full AttnRes (every
             attention and MLP output is a source, memory O(Ld)); N splits the L layers into N blocks of L/N whole layers,
             plain residual sums inside a block and attention over the block sums ``[b_0 = embeddings, b_1, ...]`` plus
@@ -368,6 +378,8 @@ class SkipNormConfig(PreTrainedConfig):
     # --- issue 15: the depth-mixing frontier (arXiv ids and paper defaults in the docstring; checks in
     # validate_depth_mixing) ---
     attn_res_blocks: int | None = None
+    value_residual: str = "none"
+    value_residual_lambda: float = 0.5
 
     def __post_init__(self, **kwargs):
         if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int):
@@ -670,6 +682,16 @@ class SkipNormConfig(PreTrainedConfig):
                     f"SkipNormConfig.attn_res_blocks={blocks!r} is not valid with residual={self.residual!r}: it sets the "
                     f"blocks of Attention Residuals; valid choices: residual='attn_res' or attn_res_blocks=None"
                 )
+        _check_choice("value_residual", self.value_residual, VALUE_RESIDUALS)
+        lam = self.value_residual_lambda
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+            raise ValueError(f"SkipNormConfig.value_residual_lambda={lam!r} is not valid; expected a finite float")
+        if self.value_residual != "none" and self.num_hidden_layers < 2:
+            raise ValueError(
+                f"SkipNormConfig.value_residual={self.value_residual!r} is not valid with num_hidden_layers="
+                f"{self.num_hidden_layers}: it mixes the first layer's values into later layers, and there are none; "
+                f"valid choices: none"
+            )
         if self.residual == "attn_res":
             for layer in range(self.num_hidden_layers):
                 attn, mlp = self.layer_norm_positions(layer)

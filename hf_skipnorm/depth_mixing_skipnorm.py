@@ -18,7 +18,7 @@ from torch import nn
 
 from .configuration_skipnorm import SkipNormConfig
 from .hyper_connections_skipnorm import at_least_float32, full_precision, sublayer_index
-from .norms_skipnorm import SkipNormRMSNorm
+from .norms_skipnorm import Identity, SkipNormRMSNorm
 
 
 # ----------------------------------------------------------------------------------------------------- AttnRes
@@ -95,3 +95,121 @@ class AttnResStream(DepthAttention):
 
     def reduce(self, stream: torch.Tensor) -> torch.Tensor:  # (B, T, S, C) -> (B, T, C)
         return self.aggregate(stream)
+
+
+# ----------------------------------------------------------------------------------------------------- value residual
+class FirstLayerValues:
+    """Carries the first layer's attention values ``V_1`` (B, H_kv, T, hd) of one forward to the later layers.
+
+    `SkipNormModel` puts a fresh one in the blocks' keyword arguments for every forward (`ValueResidualSource`); the
+    first layer's attention writes it, the others read it. A Python object, not a tensor: gradient checkpointing passes
+    it through untouched, and the (default, non-reentrant) checkpoint keeps ``V_1``'s graph, so gradients reach the
+    first layer's `v_proj` from every layer that mixes it in (tests/test_frontier_depth.py compares the gradients).
+    """
+
+    values: torch.Tensor | None = None
+
+
+class NoValueSource:
+    """`value_residual="none"`: nothing to carry."""
+
+    def attach(self, kwargs: dict) -> dict:
+        return kwargs
+
+
+class ValueResidualSource(NoValueSource):
+    """A fresh `FirstLayerValues` per forward under the keyword ``first_layer_values``. Refuses reentrant gradient
+    checkpointing, under which ``V_1`` would reach the later layers without its graph and the first layer's `v_proj`
+    would silently miss the value-residual part of its gradient."""
+
+    def __init__(self, layers: nn.ModuleList):
+        self.layers = layers
+
+    def attach(self, kwargs: dict) -> dict:
+        checkpoint = getattr(self.layers[0], "_gradient_checkpointing_func", None)
+        if self.layers[0].gradient_checkpointing and getattr(checkpoint, "keywords", {}).get("use_reentrant", False):
+            raise ValueError(
+                "SkipNormConfig.value_residual is not valid with reentrant gradient checkpointing (use_reentrant=True): "
+                "the first layer's values would reach later layers without their graph; use the default "
+                "gradient_checkpointing_kwargs={'use_reentrant': False}"
+            )
+        return {**kwargs, "first_layer_values": FirstLayerValues()}
+
+
+def build_value_source(config: SkipNormConfig, layers: nn.ModuleList):
+    return NoValueSource() if config.value_residual == "none" else ValueResidualSource(layers)
+
+
+class PlainValues(nn.Module):
+    """The value mixes' interface: ``(V_n, attention input x, FirstLayerValues) -> V_n'``."""
+
+    def forward(self, values: torch.Tensor, hidden_states: torch.Tensor, first_layer_values=None) -> torch.Tensor:
+        return values
+
+
+class RecordFirstValues(PlainValues):
+    """The first layer under a value residual: ``V_1`` is used as is and handed to the later layers."""
+
+    def forward(self, values: torch.Tensor, hidden_states: torch.Tensor, first_layer_values=None) -> torch.Tensor:
+        first_layer_values.values = values
+        return values
+
+
+class FixedValueMix(PlainValues):
+    """ResFormer (Zhou et al., arXiv 2410.17897, ACL 2025): ``U_n = A_n (lambda_1 V_1 + lambda_2 V_n)`` with the paper's
+    constants ``lambda_1 = lambda_2 = 0.5`` (from `value_residual_lambda`: ``lambda_1 = l``, ``lambda_2 = 1 - l``)."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__()
+        self.first_weight = float(config.value_residual_lambda)  # lambda_1, a Python float (never a buffer)
+
+    def forward(self, values: torch.Tensor, hidden_states: torch.Tensor, first_layer_values=None) -> torch.Tensor:
+        return self.first_weight * first_layer_values.values + (1.0 - self.first_weight) * values
+
+    def extra_repr(self) -> str:
+        return f"lambda_1={self.first_weight:g}, lambda_2={1.0 - self.first_weight:g}"
+
+
+class LearnedValueMix(FixedValueMix):
+    """Learnable-ResFormer (arXiv 2410.17897): ``lambda_1 V_1 + lambda_2 V_n`` with two learned scalars per layer,
+    starting at the fixed values (``lambda = (l, 1 - l) + lambda_bias``, offsets 0 at init; modded-nanogpt's
+    value-embedding lambdas are the same two scalars)."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__(config)
+        self.lambda_bias = nn.Parameter(torch.empty(2))  # (lambda_1, lambda_2) - their init
+
+    def forward(self, values: torch.Tensor, hidden_states: torch.Tensor, first_layer_values=None) -> torch.Tensor:
+        offset = self.lambda_bias.to(values.dtype)
+        return ((self.first_weight + offset[0]) * first_layer_values.values
+                + (1.0 - self.first_weight + offset[1]) * values)
+
+
+class TokenValueMix(PlainValues):
+    """A per-token, per-head mix: ``V_n' = m V_n + (1 - m) V_1`` with ``m = sigmoid(W x + b)`` read from the attention
+    input ``x`` (one gate per key/value head; x-transformers' `learned_value_residual_mix`). ``W = 0``, ``b = 0`` at
+    init (here; x-transformers draws W at random), so the model starts at ResFormer's fixed ``0.5 V_1 + 0.5 V_n``."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__()
+        self.mix_proj = nn.Linear(config.hidden_size, config.num_key_value_heads, bias=True)
+
+    def forward(self, values: torch.Tensor, hidden_states: torch.Tensor, first_layer_values=None) -> torch.Tensor:
+        mix = torch.sigmoid(self.mix_proj(hidden_states)).transpose(1, 2).unsqueeze(-1)  # (B, H_kv, T, 1)
+        return mix * values + (1.0 - mix) * first_layer_values.values
+
+
+VALUE_RESIDUAL_CLASSES: dict[str, type[nn.Module]] = {
+    "fixed": FixedValueMix,
+    "learned": LearnedValueMix,
+    "per_token": TokenValueMix,
+}
+
+
+def build_value_residual(config: SkipNormConfig, layer_idx: int) -> nn.Module:
+    """What layer `layer_idx`'s attention does to its values ``V_n`` (B, H_kv, T, hd) under `value_residual`."""
+    if config.value_residual == "none":
+        return Identity()  # returns V_n; no module-call overhead on every decoded token
+    if layer_idx == 0:
+        return RecordFirstValues()
+    return VALUE_RESIDUAL_CLASSES[config.value_residual](config)

@@ -60,7 +60,14 @@ from .hyper_connections_skipnorm import (
     MultiStream,
     StaticHyperConnection,
 )
-from .depth_mixing_skipnorm import AttnResStream, DepthAttention
+from .depth_mixing_skipnorm import (
+    AttnResStream,
+    DepthAttention,
+    LearnedValueMix,
+    TokenValueMix,
+    build_value_residual,
+    build_value_source,
+)
 from .residuals_skipnorm import (
     GATE_BIAS_INIT,
     AdminResidual,
@@ -242,6 +249,7 @@ class SkipNormAttention(nn.Module):
         self.v_norm = build_norm(config, hd, norms.qkv, "attn")
         self.head_scale_norm = SkipNormHeadScale(heads) if norms.head_scale else Identity()
         self.sub_norm = build_norm(config, heads * hd, norms.sub, "attn")
+        self.value_residual = build_value_residual(config, layer_idx)  # ResFormer's V mix (arXiv 2410.17897)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -259,6 +267,7 @@ class SkipNormAttention(nn.Module):
         query = query.view(hidden_shape).transpose(1, 2)  # (B, H, T, hd)
         key = key.view(hidden_shape).transpose(1, 2)  # (B, H_kv, T, hd)
         value = self.v_norm(self.v_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
+        value = self.value_residual(value, hidden_states, kwargs.pop("first_layer_values", None))  # (B, H_kv, T, hd)
         if position_embeddings is not None:
             cos, sin = position_embeddings
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
@@ -729,6 +738,7 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         | hyper-connections (SHC / DHC) | offsets 0: A_m = e_{k mod n}, A_r = I, B = 1; dynamic W = 0, s = 0.01 |
         | mHC | b_pre = e_{k mod n}, b_post = 0, b_res = I (logits); phi = 0; gating offsets 0 (alpha = 0.01) |
         | DenseFormer depth weights | offsets 0: the plain residual (weight 1 on the latest block output) |
+        | value residual: learned lambda offsets / per-token mix_proj W, b | 0 (lambda = (0.5, 0.5); sigmoid(0) = 0.5) |
         | AttnRes pseudo-queries w (`query_bias`), key RMSNorm gain | 0 (uniform weights over depth, the paper's init) / 1 |
         | rotary inv_freq | recomputed from the config (transformers' default) |
         """
@@ -803,6 +813,11 @@ class SkipNormPreTrainedModel(PreTrainedModel):
             init.zeros_(module.alpha_bias)
         if isinstance(module, DepthAttention):
             init.zeros_(module.query_bias)
+        if isinstance(module, LearnedValueMix):
+            init.zeros_(module.lambda_bias)
+        if isinstance(module, TokenValueMix):
+            init.zeros_(module.mix_proj.weight)
+            init.zeros_(module.mix_proj.bias)
 
     @torch.no_grad()
     def admin_profile(self, batch: torch.Tensor | dict) -> list[float]:
@@ -866,6 +881,7 @@ class SkipNormModel(SkipNormPreTrainedModel):
         )
         self._no_split_modules = sorted({type(layer).__name__ for layer in self.layers})  # see the class attribute
         self.residual_stream = build_stream(config)
+        self.value_source = build_value_source(config, self.layers)  # hands V_1 to later layers (value_residual)
         self.final_norm = build_norm(config, config.hidden_size, config.use_final_norm)
         self.gradient_checkpointing = False
         self.post_init()
@@ -925,6 +941,7 @@ class SkipNormModel(SkipNormPreTrainedModel):
         )
         hidden_states, rotary = self.embed(inputs_embeds, position_ids, token_type_ids)
         stream = self.residual_stream.expand(hidden_states)
+        kwargs = self.value_source.attach(kwargs)
         for block in self.layers[: self.config.num_hidden_layers]:
             stream = block(
                 stream, attention_mask=mask, position_embeddings=rotary, position_ids=position_ids,

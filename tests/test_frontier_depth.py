@@ -2,7 +2,7 @@
 
 The depth bookkeeping (which sources each sublayer reads, how blocks sum, the softmax over depth, the mixes) is
 written out again from the papers' equations; the attention and MLP branches themselves are the model's own modules
-(tests/test_catalogue.py checks them against their formulas). Papers: Attention Residuals arXiv 2603.15031.
+(tests/test_catalogue.py checks them against their formulas). Papers: Attention Residuals arXiv 2603.15031; ResFormer (value residual) arXiv 2410.17897.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def test_attn_res_hidden_states_and_state_layout(blocks):
 
 @pytest.mark.parametrize("fields", [
     dict(residual="attn_res"), dict(residual="attn_res", attn_res_blocks=2, norm_position="sandwich"),
-], ids=["full", "blocks2-sandwich"])
+    dict(value_residual="learned"), dict(value_residual="per_token", qk_norm="per_head"),
+], ids=["full", "blocks2-sandwich", "value-learned", "value-per_token"])
 def test_cached_generation_equals_uncached(fields):
     model = SkipNormForCausalLM(tiny(**fields)).double().eval()
     randomize_(model, std=0.2)
@@ -149,8 +150,9 @@ def test_cached_generation_equals_uncached(fields):
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("fields", [dict(residual="attn_res"), dict(residual="attn_res", attn_res_blocks=2)],
-                         ids=["full", "blocks2"])
+@pytest.mark.parametrize("fields", [dict(residual="attn_res"), dict(residual="attn_res", attn_res_blocks=2),
+                                    dict(value_residual="per_token"), dict(value_residual="learned")],
+                         ids=["full", "blocks2", "value-per_token", "value-learned"])
 def test_gradient_checkpointing_gives_the_same_gradients(fields):
     plain = SkipNormForCausalLM(tiny(**fields)).double().train()
     randomize_(plain, std=0.2)
@@ -165,11 +167,79 @@ def test_gradient_checkpointing_gives_the_same_gradients(fields):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
+# ---------------------------------------------------------------------------------------------- value residual
+def ref_attention(attn, x, mask, mix):
+    """softmax(q k^T / sqrt(hd) + mask) mix(v) with grouped heads, no positions; ``mix`` is the value residual."""
+    B, T, _ = x.shape
+    H, Hkv, hd = attn.config.num_attention_heads, attn.config.num_key_value_heads, attn.head_dim
+    q = (x @ attn.q_proj.weight.T).view(B, T, H, hd).transpose(1, 2)
+    k = (x @ attn.k_proj.weight.T).view(B, T, Hkv, hd).transpose(1, 2)
+    v = mix((x @ attn.v_proj.weight.T).view(B, T, Hkv, hd).transpose(1, 2), x)
+    k, v_rep = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
+    probs = torch.softmax(q @ k.transpose(-1, -2) / hd**0.5 + mask, dim=-1)
+    return (probs @ v_rep).transpose(1, 2).reshape(B, T, H * hd) @ attn.o_proj.weight.T, v
+
+
+def value_residual_reference(model, ids, kind):
+    """ResFormer (2410.17897): U_n = A_n (lambda_1 V_1 + lambda_2 V_n) for n >= 2, in a pre-norm stack."""
+    x = model.embed_tokens.weight[ids]
+    mask, eps = causal(ids.shape[1], x.dtype), model.config.norm_eps
+    first = None
+    for index, block in enumerate(model.layers):
+        mixer = block.self_attn.value_residual
+
+        def mix(v, h):
+            if index == 0:
+                return v
+            if kind == "fixed":
+                return 0.5 * first + 0.5 * v
+            if kind == "learned":
+                return (0.5 + mixer.lambda_bias[0]) * first + (0.5 + mixer.lambda_bias[1]) * v
+            m = torch.sigmoid(h @ mixer.mix_proj.weight.T + mixer.mix_proj.bias).transpose(1, 2)[..., None]
+            return m * v + (1 - m) * first
+
+        a, v = ref_attention(block.self_attn, rms(x, block.attn_pre_norm.weight, eps), mask, mix)
+        first = v if index == 0 else first
+        x = x + a
+        x = x + block.mlp(rms(x, block.mlp_pre_norm.weight, eps))
+    return rms(x, model.final_norm.weight, eps)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "learned", "per_token"])
+def test_value_residual_stack_matches_the_papers_equation(kind):
+    model, ids = random_model(tiny(value_residual=kind, position_embedding="none"))
+    expected = value_residual_reference(model, ids, kind)
+    actual = model(ids).last_hidden_state
+    assert (actual - expected).abs().max().item() < 1e-10 * expected.abs().max().item()
+
+
+def test_value_residual_starts_at_resformers_half_and_half():
+    """At init `learned` and `per_token` compute exactly `fixed` (0.5 V_1 + 0.5 V_n)."""
+    torch.manual_seed(3)
+    reference = SkipNormModel(tiny(value_residual="fixed")).double().eval()
+    ids = torch.randint(0, 50, (2, 6))
+    for kind in ("learned", "per_token"):
+        model = SkipNormModel(tiny(value_residual=kind)).double().eval()
+        model.load_state_dict(reference.state_dict(), strict=False)
+        torch.testing.assert_close(model(ids).last_hidden_state, reference(ids).last_hidden_state, rtol=0, atol=0)
+
+
+def test_value_residual_refuses_reentrant_checkpointing():
+    model = SkipNormForCausalLM(tiny(value_residual="learned")).train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    ids = torch.randint(0, 50, (2, 6))
+    with pytest.raises(ValueError, match="use_reentrant"):
+        model(ids, labels=ids)
+
+
 # Every learned scalar/vector of this issue, by name suffix and count in a 4-layer model.
 NO_DECAY = {
     "attn_res": (dict(residual="attn_res"), {"query_bias": 9, "_residual.key_norm.weight": 8,
                                              "residual_stream.key_norm.weight": 1}),
+    "value_residual_learned": (dict(value_residual="learned"), {"value_residual.lambda_bias": 3}),
+    "value_residual_per_token": (dict(value_residual="per_token"), {"value_residual.mix_proj.bias": 3}),
 }
+DECAY = {"value_residual_per_token": ["value_residual.mix_proj.weight"]}
 
 
 @pytest.mark.parametrize("value", sorted(NO_DECAY))
@@ -183,6 +253,9 @@ def test_trainer_does_not_decay_the_learned_scalars(value, tmp_path):
         matching = [n for n, p in model.named_parameters() if n.endswith(suffix)]
         assert len(matching) == count, matching
         assert all(id(dict(model.named_parameters())[n]) in no_decay for n in matching), matching
+    for suffix in DECAY.get(value, []):
+        matching = [n for n, p in model.named_parameters() if n.endswith(suffix)]
+        assert matching and all(id(dict(model.named_parameters())[n]) not in no_decay for n in matching), matching
 
 
 @pytest.mark.parametrize("fields,words", [
@@ -192,6 +265,8 @@ def test_trainer_does_not_decay_the_learned_scalars(value, tmp_path):
     (dict(residual="add", attn_res_blocks=2), "residual='attn_res'"),
     (dict(residual="attn_res", attn_res_blocks=3), "dividing num_hidden_layers"),
     (dict(residual="attn_res", attn_res_blocks=0), "dividing num_hidden_layers"),
+    (dict(value_residual="per_layer"), "valid choices: none, fixed, learned, per_token"),
+    (dict(value_residual="fixed", num_hidden_layers=1), "there are none"),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()))
 def test_meaningless_combinations_are_refused_with_the_reason(fields, words):
     with pytest.raises(ValueError, match="SkipNormConfig") as error:
