@@ -38,6 +38,8 @@ VARIANTS["add@post"] = {"residual": "add", "norm_position": "post"}
 VARIANTS["attn_res_blocks2"] = {"residual": "attn_res", "attn_res_blocks": 2}
 VARIANTS["value_residual_learned"] = {"residual": "add", "value_residual": "learned"}
 VARIANTS["value_residual_per_token"] = {"residual": "add", "value_residual": "per_token"}
+VARIANTS["unet_skips"] = {"residual": "add", "unet_skips": True}
+VARIANTS["layer_drop"] = {"residual": "add", "layer_drop": 0.1}
 for residual in POST_LN_RESIDUALS:
     VARIANTS[residual]["norm_position"] = "post"
 

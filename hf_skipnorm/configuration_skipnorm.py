@@ -104,6 +104,7 @@ MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
 CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
 VALUE_RESIDUALS: tuple[str, ...] = ("none", "fixed", "learned", "per_token")  # issue 15: ResFormer, 2410.17897
+LAYER_DROP_SCHEDULES: tuple[str, ...] = ("linear", "uniform")  # issue 15: Huang et al. 1603.09382; Fan et al. 1909.11556
 
 
 # --- Depth-dependent residual constants, as plain functions of the depth L (tests compare them with the papers). ---
@@ -263,6 +264,17 @@ class SkipNormConfig(PreTrainedConfig):
             parameters and 20.3% less data.
         value_residual_lambda (`float`, defaults to 0.5): ``lambda_1`` (the weight on ``V_1``) of `fixed`, and the init
             of `learned`; ``lambda_2 = 1 - lambda_1`` (ResFormer's 0.5 / 0.5).
+        unet_skips (`bool`, defaults to `False`): U-Net skips over depth (modded-nanogpt's speedrun records, no paper;
+            x-transformers has a concatenating variant): block ``j < L // 2``'s output is added, times a learned scalar
+            ``w_j`` (1 at init, as modded-nanogpt), to the input of its mirror block ``L - 1 - j``. Single-stream
+            residuals only.
+        layer_drop (`float`, defaults to 0.0): stochastic depth's drop probability of the last layer ``p_L`` (Huang et
+            al. 2016, arXiv 1603.09382: deep networks train faster and generalize better), in the drop-path form
+            Transformers use (DeiT, Swin, timm): each sublayer's branch is dropped per sample during training and
+            kept ones are scaled by ``1/(1-p)``; evaluation and generation are the plain deterministic model.
+        layer_drop_schedule (`str`, defaults to `"linear"`): `linear`: ``p_l = (l/L) p_L`` (Huang et al.); `uniform`:
+            ``p`` for every layer (LayerDrop's rate, Fan et al. 2019, arXiv 1909.11556, which skips whole layers so that
+            they can be pruned at inference; this drops the branches instead).
         attn_res_blocks (`int` or `None`): Block AttnRes (arXiv 2603.15031, Sec. 3.2): `None` is Full AttnRes (every
             attention and MLP output is a source, memory O(Ld)); N splits the L layers into N blocks of L/N whole layers,
             plain residual sums inside a block and attention over the block sums ``[b_0 = embeddings, b_1, ...]`` plus
@@ -380,6 +392,9 @@ class SkipNormConfig(PreTrainedConfig):
     attn_res_blocks: int | None = None
     value_residual: str = "none"
     value_residual_lambda: float = 0.5
+    unet_skips: bool = False
+    layer_drop: float = 0.0
+    layer_drop_schedule: str = "linear"
 
     def __post_init__(self, **kwargs):
         if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int):
@@ -692,6 +707,23 @@ class SkipNormConfig(PreTrainedConfig):
                 f"{self.num_hidden_layers}: it mixes the first layer's values into later layers, and there are none; "
                 f"valid choices: none"
             )
+        if not isinstance(self.unet_skips, bool):
+            raise ValueError(f"SkipNormConfig.unet_skips={self.unet_skips!r} is not valid; expected True or False")
+        if self.unet_skips and (self.residual in STREAM_RESIDUALS or self.norm_position == "resi_dual"):
+            raise ValueError(
+                f"SkipNormConfig.unet_skips=True is not valid with residual={self.residual!r}, norm_position="
+                f"{self.norm_position!r}: U-Net skips add a block output onto one residual stream, and this stack "
+                f"carries several (hyper, mhc, dense, attn_res, resi_dual); valid choices: unet_skips=False"
+            )
+        if self.unet_skips and self.num_hidden_layers < 2:
+            raise ValueError(
+                f"SkipNormConfig.unet_skips=True is not valid with num_hidden_layers={self.num_hidden_layers}: "
+                f"a U-Net needs a first half to skip from; valid choices: unet_skips=False"
+            )
+        drop = self.layer_drop
+        if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0.0 <= drop < 1.0:
+            raise ValueError(f"SkipNormConfig.layer_drop={drop!r} is not valid; expected a float in [0, 1)")
+        _check_choice("layer_drop_schedule", self.layer_drop_schedule, LAYER_DROP_SCHEDULES)
         if self.residual == "attn_res":
             for layer in range(self.num_hidden_layers):
                 attn, mlp = self.layer_norm_positions(layer)

@@ -213,3 +213,87 @@ def build_value_residual(config: SkipNormConfig, layer_idx: int) -> nn.Module:
     if layer_idx == 0:
         return RecordFirstValues()
     return VALUE_RESIDUAL_CLASSES[config.value_residual](config)
+
+
+# ----------------------------------------------------------------------------------------------------- U-Net skips
+class NoUNetSkips:
+    """`unet_skips=False`: the blocks run one after the other, nothing saved, nothing added."""
+
+    def start(self) -> list:
+        return []
+
+    def enter(self, index: int, hidden_states: torch.Tensor, saved: list) -> torch.Tensor:
+        return hidden_states
+
+    def leave(self, index: int, hidden_states: torch.Tensor, saved: list) -> torch.Tensor:
+        return hidden_states
+
+
+class UNetSkips(nn.Module):
+    """U-Net skips over the stack (modded-nanogpt's speedrun records; no paper): with ``n = L // 2``, the output of
+    block ``j < n`` is saved and added, times a learned scalar ``w_j``, to the input of its mirror block ``L - 1 - j``::
+
+        x_in(L-1-j) = x + w_j * out(j)          w_j = 1 + weight_bias_j, 1 at init (modded-nanogpt's torch.ones)
+
+    For even L this is modded-nanogpt's push / pop; for odd L the middle block neither saves nor receives. The saved
+    outputs live in a per-forward list outside the blocks, so gradient checkpointing and the KV cache see plain
+    blocks. Only single-stream residuals (the config refuses the others).
+    """
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__()
+        self.num_layers = config.num_hidden_layers
+        self.num_skips = config.num_hidden_layers // 2
+        self.weight_bias = nn.Parameter(torch.empty(self.num_skips))  # w - 1
+
+    def start(self) -> list:
+        return []
+
+    def enter(self, index: int, hidden_states: torch.Tensor, saved: list) -> torch.Tensor:
+        source = self.num_layers - 1 - index  # the mirror block whose output this one receives
+        if source >= self.num_skips:
+            return hidden_states
+        return hidden_states + (1.0 + self.weight_bias[source]).to(hidden_states.dtype) * saved[source]
+
+    def leave(self, index: int, hidden_states: torch.Tensor, saved: list) -> torch.Tensor:
+        if index < self.num_skips:
+            saved.append(hidden_states)
+        return hidden_states
+
+    def extra_repr(self) -> str:
+        return f"skips={self.num_skips}"
+
+
+def build_unet_skips(config: SkipNormConfig):
+    return UNetSkips(config) if config.unet_skips else NoUNetSkips()
+
+
+# ----------------------------------------------------------------------------------------------------- layer drop
+def layer_drop_rate(config: SkipNormConfig, layer_idx: int) -> float:
+    """Drop probability of block `layer_idx` (0-based): `linear` is stochastic depth's schedule (Huang et al. 2016,
+    arXiv 1603.09382), ``p_l = (l / L) * p_L`` for the 1-based ``l`` with ``p_L = layer_drop``; `uniform` is
+    LayerDrop's one rate for every layer (Fan et al. 2019, arXiv 1909.11556)."""
+    if config.layer_drop_schedule == "linear":
+        return config.layer_drop * (layer_idx + 1) / config.num_hidden_layers
+    return float(config.layer_drop)
+
+
+class DropBranch(nn.Module):
+    """Stochastic depth on one sublayer's branch, in the drop-path form Transformers use it (DeiT, Swin, timm): per
+    sample, the branch output is dropped with probability ``p`` during training, and kept ones are scaled by
+    ``1 / (1 - p)``, the inverted form of the paper's test-time ``p_survive * f`` rescaling, so evaluation is the plain
+    deterministic model (and checkpoints need no conversion). The block still runs, so a KV cache stays consistent."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = float(rate)
+
+    def forward(self, branch: torch.Tensor) -> torch.Tensor:  # (B, T, C)
+        if not self.training:
+            return branch
+        keep = 1.0 - self.rate
+        mask = torch.empty(branch.shape[0], *([1] * (branch.dim() - 1)), device=branch.device, dtype=branch.dtype)
+        return branch * mask.bernoulli_(keep) / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:g}"

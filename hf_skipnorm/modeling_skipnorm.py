@@ -63,6 +63,10 @@ from .hyper_connections_skipnorm import (
 from .depth_mixing_skipnorm import (
     AttnResStream,
     DepthAttention,
+    DropBranch,
+    UNetSkips,
+    build_unet_skips,
+    layer_drop_rate,
     LearnedValueMix,
     TokenValueMix,
     build_value_residual,
@@ -298,6 +302,16 @@ def build_dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else Identity()
 
 
+def build_branch_dropout(config: SkipNormConfig, layer_idx: int) -> nn.Module:
+    """What every sublayer's branch passes through before the skip: `hidden_dropout`, then layer drop (stochastic
+    depth at `layer_drop_rate`, arXiv 1603.09382 / 1909.11556) when `layer_drop` > 0; an absent slot when neither."""
+    dropout = build_dropout(config.hidden_dropout)
+    rate = layer_drop_rate(config, layer_idx)
+    if rate == 0.0:
+        return dropout
+    return DropBranch(rate) if config.hidden_dropout == 0 else nn.Sequential(dropout, DropBranch(rate))
+
+
 # ----------------------------------------------------------------------------------------------------- MLPs
 class SkipNormGatedMLP(nn.Module):
     """``down(N_sub(act(gate(x)) * up(x)))``: SwiGLU / GeGLU by `hidden_act` (Shazeer 2020, arXiv 2002.05202).
@@ -374,7 +388,7 @@ class SkipNormBlock(GradientCheckpointingLayer):
         self.mlp_residual = build_residual(config, layer_idx, "mlp")
         self.mlp_post_norm = build_norm(config, d, mlp_norms.post, "mlp")
 
-        self.branch_dropout = build_dropout(config.hidden_dropout)
+        self.branch_dropout = build_branch_dropout(config, layer_idx)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -739,6 +753,7 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         | mHC | b_pre = e_{k mod n}, b_post = 0, b_res = I (logits); phi = 0; gating offsets 0 (alpha = 0.01) |
         | DenseFormer depth weights | offsets 0: the plain residual (weight 1 on the latest block output) |
         | value residual: learned lambda offsets / per-token mix_proj W, b | 0 (lambda = (0.5, 0.5); sigmoid(0) = 0.5) |
+        | U-Net skip weights w (`unet_skips.weight_bias`) | offsets 0: w = 1 (modded-nanogpt) |
         | AttnRes pseudo-queries w (`query_bias`), key RMSNorm gain | 0 (uniform weights over depth, the paper's init) / 1 |
         | rotary inv_freq | recomputed from the config (transformers' default) |
         """
@@ -813,6 +828,8 @@ class SkipNormPreTrainedModel(PreTrainedModel):
             init.zeros_(module.alpha_bias)
         if isinstance(module, DepthAttention):
             init.zeros_(module.query_bias)
+        if isinstance(module, UNetSkips):
+            init.zeros_(module.weight_bias)
         if isinstance(module, LearnedValueMix):
             init.zeros_(module.lambda_bias)
         if isinstance(module, TokenValueMix):
@@ -882,6 +899,7 @@ class SkipNormModel(SkipNormPreTrainedModel):
         self._no_split_modules = sorted({type(layer).__name__ for layer in self.layers})  # see the class attribute
         self.residual_stream = build_stream(config)
         self.value_source = build_value_source(config, self.layers)  # hands V_1 to later layers (value_residual)
+        self.unet_skips = build_unet_skips(config)  # modded-nanogpt's U-Net skips, or nothing
         self.final_norm = build_norm(config, config.hidden_size, config.use_final_norm)
         self.gradient_checkpointing = False
         self.post_init()
@@ -942,11 +960,13 @@ class SkipNormModel(SkipNormPreTrainedModel):
         hidden_states, rotary = self.embed(inputs_embeds, position_ids, token_type_ids)
         stream = self.residual_stream.expand(hidden_states)
         kwargs = self.value_source.attach(kwargs)
-        for block in self.layers[: self.config.num_hidden_layers]:
+        saved = self.unet_skips.start()
+        for index, block in enumerate(self.layers[: self.config.num_hidden_layers]):
             stream = block(
-                stream, attention_mask=mask, position_embeddings=rotary, position_ids=position_ids,
-                cache=cache, use_cache=use_cache, **kwargs,
+                self.unet_skips.enter(index, stream, saved), attention_mask=mask, position_embeddings=rotary,
+                position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs,
             )
+            stream = self.unet_skips.leave(index, stream, saved)
         hidden_states = self.final_norm(self.residual_stream.reduce(stream))
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 

@@ -2,7 +2,8 @@
 
 The depth bookkeeping (which sources each sublayer reads, how blocks sum, the softmax over depth, the mixes) is
 written out again from the papers' equations; the attention and MLP branches themselves are the model's own modules
-(tests/test_catalogue.py checks them against their formulas). Papers: Attention Residuals arXiv 2603.15031; ResFormer (value residual) arXiv 2410.17897.
+(tests/test_catalogue.py checks them against their formulas). Papers: Attention Residuals arXiv 2603.15031; ResFormer (value residual) arXiv 2410.17897;
+U-Net skips: modded-nanogpt (no paper); stochastic depth arXiv 1603.09382, LayerDrop arXiv 1909.11556.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def test_attn_res_hidden_states_and_state_layout(blocks):
 @pytest.mark.parametrize("fields", [
     dict(residual="attn_res"), dict(residual="attn_res", attn_res_blocks=2, norm_position="sandwich"),
     dict(value_residual="learned"), dict(value_residual="per_token", qk_norm="per_head"),
-], ids=["full", "blocks2-sandwich", "value-learned", "value-per_token"])
+    dict(unet_skips=True, num_hidden_layers=5), dict(layer_drop=0.3, unet_skips=True, norm_position="post"),
+], ids=["full", "blocks2-sandwich", "value-learned", "value-per_token", "unet5", "layerdrop-unet-post"])
 def test_cached_generation_equals_uncached(fields):
     model = SkipNormForCausalLM(tiny(**fields)).double().eval()
     randomize_(model, std=0.2)
@@ -151,8 +153,9 @@ def test_cached_generation_equals_uncached(fields):
 
 
 @pytest.mark.parametrize("fields", [dict(residual="attn_res"), dict(residual="attn_res", attn_res_blocks=2),
-                                    dict(value_residual="per_token"), dict(value_residual="learned")],
-                         ids=["full", "blocks2", "value-per_token", "value-learned"])
+                                    dict(value_residual="per_token"), dict(value_residual="learned"),
+                                    dict(unet_skips=True, layer_drop=0.3)],
+                         ids=["full", "blocks2", "value-per_token", "value-learned", "unet-layerdrop"])
 def test_gradient_checkpointing_gives_the_same_gradients(fields):
     plain = SkipNormForCausalLM(tiny(**fields)).double().train()
     randomize_(plain, std=0.2)
@@ -160,7 +163,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(fields):
     ckpt.load_state_dict(plain.state_dict())
     ckpt.activation_checkpointing_enable()
     ids = torch.randint(0, 50, (2, 6))
+    torch.manual_seed(11)  # layer drop: both draw the same masks (the checkpoint replays the RNG state)
     plain(ids, labels=ids).loss.backward()
+    torch.manual_seed(11)
     ckpt(ids, labels=ids).loss.backward()
     for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
         assert a.grad is not None, name
@@ -232,12 +237,77 @@ def test_value_residual_refuses_reentrant_checkpointing():
         model(ids, labels=ids)
 
 
+# ---------------------------------------------------------------------------------------------- U-Net skips
+def unet_reference(model, ids):
+    """modded-nanogpt's U-Net: push the first half's block outputs, pop them (LIFO) into the second half's inputs,
+    each times its learned weight; with odd L the middle block neither pushes nor pops."""
+    L = model.config.num_hidden_layers
+    n = L // 2
+    x = model.embed_tokens.weight[ids]
+    mask = causal(ids.shape[1], x.dtype)
+    weights = 1.0 + model.unet_skips.weight_bias
+    stack = []
+    for i, block in enumerate(model.layers):
+        if i >= L - n:
+            x = x + weights[len(stack) - 1] * stack.pop()
+        x = block(x, attention_mask=mask)
+        if i < n:
+            stack.append(x)
+    return rms(x, model.final_norm.weight, model.config.norm_eps)
+
+
+@pytest.mark.parametrize("layers", [4, 5])
+def test_unet_skips_stack_matches_modded_nanogpt(layers):
+    model, ids = random_model(tiny(unet_skips=True, position_embedding="none", num_hidden_layers=layers))
+    assert model.unet_skips.weight_bias.abs().min() > 0  # randomized: a dropped weight would show
+    expected = unet_reference(model, ids)
+    actual = model(ids).last_hidden_state
+    assert (actual - expected).abs().max().item() < 1e-10 * expected.abs().max().item()
+
+
+def test_unet_skip_weights_start_at_one():
+    model = SkipNormModel(tiny(unet_skips=True))
+    assert model.unet_skips.weight_bias.shape == (2,) and torch.all(model.unet_skips.weight_bias == 0)
+
+
+# ---------------------------------------------------------------------------------------------- layer drop
+@pytest.mark.parametrize("schedule,rates", [("linear", [0.05, 0.1, 0.15, 0.2]), ("uniform", [0.2] * 4)])
+def test_layer_drop_rates_follow_the_schedule(schedule, rates):
+    """Huang et al. (1603.09382) Eq. 4: p_l = (l / L) p_L, l 1-based; LayerDrop (1909.11556): one rate."""
+    model = SkipNormModel(tiny(layer_drop=0.2, layer_drop_schedule=schedule))
+    assert [block.branch_dropout.rate for block in model.layers] == pytest.approx(rates)
+
+
+def test_layer_drop_drops_whole_samples_and_rescales_the_kept_ones():
+    from hf_skipnorm.depth_mixing_skipnorm import DropBranch
+    drop = DropBranch(0.3).train()
+    branch = torch.randn(4000, 3, 8, dtype=torch.float64)
+    out = drop(branch)
+    dropped = (out == 0).flatten(1).all(1)
+    kept = ~dropped
+    torch.testing.assert_close(out[kept], branch[kept] / 0.7, rtol=1e-14, atol=0)
+    assert abs(dropped.double().mean().item() - 0.3) < 0.03  # 4000 Bernoulli(0.3) draws: sd 0.007
+    assert torch.equal(drop.eval()(branch), branch)
+
+
+def test_layer_drop_is_the_plain_model_at_eval():
+    torch.manual_seed(5)
+    plain = SkipNormForCausalLM(tiny()).double().eval()
+    dropped = SkipNormForCausalLM(tiny(layer_drop=0.5, hidden_dropout=0.1)).double().eval()
+    dropped.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, 50, (2, 6))
+    assert torch.equal(plain(ids).logits, dropped(ids).logits)
+    dropped.train()
+    assert not torch.equal(plain(ids).logits, dropped(ids).logits)
+
+
 # Every learned scalar/vector of this issue, by name suffix and count in a 4-layer model.
 NO_DECAY = {
     "attn_res": (dict(residual="attn_res"), {"query_bias": 9, "_residual.key_norm.weight": 8,
                                              "residual_stream.key_norm.weight": 1}),
     "value_residual_learned": (dict(value_residual="learned"), {"value_residual.lambda_bias": 3}),
     "value_residual_per_token": (dict(value_residual="per_token"), {"value_residual.mix_proj.bias": 3}),
+    "unet_skips": (dict(unet_skips=True), {"unet_skips.weight_bias": 1}),
 }
 DECAY = {"value_residual_per_token": ["value_residual.mix_proj.weight"]}
 
@@ -267,6 +337,12 @@ def test_trainer_does_not_decay_the_learned_scalars(value, tmp_path):
     (dict(residual="attn_res", attn_res_blocks=0), "dividing num_hidden_layers"),
     (dict(value_residual="per_layer"), "valid choices: none, fixed, learned, per_token"),
     (dict(value_residual="fixed", num_hidden_layers=1), "there are none"),
+    (dict(unet_skips=True, residual="hyper"), "one residual stream"),
+    (dict(unet_skips=True, residual="attn_res"), "one residual stream"),
+    (dict(unet_skips=True, norm_position="resi_dual"), "one residual stream"),
+    (dict(unet_skips=True, num_hidden_layers=1), "first half"),
+    (dict(layer_drop=1.0), "[0, 1)"),
+    (dict(layer_drop=0.1, layer_drop_schedule="cosine"), "valid choices: linear, uniform"),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()))
 def test_meaningless_combinations_are_refused_with_the_reason(fields, words):
     with pytest.raises(ValueError, match="SkipNormConfig") as error:
