@@ -40,6 +40,7 @@ VARIANTS["value_residual_learned"] = {"residual": "add", "value_residual": "lear
 VARIANTS["value_residual_per_token"] = {"residual": "add", "value_residual": "per_token"}
 VARIANTS["unet_skips"] = {"residual": "add", "unet_skips": True}
 VARIANTS["layer_drop"] = {"residual": "add", "layer_drop": 0.1}
+VARIANTS["qk_per_head_gains"] = {"residual": "add", "qk_norm": "per_head_gains"}
 for residual in POST_LN_RESIDUALS:
     VARIANTS[residual]["norm_position"] = "post"
 

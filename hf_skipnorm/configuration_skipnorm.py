@@ -82,7 +82,7 @@ FINAL_NORM_IMPLIED: dict[str, bool] = {
     "b2t": False,
     "resi_dual": False,
 }
-QK_NORMS: tuple[str, ...] = ("none", "per_head", "full")
+QK_NORMS: tuple[str, ...] = ("none", "per_head", "full", "per_head_gains")  # per_head_gains: issue 15
 # Norm types with a per-channel gain g that `norm_unit_offset` can store as 1 + w.
 UNIT_OFFSET_NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm", "dyt", "derf")
 # Residuals whose combine R(x, y) is one module on one stream, so a parallel block can feed it y = Attn + MLP.
@@ -190,7 +190,9 @@ class SkipNormConfig(PreTrainedConfig):
         qk_norm (`str`, defaults to `"none"`): normalize queries and keys after their projections, before RoPE.
             `per_head`: one norm over each head's `head_dim` shared by all heads (Qwen3, Gemma 3); `full`: one norm
             over the whole projection, ``H * head_dim`` for Q and ``H_kv * head_dim`` for K (OLMo 2, arXiv
-            2501.00656). Modules `self_attn.q_norm` / `self_attn.k_norm`, of `norm_type`.
+            2501.00656); `per_head_gains` (issue 15): per head as `per_head` but each head with its own gain (and bias)
+            vector, weight (heads, head_dim), x-transformers' `MultiheadRMSNorm` (rmsnorm or layernorm only).
+            Modules `self_attn.q_norm` / `self_attn.k_norm`, of `norm_type`.
         norm_depth_scaling (`bool`, defaults to `False`): LayerNorm Scaling (The Curse of Depth, arXiv 2502.05795):
             every input norm ``N_in`` of block ``l`` (1-based) outputs ``N(x) / sqrt(l)``, taming the variance growth
             that makes deep pre-LN layers near-identities. The paper drops depth-scaled init with it, so
@@ -724,6 +726,12 @@ class SkipNormConfig(PreTrainedConfig):
         if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0.0 <= drop < 1.0:
             raise ValueError(f"SkipNormConfig.layer_drop={drop!r} is not valid; expected a float in [0, 1)")
         _check_choice("layer_drop_schedule", self.layer_drop_schedule, LAYER_DROP_SCHEDULES)
+        if self.qk_norm == "per_head_gains" and self.norm_type not in ("rmsnorm", "layernorm"):
+            raise ValueError(
+                f"SkipNormConfig.qk_norm='per_head_gains' is not valid with norm_type={self.norm_type!r}: it gives each "
+                f"head its own per-channel gain after the norm, which needs a norm with such a gain; valid norm types: "
+                f"rmsnorm, layernorm"
+            )
         if self.residual == "attn_res":
             for layer in range(self.num_hidden_layers):
                 attn, mlp = self.layer_norm_positions(layer)

@@ -297,3 +297,46 @@ class DropBranch(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:g}"
+
+
+# ----------------------------------------------------------------------------------------------------- QK norm
+class PerHeadGainRMSNorm(nn.Module):
+    """RMSNorm over each head's ``head_dim`` with a gain of its own per head, ``g_h * x_h / sqrt(mean(x_h^2) + eps)``
+    (x-transformers' `MultiheadRMSNorm`), where Qwen3's QK-norm shares one gain ``g`` among all heads. Weight
+    (heads, head_dim); ``1 + w`` with `norm_unit_offset` (x-transformers stores ``gamma + 1`` the same way)."""
+
+    def __init__(self, config: SkipNormConfig, heads: int, head_dim: int):
+        super().__init__()
+        self.eps = config.norm_eps
+        self.unit_offset = 1.0 if config.norm_unit_offset else 0.0
+        self.weight = nn.Parameter(torch.empty(heads, head_dim))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., heads, head_dim)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        normed = self.normalize(x.to(dtype)) * (self.weight.to(dtype) + self.unit_offset)
+        return normed.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.eps}, unit_offset={bool(self.unit_offset)}"
+
+
+class PerHeadGainLayerNorm(PerHeadGainRMSNorm):
+    """LayerNorm over each head's ``head_dim`` with a gain (and, with `norm_bias`, a bias) per head."""
+
+    def __init__(self, config: SkipNormConfig, heads: int, head_dim: int):
+        super().__init__(config, heads, head_dim)
+        self.bias = nn.Parameter(torch.empty(heads, head_dim)) if config.norm_bias else None
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        centered = x - x.mean(-1, keepdim=True)
+        return centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+
+PER_HEAD_GAIN_NORMS: dict[str, type[nn.Module]] = {"rmsnorm": PerHeadGainRMSNorm, "layernorm": PerHeadGainLayerNorm}

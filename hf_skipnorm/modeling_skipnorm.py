@@ -64,6 +64,7 @@ from .depth_mixing_skipnorm import (
     AttnResStream,
     DepthAttention,
     DropBranch,
+    PER_HEAD_GAIN_NORMS,
     UNetSkips,
     build_unet_skips,
     layer_drop_rate,
@@ -216,6 +217,14 @@ class SkipNormHeadScale(nn.Module):
         return heads * self.weight[:, None].to(heads.dtype)
 
 
+def build_qk_norm(config: SkipNormConfig, qk_norm: str, shape: tuple[int, ...]) -> nn.Module:
+    """The Q or K norm for `qk_norm` over `shape` ((heads, hd) per head, (heads * hd,) full): the configured norm over
+    the last dim (one gain shared by the heads, Qwen3), or with `per_head_gains` a gain per head (x-transformers)."""
+    if qk_norm == "per_head_gains":
+        return PER_HEAD_GAIN_NORMS[config.norm_type](config, *shape)
+    return build_norm(config, shape[-1], qk_norm != "none", "attn")
+
+
 class SkipNormAttention(nn.Module):
     """Multi-head attention with grouped-query heads, RoPE and a KV cache, through transformers' attention interface.
 
@@ -248,8 +257,8 @@ class SkipNormAttention(nn.Module):
         # The shape each Q/K norm sees: (heads, hd) normalizes each head's vector, (heads * hd,) the whole projection.
         self.q_norm_shape = (heads * hd,) if qk_norm == "full" else (heads, hd)
         self.k_norm_shape = (kv_heads * hd,) if qk_norm == "full" else (kv_heads, hd)
-        self.q_norm = build_norm(config, self.q_norm_shape[-1], qk_norm != "none", "attn")
-        self.k_norm = build_norm(config, self.k_norm_shape[-1], qk_norm != "none", "attn")
+        self.q_norm = build_qk_norm(config, qk_norm, self.q_norm_shape)
+        self.k_norm = build_qk_norm(config, qk_norm, self.k_norm_shape)
         self.v_norm = build_norm(config, hd, norms.qkv, "attn")
         self.head_scale_norm = SkipNormHeadScale(heads) if norms.head_scale else Identity()
         self.sub_norm = build_norm(config, heads * hd, norms.sub, "attn")

@@ -301,6 +301,48 @@ def test_layer_drop_is_the_plain_model_at_eval():
     assert not torch.equal(plain(ids).logits, dropped(ids).logits)
 
 
+# ---------------------------------------------------------------------------------------------- per-head QK gains
+@pytest.mark.parametrize("norm_type", ["rmsnorm", "layernorm"])
+def test_per_head_qk_gains_match_the_formula(norm_type):
+    """q_h <- g_h * N(q_h) (+ b_h): each head's own gain (x-transformers' MultiheadRMSNorm), before attention."""
+    model, _ = random_model(tiny(qk_norm="per_head_gains", norm_type=norm_type, position_embedding="none"))
+    attn = model.layers[1].self_attn
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    eps = model.config.norm_eps
+
+    def norm(t, module):  # (B, T, heads, hd)
+        if norm_type == "layernorm":
+            t = t - t.mean(-1, keepdim=True)
+        out = module.weight * t / torch.sqrt(t.pow(2).mean(-1, keepdim=True) + eps)
+        return out + module.bias if norm_type == "layernorm" else out
+
+    B, T, H, Hkv, hd = 2, 5, 4, 2, 4
+    q = norm((x @ attn.q_proj.weight.T).view(B, T, H, hd), attn.q_norm).transpose(1, 2)
+    k = norm((x @ attn.k_proj.weight.T).view(B, T, Hkv, hd), attn.k_norm).transpose(1, 2).repeat_interleave(2, 1)
+    v = (x @ attn.v_proj.weight.T).view(B, T, Hkv, hd).transpose(1, 2).repeat_interleave(2, 1)
+    probs = torch.softmax(q @ k.transpose(-1, -2) / hd**0.5 + causal(T, x.dtype), dim=-1)
+    expected = (probs @ v).transpose(1, 2).reshape(B, T, H * hd) @ attn.o_proj.weight.T
+    actual = attn(x, attention_mask=causal(T, x.dtype))[0]
+    assert attn.q_norm.weight.shape == (4, 4) and attn.k_norm.weight.shape == (2, 4)
+    assert (actual - expected).abs().max().item() < 1e-12 * expected.abs().max().item()
+
+
+def test_per_head_qk_gains_with_equal_heads_are_qwen3s_shared_gain():
+    shared, _ = random_model(tiny(qk_norm="per_head"))
+    ids = torch.randint(0, 50, (2, 6))
+    per_head = SkipNormModel(tiny(qk_norm="per_head_gains")).double().eval()
+    state = {k: (v.expand(4 if "q_norm" in k else 2, -1) if k.endswith(("q_norm.weight", "k_norm.weight")) else v)
+             for k, v in shared.state_dict().items()}
+    per_head.load_state_dict(state)
+    torch.testing.assert_close(per_head(ids).last_hidden_state, shared(ids).last_hidden_state, rtol=1e-12, atol=0)
+
+
+def test_per_head_qk_gains_start_at_one_and_respect_the_unit_offset():
+    for offset, start in ((False, 1.0), (True, 0.0)):
+        model = SkipNormModel(tiny(qk_norm="per_head_gains", norm_unit_offset=offset))
+        assert torch.all(model.layers[0].self_attn.q_norm.weight == start)
+
+
 # Every learned scalar/vector of this issue, by name suffix and count in a 4-layer model.
 NO_DECAY = {
     "attn_res": (dict(residual="attn_res"), {"query_bias": 9, "_residual.key_norm.weight": 8,
@@ -308,6 +350,8 @@ NO_DECAY = {
     "value_residual_learned": (dict(value_residual="learned"), {"value_residual.lambda_bias": 3}),
     "value_residual_per_token": (dict(value_residual="per_token"), {"value_residual.mix_proj.bias": 3}),
     "unet_skips": (dict(unet_skips=True), {"unet_skips.weight_bias": 1}),
+    "qk_per_head_gains": (dict(qk_norm="per_head_gains", norm_type="layernorm"),
+                          {"q_norm.weight": 4, "k_norm.weight": 4, "q_norm.bias": 4, "k_norm.bias": 4}),
 }
 DECAY = {"value_residual_per_token": ["value_residual.mix_proj.weight"]}
 
@@ -342,6 +386,7 @@ def test_trainer_does_not_decay_the_learned_scalars(value, tmp_path):
     (dict(unet_skips=True, norm_position="resi_dual"), "one residual stream"),
     (dict(unet_skips=True, num_hidden_layers=1), "first half"),
     (dict(layer_drop=1.0), "[0, 1)"),
+    (dict(qk_norm="per_head_gains", norm_type="scalenorm"), "valid norm types: rmsnorm, layernorm"),
     (dict(layer_drop=0.1, layer_drop_schedule="cosine"), "valid choices: linear, uniform"),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()))
 def test_meaningless_combinations_are_refused_with_the_reason(fields, words):
