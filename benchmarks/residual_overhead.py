@@ -41,6 +41,7 @@ VARIANTS["value_residual_per_token"] = {"residual": "add", "value_residual": "pe
 VARIANTS["unet_skips"] = {"residual": "add", "unet_skips": True}
 VARIANTS["layer_drop"] = {"residual": "add", "layer_drop": 0.1}
 VARIANTS["qk_per_head_gains"] = {"residual": "add", "qk_norm": "per_head_gains"}
+VARIANTS["dense_2x2"] = {"residual": "dense", "dense_dilation": 2, "dense_period": 2}  # k x p-DenseFormer
 for residual in POST_LN_RESIDUALS:
     VARIANTS[residual]["norm_position"] = "post"
 

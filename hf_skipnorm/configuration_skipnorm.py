@@ -266,6 +266,11 @@ class SkipNormConfig(PreTrainedConfig):
             parameters and 20.3% less data.
         value_residual_lambda (`float`, defaults to 0.5): ``lambda_1`` (the weight on ``V_1``) of `fixed`, and the init
             of `learned`; ``lambda_2 = 1 - lambda_1`` (ResFormer's 0.5 / 0.5).
+        dense_dilation (`int`, defaults to 1): DenseFormer's dilation k (arXiv 2402.02622, Sec. 3.2): the average after
+            block i reads only ``Y_j`` with ``j = i (mod k)``, k times fewer weights and multiply-adds.
+        dense_period (`int`, defaults to 1): DenseFormer's period p: only every p-th block (1-based ``i = 0 mod p``) has
+            a depth-weighted average; the others pass their output on as the plain residual. The paper finds the
+            4x5-DenseFormer (k=4, p=5) keeps most of the gain at a fraction of the overhead.
         unet_skips (`bool`, defaults to `False`): U-Net skips over depth (modded-nanogpt's speedrun records, no paper;
             x-transformers has a concatenating variant): block ``j < L // 2``'s output is added, times a learned scalar
             ``w_j`` (1 at init, as modded-nanogpt), to the input of its mirror block ``L - 1 - j``. Single-stream
@@ -397,6 +402,8 @@ class SkipNormConfig(PreTrainedConfig):
     unet_skips: bool = False
     layer_drop: float = 0.0
     layer_drop_schedule: str = "linear"
+    dense_dilation: int = 1
+    dense_period: int = 1
 
     def __post_init__(self, **kwargs):
         if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int):
@@ -732,6 +739,15 @@ class SkipNormConfig(PreTrainedConfig):
                 f"head its own per-channel gain after the norm, which needs a norm with such a gain; valid norm types: "
                 f"rmsnorm, layernorm"
             )
+        for name in ("dense_dilation", "dense_period"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SkipNormConfig.{name}={value!r} is not valid; expected an integer >= 1")
+            if value != 1 and self.residual != "dense":
+                raise ValueError(
+                    f"SkipNormConfig.{name}={value!r} is not valid with residual={self.residual!r}: it sparsifies "
+                    f"DenseFormer's depth-weighted averages; valid choices: residual='dense' or {name}=1"
+                )
         if self.residual == "attn_res":
             for layer in range(self.num_hidden_layers):
                 attn, mlp = self.layer_norm_positions(layer)

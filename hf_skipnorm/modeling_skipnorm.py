@@ -59,6 +59,7 @@ from .hyper_connections_skipnorm import (
     ManifoldHyperConnection,
     MultiStream,
     StaticHyperConnection,
+    build_depth_average,
 )
 from .depth_mixing_skipnorm import (
     AttnResStream,
@@ -549,7 +550,7 @@ class SkipNormDenseBlock(SkipNormBlock):
 
     def __init__(self, config: SkipNormConfig, layer_idx: int):
         super().__init__(config, layer_idx)
-        self.depth_average = DepthWeightedAverage(config, layer_idx)
+        self.depth_average = build_depth_average(config, layer_idx)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(

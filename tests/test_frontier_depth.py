@@ -3,7 +3,8 @@
 The depth bookkeeping (which sources each sublayer reads, how blocks sum, the softmax over depth, the mixes) is
 written out again from the papers' equations; the attention and MLP branches themselves are the model's own modules
 (tests/test_catalogue.py checks them against their formulas). Papers: Attention Residuals arXiv 2603.15031; ResFormer (value residual) arXiv 2410.17897;
-U-Net skips: modded-nanogpt (no paper); stochastic depth arXiv 1603.09382, LayerDrop arXiv 1909.11556.
+U-Net skips: modded-nanogpt (no paper); stochastic depth arXiv 1603.09382, LayerDrop arXiv 1909.11556;
+DenseFormer's dilation and period arXiv 2402.02622 (epfml/DenseFormer).
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def test_attn_res_hidden_states_and_state_layout(blocks):
     dict(residual="attn_res"), dict(residual="attn_res", attn_res_blocks=2, norm_position="sandwich"),
     dict(value_residual="learned"), dict(value_residual="per_token", qk_norm="per_head"),
     dict(unet_skips=True, num_hidden_layers=5), dict(layer_drop=0.3, unet_skips=True, norm_position="post"),
-], ids=["full", "blocks2-sandwich", "value-learned", "value-per_token", "unet5", "layerdrop-unet-post"])
+    dict(residual="dense", dense_dilation=2, dense_period=3, num_hidden_layers=6),
+], ids=["full", "blocks2-sandwich", "value-learned", "value-per_token", "unet5", "layerdrop-unet-post", "dense2x3"])
 def test_cached_generation_equals_uncached(fields):
     model = SkipNormForCausalLM(tiny(**fields)).double().eval()
     randomize_(model, std=0.2)
@@ -343,6 +345,33 @@ def test_per_head_qk_gains_start_at_one_and_respect_the_unit_offset():
         assert torch.all(model.layers[0].self_attn.q_norm.weight == start)
 
 
+# ---------------------------------------------------------------------------------------------- DenseFormer k x p
+@pytest.mark.parametrize("dilation,period", [(1, 1), (2, 1), (1, 2), (2, 3), (3, 2)])
+def test_dilated_periodic_denseformer_matches_the_paper(dilation, period):
+    """k x p-DenseFormer (2402.02622, Sec. 3.2): Y_0 = embeddings, Y_{i} = block_i(X_{i-1}); after block i (1-based)
+    X_i = sum_{j <= i, j = i mod k} alpha_ij Y_j if i = 0 mod p, else X_i = Y_i."""
+    from hf_skipnorm.modeling_skipnorm import SkipNormBlock
+    model, ids = random_model(tiny(residual="dense", dense_dilation=dilation, dense_period=period,
+                                   position_embedding="none", num_hidden_layers=6))
+    x = model.embed_tokens.weight[ids]
+    mask = causal(ids.shape[1], x.dtype)
+    outputs = [x]  # Y_0, Y_1, ...
+    for i, block in enumerate(model.layers, start=1):
+        outputs.append(SkipNormBlock.forward(block, x, attention_mask=mask))
+        if i % period:
+            x = outputs[-1]
+            assert not any(True for _ in block.depth_average.parameters())
+            continue
+        picked = [outputs[j] for j in range(i + 1) if (i - j) % dilation == 0]
+        alpha = block.depth_average.alpha_bias.clone()
+        alpha[-1] += 1.0  # stored as an offset from e_i
+        assert alpha.shape == (len(picked),)
+        x = sum(a * y for a, y in zip(alpha, picked))
+    expected = rms(x, model.final_norm.weight, model.config.norm_eps)
+    actual = model(ids).last_hidden_state
+    assert (actual - expected).abs().max().item() < 1e-10 * expected.abs().max().item()
+
+
 # Every learned scalar/vector of this issue, by name suffix and count in a 4-layer model.
 NO_DECAY = {
     "attn_res": (dict(residual="attn_res"), {"query_bias": 9, "_residual.key_norm.weight": 8,
@@ -387,6 +416,8 @@ def test_trainer_does_not_decay_the_learned_scalars(value, tmp_path):
     (dict(unet_skips=True, num_hidden_layers=1), "first half"),
     (dict(layer_drop=1.0), "[0, 1)"),
     (dict(qk_norm="per_head_gains", norm_type="scalenorm"), "valid norm types: rmsnorm, layernorm"),
+    (dict(dense_dilation=2), "residual='dense'"),
+    (dict(residual="dense", dense_period=0), "integer >= 1"),
     (dict(layer_drop=0.1, layer_drop_schedule="cosine"), "valid choices: linear, uniform"),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()))
 def test_meaningless_combinations_are_refused_with_the_reason(fields, words):
