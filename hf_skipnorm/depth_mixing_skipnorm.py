@@ -292,8 +292,9 @@ class DropBranch(nn.Module):
         if not self.training:
             return branch
         keep = 1.0 - self.rate
-        mask = torch.empty(branch.shape[0], *([1] * (branch.dim() - 1)), device=branch.device, dtype=branch.dtype)
-        return branch * mask.bernoulli_(keep) / keep
+        # drawn in float32 whatever the model dtype: the same seed drops the same samples in bf16 and float64
+        uniform = torch.rand(branch.shape[0], *([1] * (branch.dim() - 1)), device=branch.device)
+        return branch * ((uniform < keep).to(branch.dtype) / keep)
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:g}"
