@@ -1,17 +1,30 @@
-"""`SkipNormTrainer`: the transformers `Trainer` with three guarantees the stock one (5.24) does not give.
+"""`SkipNormTrainer`: the transformers `Trainer` with the guarantees the stock one (5.24) does not give.
 
 1. Checkpoints are complete or absent. The stock `_save_checkpoint` writes model, optimizer, scheduler, RNG and
    trainer state one file at a time straight into `checkpoint-N/`, so a crash while saving leaves a folder that
    `resume_from_checkpoint=True` would pick and load half-written. Here every file is written into
-   `<output_dir>/.staging/checkpoint-N/`, flushed to disk, and the folder is renamed into place in one
-   `os.replace` (atomic on POSIX within a filesystem). `get_last_checkpoint` only matches `checkpoint-<digits>`
-   directly under `output_dir`, so a staging leftover is never resumed from.
+   `<output_dir>/.staging/checkpoint-N/`, then a completion marker (`checkpoint_complete.json`) is written last,
+   everything is flushed to disk, and the folder is renamed into place in one `os.replace` (atomic on POSIX
+   within a filesystem). Only a `checkpoint-N` holding the marker for step N counts as complete
+   (`complete_checkpoints`, `last_complete_checkpoint`): a staging leftover, a folder copied by hand half-way
+   or one written by another tool is never resumed from.
+   Rotation (`save_total_limit`) orders checkpoints by step number, not by mtime (deleting files inside a folder
+   refreshes its mtime, so the stock mtime order can delete complete checkpoints and keep a broken one), counts
+   only complete ones, and deletes a checkpoint by first renaming it to `.trash-checkpoint-N` (atomic), so a kill
+   during the deletion leaves a `.trash-*` folder that is swept at the next save, never a half-deleted
+   `checkpoint-N`.
+   A save that fails (a full disk: `OSError(ENOSPC)`) raises `CheckpointSaveError` naming the checkpoint path,
+   the cause and the last complete checkpoint; the partial files are removed.
 2. A non-finite loss or gradient stops training with a `NonFiniteTrainingError` naming the optimizer step,
    the loss and the first parameter (in model order) whose gradient is not finite, before the optimizer applies
    it: the weights in memory and every checkpoint on disk stay the last good ones. With
    `on_nonfinite="skip"` the step's update is dropped instead (gradients set to None, so AdamW changes neither
    the weights nor its moments) and training continues; the count is logged as `nonfinite_skipped_steps`.
 3. `eval_perplexity = exp(eval_loss)` is logged beside `eval_loss` (for language modelling runs).
+4. Resuming from a checkpoint taken at (or past) the last step runs no optimizer step: the stock loop takes one
+   more step before it checks `max_steps` (global_step ends at 13 of 12, and the weights change).
+5. With `run_record` (a dict of the run's arguments, from train.py/finetune.py), every checkpoint carries it
+   as `skipnorm_run.json`, so a resume can check that it continues the same run (`arguments.run_record_differences`).
 
 The gradient check runs where the stock loop computes the gradient norm: after the backward pass of the last
 micro-batch (so after DDP's all-reduce: every rank sees the same gradients and makes the same decision) and
@@ -20,24 +33,163 @@ before clipping (clipping by a non-finite norm would turn every gradient into Na
 
 from __future__ import annotations
 
+import errno
+import json
 import math
 import os
+import re
 import shutil
 
 import torch
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
 STAGING_DIR = ".staging"
+TRASH_PREFIX = ".trash-"  # a checkpoint being deleted; never matched by checkpoint-N, swept at the next save
+COMPLETE_MARKER = "checkpoint_complete.json"  # written last into a staged checkpoint: {"global_step": N}
+RUN_RECORD = "skipnorm_run.json"  # the arguments of the run that wrote a folder (training.arguments.run_record)
 ON_NONFINITE_CHOICES = ("stop", "skip")
+_CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
 
 class NonFiniteTrainingError(RuntimeError):
     """Raised when a training step produced a non-finite loss or gradient and on_nonfinite='stop'."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint or the final model could not be written (full disk, permissions): names the path and cause."""
+
+
+# ---------------------------------------------------------------------------------------- checkpoint folders
+def checkpoint_step(path: str) -> int | None:
+    """N for a folder named checkpoint-N, else None."""
+    match = _CHECKPOINT_NAME.fullmatch(os.path.basename(os.path.normpath(path)))
+    return int(match.group(1)) if match else None
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """A checkpoint-N folder whose completion marker says step N (written last, before the atomic rename)."""
+    step = checkpoint_step(path)
+    marker = os.path.join(path, COMPLETE_MARKER)
+    if step is None or not os.path.isfile(marker):
+        return False
+    try:
+        with open(marker, encoding="utf-8") as handle:
+            return json.load(handle).get("global_step") == step
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def checkpoint_folders(output_dir: str) -> list[str]:
+    """Every checkpoint-N folder directly under output_dir, complete or not, ordered by step number."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(checkpoint_step(name), os.path.join(output_dir, name)) for name in os.listdir(output_dir)]
+    return [path for step, path in sorted(f for f in found if f[0] is not None) if os.path.isdir(path)]
+
+
+def complete_checkpoints(output_dir: str) -> list[str]:
+    """The complete checkpoint-N folders under output_dir, ordered by step number (oldest first)."""
+    return [path for path in checkpoint_folders(output_dir) if is_complete_checkpoint(path)]
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    complete = complete_checkpoints(output_dir)
+    return complete[-1] if complete else None
+
+
+def _fsync_dir_quietly(folder: str) -> None:
+    try:
+        _fsync_dir(folder)
+    except OSError:  # some filesystems refuse fsync on a directory; the rename is still atomic
+        pass
+
+
+def remove_checkpoint(path: str) -> None:
+    """Delete a checkpoint so that no kill can leave a half-deleted checkpoint-N: rename it to a trash name in one
+    `os.replace`, then delete the trash."""
+    parent = os.path.dirname(os.path.normpath(path))
+    trash = os.path.join(parent, f"{TRASH_PREFIX}{os.path.basename(os.path.normpath(path))}-{os.getpid()}")
+    os.replace(path, trash)
+    _fsync_dir_quietly(parent)
+    shutil.rmtree(trash)
+
+
+def sweep_trash(output_dir: str) -> None:
+    """Finish deletions a kill interrupted (the `.trash-*` folders); they were never complete checkpoints."""
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            if name.startswith(TRASH_PREFIX):
+                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def rotate_complete_checkpoints(output_dir: str, save_total_limit: int | None, best_model_checkpoint: str | None = None) -> list[str]:
+    """Keep the newest `save_total_limit` complete checkpoints (by step number) plus the best one; delete the other
+    complete ones. Incomplete checkpoint-N folders are neither counted nor deleted. Returns the deleted paths."""
+    if not save_total_limit or save_total_limit <= 0:
+        return []
+    complete = complete_checkpoints(output_dir)
+    keep = set(complete[-save_total_limit:])
+    best = os.path.normpath(best_model_checkpoint) if best_model_checkpoint else None
+    if best in {os.path.normpath(p) for p in complete} and best not in {os.path.normpath(p) for p in keep}:
+        # the best checkpoint stays; so does the newest (to resume from), even with save_total_limit=1
+        keep = set(complete[-max(save_total_limit - 1, 1):]) | {best_model_checkpoint}
+    keep = {os.path.normpath(p) for p in keep}
+    deleted = [path for path in complete if os.path.normpath(path) not in keep]
+    for path in deleted:
+        remove_checkpoint(path)
+    return deleted
+
+
+# ------------------------------------------------------------------------------------------- output folder
+def check_output_dir(output_dir: str, overwrite: bool, resume: str | None) -> None:
+    """Before any data is read: refuse a folder that holds another run (unless `overwrite` or resuming), and prove
+    the folder writable (it may be created, empty). Every rank checks; `claim_output_dir` then writes."""
+    existing = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+    if existing and not resume and not overwrite:
+        shown = ", ".join(existing[:8]) + (f", ... ({len(existing)} entries)" if len(existing) > 8 else "")
+        raise ValueError(
+            f"--output_dir {output_dir!r} already holds files ({shown}): a new run there would replace another run's "
+            "checkpoints, and --resume_from_checkpoint last would then mix the two. Use a new --output_dir, "
+            "--resume_from_checkpoint last to continue that run, or --overwrite_output_dir to replace it."
+        )
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir {output_dir!r} is a file, not a folder")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, f".write-test-{os.getpid()}")
+        with open(probe, "wb") as handle:
+            handle.write(b"0")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f"--output_dir {output_dir!r} is not writable: {error.strerror or error}") from None
+
+
+def claim_output_dir(output_dir: str, overwrite: bool, resume: str | None, record: dict | None) -> None:
+    """Main process, just before training: with `overwrite`, delete the old run's checkpoints (so
+    `--resume_from_checkpoint last` can never pick them); record this run's arguments (RUN_RECORD)."""
+    if overwrite and not resume:
+        removed = checkpoint_folders(output_dir)
+        for path in removed:
+            remove_checkpoint(path)
+        for name in (STAGING_DIR, RUN_RECORD):
+            target = os.path.join(output_dir, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
+        sweep_trash(output_dir)
+        if removed:
+            logger.warning(f"--overwrite_output_dir: deleted {[os.path.basename(p) for p in removed]} from {output_dir}")
+    if record is not None:
+        with open(os.path.join(output_dir, RUN_RECORD), "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2, sort_keys=True)
 
 
 def _fsync_tree(folder: str) -> None:
@@ -60,12 +212,14 @@ def _fsync_dir(folder: str) -> None:
 class SkipNormTrainer(Trainer):
     """Trainer with atomic checkpoints, a non-finite guard and perplexity logging (see the module docstring)."""
 
-    def __init__(self, *args, on_nonfinite: str = "stop", report_perplexity: bool = False, **kwargs):
+    def __init__(self, *args, on_nonfinite: str = "stop", report_perplexity: bool = False,
+                 run_record: dict | None = None, **kwargs):
         if on_nonfinite not in ON_NONFINITE_CHOICES:
             raise ValueError(f"on_nonfinite={on_nonfinite!r} is not valid; valid choices: {', '.join(ON_NONFINITE_CHOICES)}")
         super().__init__(*args, **kwargs)
         self.on_nonfinite = on_nonfinite
         self.report_perplexity = report_perplexity
+        self.run_record = run_record
         self.nonfinite_skipped_steps = 0
         self._staging = False
         self._step_losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses (detached)
@@ -80,44 +234,114 @@ class SkipNormTrainer(Trainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging_root = os.path.join(run_dir, STAGING_DIR)
         staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
-        if self.args.should_save and os.path.isdir(staging_root):
-            shutil.rmtree(staging_root)  # leftovers of a run killed while saving: never complete, never used
-        self.accelerator.wait_for_everyone()
-        self._staging = True
-        try:
-            super()._save_checkpoint(model, trial)  # every rank writes its files (RNG state) into `staged`
-        finally:
-            self._staging = False
-        best = self.state.best_model_checkpoint
-        if best and os.path.dirname(best) == staging_root:
-            # The stock method recorded the staged path as the best checkpoint; record where it will live.
-            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
-            if self.args.should_save:
-                self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
-        self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            _fsync_tree(staged)
-            if os.path.isdir(final):  # the same step saved twice (e.g. a rerun): the new one replaces it
-                shutil.rmtree(final)
-            os.replace(staged, final)
-            os.rmdir(staging_root)  # empty now; its absence says no save is in progress
-            _fsync_dir(run_dir)
+            sweep_trash(run_dir)  # deletions a kill interrupted
+            if os.path.isdir(staging_root):
+                shutil.rmtree(staging_root)  # leftovers of a run killed while saving: never complete, never used
+        self.accelerator.wait_for_everyone()
+        try:
+            self._staging = True
+            try:
+                super()._save_checkpoint(model, trial)  # every rank writes its files (RNG state) into `staged`
+            finally:
+                self._staging = False
+            best = self.state.best_model_checkpoint
+            if best and os.path.dirname(best) == staging_root:
+                # The stock method recorded the staged path as the best checkpoint; record where it will live.
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+                if self.args.should_save:
+                    self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                self._write_json(os.path.join(staged, RUN_RECORD), self.run_record)
+                self._write_json(os.path.join(staged, COMPLETE_MARKER), {"global_step": self.state.global_step})
+                _fsync_tree(staged)
+                self._publish(staged, final, run_dir)
+                os.rmdir(staging_root)  # empty now; its absence says no save is in progress
+        except OSError as error:
+            if self.args.should_save:
+                shutil.rmtree(staging_root, ignore_errors=True)  # partial files: never complete, and they hold space
+            raise self._save_error(f"could not save checkpoint {final}", error) from error
+        if self.args.should_save:
             self._publish_checkpoint(run_dir)
         self.accelerator.wait_for_everyone()
 
+    @staticmethod
+    def _write_json(path: str, payload: dict | None) -> None:
+        if payload is not None:
+            with open(path, "w", encoding="utf-8") as handle:
+                json.dump(payload, handle, indent=2, sort_keys=True)
+
+    @staticmethod
+    def _publish(staged: str, final: str, run_dir: str) -> None:
+        """Move the staged checkpoint into place. The same step saved twice (a rerun): the old folder is renamed to
+        trash first, so at every instant checkpoint-N is either the old complete folder or the new one."""
+        trash = None
+        if os.path.isdir(final):
+            trash = os.path.join(run_dir, f"{TRASH_PREFIX}{os.path.basename(final)}-{os.getpid()}")
+            os.replace(final, trash)
+        os.replace(staged, final)
+        _fsync_dir(run_dir)
+        if trash:
+            shutil.rmtree(trash)
+
+    def _save_error(self, what: str, error: OSError) -> CheckpointSaveError:
+        cause = error.strerror or str(error)
+        code = errno.errorcode.get(error.errno, "") if error.errno else ""
+        last = last_complete_checkpoint(self.args.output_dir)
+        hint = " Free space on that disk (or point --output_dir elsewhere)" if error.errno == errno.ENOSPC else ""
+        return CheckpointSaveError(
+            error.errno,
+            f"{what}: {cause}{f' ({code})' if code else ''}"
+            f"{f' writing {error.filename}' if error.filename else ''}. The partial files were removed; the last "
+            f"complete checkpoint is {last or 'none'}.{hint}"
+            + (" and resume with --resume_from_checkpoint last." if hint and last else ""),
+        )
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        if _internal_call:  # inside _save_checkpoint, which reports its own failures
+            return super().save_model(output_dir, _internal_call)
+        try:
+            return super().save_model(output_dir, _internal_call)
+        except OSError as error:
+            raise self._save_error(f"could not save the model to {output_dir or self.args.output_dir}", error) from error
+
     def _publish_checkpoint(self, run_dir: str) -> None:
         # The stock method ran its best-model bookkeeping and rotation against the staging folder; redo both
-        # against the real one.
+        # against the real one, by step number and over complete checkpoints only.
         if self.state.best_global_step:
             best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
             if os.path.isdir(best):
                 self.state.best_model_checkpoint = best
-        rotate_checkpoints(
-            output_dir=run_dir,
-            save_total_limit=self.args.save_total_limit,
-            best_model_checkpoint=self.state.best_model_checkpoint,
-            use_mtime=True,
-        )
+        rotate_complete_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+
+    def checkpoint_bytes(self) -> int:
+        """About what one checkpoint takes on disk: the weights plus AdamW's two moments, plus 1 MiB of state."""
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return 3 * weights + 2**20
+
+    def check_free_space(self) -> None:
+        """Before training: refuse when the output folder's disk cannot hold two checkpoints (one kept while the
+        next is staged) and the final model, rather than failing at the first save."""
+        if not self.args.should_save:
+            return
+        needed = 2 * self.checkpoint_bytes() + self.checkpoint_bytes() // 3
+        free = shutil.disk_usage(self.args.output_dir).free
+        if free < needed:
+            raise ValueError(
+                f"--output_dir {self.args.output_dir!r}: {free / 2**20:.1f} MiB free on its disk, but this run needs about "
+                f"{needed / 2**20:.1f} MiB (two checkpoints of weights + optimizer state, and the final model): free "
+                "space or choose another --output_dir"
+            )
+
+    # ------------------------------------------------------------------ 4. no step past max_steps on resume
+    def _run_epoch(self, *args, **kwargs):
+        if 0 < self.state.max_steps <= self.state.global_step:
+            # Resumed from the checkpoint taken at the last step: the stock loop would take one more step before
+            # its max_steps check. Nothing is left to train.
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     # ------------------------------------------------------------------ 2. non-finite guard
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -158,7 +382,7 @@ class SkipNormTrainer(Trainer):
             logger.warning(f"Skipping optimizer step {step}: non-finite {loss_text}; {where}.")
             model.zero_grad(set_to_none=True)  # AdamW skips parameters without .grad: no update, moments kept
             return
-        last_good = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        last_good = last_complete_checkpoint(self.args.output_dir)
         raise NonFiniteTrainingError(
             f"Non-finite training step at optimizer step {step} (epoch {self.state.epoch or 0:.2f}): {loss_text}; "
             f"{where}. Training stopped before applying the update; the last good checkpoint is "
