@@ -368,6 +368,19 @@ def _positive(name: str, value, allow_fraction: bool = False) -> str | None:
     return None
 
 
+STEP_INTERVALS = ("eval_steps", "save_steps", "logging_steps")
+
+
+def check_step_intervals(parsed: dict) -> None:
+    """On the parsed command line, before TrainingArguments exists: it silently replaces --eval_steps 0 by
+    --logging_steps, so a zero must be caught here."""
+    for name in STEP_INTERVALS:
+        value = parsed.get(name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"impossible training settings:\n  --{name} {value} must be a positive number of steps "
+                             "(or a fraction in (0, 1) of the run)")
+
+
 def check_arguments(model_args, data_args, run_args, training_args) -> None:
     """Refuse every setting that cannot train, before any data is read or tokenizer trained: one ValueError
     listing each problem with the option, its value and what is valid."""

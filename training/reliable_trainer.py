@@ -6,7 +6,7 @@
    `<output_dir>/.staging/checkpoint-N/`, then a completion marker (`checkpoint_complete.json`) is written last,
    everything is flushed to disk, and the folder is renamed into place in one `os.replace` (atomic on POSIX
    within a filesystem). Only a `checkpoint-N` holding the marker for step N counts as complete
-   (`complete_checkpoints`, `last_complete_checkpoint`): a staging leftover, a folder copied by hand half-way
+   (`training/checkpoints.py`: `complete_checkpoints`, `last_complete_checkpoint`): a staging leftover, a folder copied by hand half-way
    or one written by another tool is never resumed from.
    Rotation (`save_total_limit`) orders checkpoints by step number, not by mtime (deleting files inside a folder
    refreshes its mtime, so the stock mtime order can delete complete checkpoints and keep a broken one), counts
@@ -37,7 +37,6 @@ import errno
 import json
 import math
 import os
-import re
 import shutil
 
 import torch
@@ -46,14 +45,28 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from training.checkpoints import (  # noqa: F401  (re-exported: the folder rules the Trainer follows)
+    COMPLETE_MARKER,
+    RUN_RECORD,
+    STAGING_DIR,
+    TRASH_PREFIX,
+    check_output_dir,
+    checkpoint_folders,
+    checkpoint_step,
+    claim_output_dir,
+    complete_checkpoints,
+    fsync_dir,
+    fsync_tree,
+    is_complete_checkpoint,
+    last_complete_checkpoint,
+    remove_checkpoint,
+    rotate_complete_checkpoints,
+    sweep_trash,
+)
+
 logger = logging.get_logger(__name__)
 
-STAGING_DIR = ".staging"
-TRASH_PREFIX = ".trash-"  # a checkpoint being deleted; never matched by checkpoint-N, swept at the next save
-COMPLETE_MARKER = "checkpoint_complete.json"  # written last into a staged checkpoint: {"global_step": N}
-RUN_RECORD = "skipnorm_run.json"  # the arguments of the run that wrote a folder (training.arguments.run_record)
 ON_NONFINITE_CHOICES = ("stop", "skip")
-_CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -62,151 +75,6 @@ class NonFiniteTrainingError(RuntimeError):
 
 class CheckpointSaveError(OSError):
     """A checkpoint or the final model could not be written (full disk, permissions): names the path and cause."""
-
-
-# ---------------------------------------------------------------------------------------- checkpoint folders
-def checkpoint_step(path: str) -> int | None:
-    """N for a folder named checkpoint-N, else None."""
-    match = _CHECKPOINT_NAME.fullmatch(os.path.basename(os.path.normpath(path)))
-    return int(match.group(1)) if match else None
-
-
-def is_complete_checkpoint(path: str) -> bool:
-    """A checkpoint-N folder whose completion marker says step N (written last, before the atomic rename)."""
-    step = checkpoint_step(path)
-    marker = os.path.join(path, COMPLETE_MARKER)
-    if step is None or not os.path.isfile(marker):
-        return False
-    try:
-        with open(marker, encoding="utf-8") as handle:
-            return json.load(handle).get("global_step") == step
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def checkpoint_folders(output_dir: str) -> list[str]:
-    """Every checkpoint-N folder directly under output_dir, complete or not, ordered by step number."""
-    if not os.path.isdir(output_dir):
-        return []
-    found = [(checkpoint_step(name), os.path.join(output_dir, name)) for name in os.listdir(output_dir)]
-    return [path for step, path in sorted(f for f in found if f[0] is not None) if os.path.isdir(path)]
-
-
-def complete_checkpoints(output_dir: str) -> list[str]:
-    """The complete checkpoint-N folders under output_dir, ordered by step number (oldest first)."""
-    return [path for path in checkpoint_folders(output_dir) if is_complete_checkpoint(path)]
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    complete = complete_checkpoints(output_dir)
-    return complete[-1] if complete else None
-
-
-def _fsync_dir_quietly(folder: str) -> None:
-    try:
-        _fsync_dir(folder)
-    except OSError:  # some filesystems refuse fsync on a directory; the rename is still atomic
-        pass
-
-
-def remove_checkpoint(path: str) -> None:
-    """Delete a checkpoint so that no kill can leave a half-deleted checkpoint-N: rename it to a trash name in one
-    `os.replace`, then delete the trash."""
-    parent = os.path.dirname(os.path.normpath(path))
-    trash = os.path.join(parent, f"{TRASH_PREFIX}{os.path.basename(os.path.normpath(path))}-{os.getpid()}")
-    os.replace(path, trash)
-    _fsync_dir_quietly(parent)
-    shutil.rmtree(trash)
-
-
-def sweep_trash(output_dir: str) -> None:
-    """Finish deletions a kill interrupted (the `.trash-*` folders); they were never complete checkpoints."""
-    if os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            if name.startswith(TRASH_PREFIX):
-                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
-
-
-def rotate_complete_checkpoints(output_dir: str, save_total_limit: int | None, best_model_checkpoint: str | None = None) -> list[str]:
-    """Keep the newest `save_total_limit` complete checkpoints (by step number) plus the best one; delete the other
-    complete ones. Incomplete checkpoint-N folders are neither counted nor deleted. Returns the deleted paths."""
-    if not save_total_limit or save_total_limit <= 0:
-        return []
-    complete = complete_checkpoints(output_dir)
-    keep = set(complete[-save_total_limit:])
-    best = os.path.normpath(best_model_checkpoint) if best_model_checkpoint else None
-    if best in {os.path.normpath(p) for p in complete} and best not in {os.path.normpath(p) for p in keep}:
-        # the best checkpoint stays; so does the newest (to resume from), even with save_total_limit=1
-        keep = set(complete[-max(save_total_limit - 1, 1):]) | {best_model_checkpoint}
-    keep = {os.path.normpath(p) for p in keep}
-    deleted = [path for path in complete if os.path.normpath(path) not in keep]
-    for path in deleted:
-        remove_checkpoint(path)
-    return deleted
-
-
-# ------------------------------------------------------------------------------------------- output folder
-def check_output_dir(output_dir: str, overwrite: bool, resume: str | None) -> None:
-    """Before any data is read: refuse a folder that holds another run (unless `overwrite` or resuming), and prove
-    the folder writable (it may be created, empty). Every rank checks; `claim_output_dir` then writes."""
-    existing = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
-    if existing and not resume and not overwrite:
-        shown = ", ".join(existing[:8]) + (f", ... ({len(existing)} entries)" if len(existing) > 8 else "")
-        raise ValueError(
-            f"--output_dir {output_dir!r} already holds files ({shown}): a new run there would replace another run's "
-            "checkpoints, and --resume_from_checkpoint last would then mix the two. Use a new --output_dir, "
-            "--resume_from_checkpoint last to continue that run, or --overwrite_output_dir to replace it."
-        )
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"--output_dir {output_dir!r} is a file, not a folder")
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        probe = os.path.join(output_dir, f".write-test-{os.getpid()}")
-        with open(probe, "wb") as handle:
-            handle.write(b"0")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.remove(probe)
-    except OSError as error:
-        raise ValueError(f"--output_dir {output_dir!r} is not writable: {error.strerror or error}") from None
-
-
-def claim_output_dir(output_dir: str, overwrite: bool, resume: str | None, record: dict | None) -> None:
-    """Main process, just before training: with `overwrite`, delete the old run's checkpoints (so
-    `--resume_from_checkpoint last` can never pick them); record this run's arguments (RUN_RECORD)."""
-    if overwrite and not resume:
-        removed = checkpoint_folders(output_dir)
-        for path in removed:
-            remove_checkpoint(path)
-        for name in (STAGING_DIR, RUN_RECORD):
-            target = os.path.join(output_dir, name)
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            elif os.path.exists(target):
-                os.remove(target)
-        sweep_trash(output_dir)
-        if removed:
-            logger.warning(f"--overwrite_output_dir: deleted {[os.path.basename(p) for p in removed]} from {output_dir}")
-    if record is not None:
-        with open(os.path.join(output_dir, RUN_RECORD), "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2, sort_keys=True)
-
-
-def _fsync_tree(folder: str) -> None:
-    """Flush every file under `folder`, then the folders themselves, so the rename publishes data on disk."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(root)
-
-
-def _fsync_dir(folder: str) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class SkipNormTrainer(Trainer):
@@ -255,7 +123,7 @@ class SkipNormTrainer(Trainer):
             if self.args.should_save:
                 self._write_json(os.path.join(staged, RUN_RECORD), self.run_record)
                 self._write_json(os.path.join(staged, COMPLETE_MARKER), {"global_step": self.state.global_step})
-                _fsync_tree(staged)
+                fsync_tree(staged)
                 self._publish(staged, final, run_dir)
                 os.rmdir(staging_root)  # empty now; its absence says no save is in progress
         except OSError as error:
@@ -281,7 +149,7 @@ class SkipNormTrainer(Trainer):
             trash = os.path.join(run_dir, f"{TRASH_PREFIX}{os.path.basename(final)}-{os.getpid()}")
             os.replace(final, trash)
         os.replace(staged, final)
-        _fsync_dir(run_dir)
+        fsync_dir(run_dir)
         if trash:
             shutil.rmtree(trash)
 

@@ -52,21 +52,22 @@ from training.arguments import (  # noqa: E402
     assemble_config_values,
     build_parser,
     check_arguments,
+    check_step_intervals,
     checkpoint_conflicts,
     run_record,
     run_record_differences,
 )
 from training.model_card import write_model_card  # noqa: E402
-from training.reliable_trainer import (  # noqa: E402
+from training.checkpoints import (  # noqa: E402
     COMPLETE_MARKER,
     RUN_RECORD,
-    SkipNormTrainer,
+    check_output_dir,
     checkpoint_folders,
+    claim_output_dir,
     is_complete_checkpoint,
     last_complete_checkpoint,
-    check_output_dir,
-    claim_output_dir,
 )
+from training.reliable_trainer import SkipNormTrainer  # noqa: E402
 
 # TrainingArguments defaults for the main job (all overridable on the command line). 500 steps of 16 x 128
 # tokens is ~12 passes over the embedded corpus (~86k tokens), ~0.7-0.9 CPU-seconds per step for the default
@@ -116,6 +117,7 @@ def parse_args(argv=None):
     if HELP_ALL in argv:
         parser.print_help()
         raise SystemExit(0)
+    check_step_intervals(vars(parser.parse_known_args(argv)[0]))
     return parser.parse_args_into_dataclasses(args=argv)[:5]  # a 6th item holds --help_all's own flag
 
 
