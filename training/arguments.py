@@ -433,12 +433,6 @@ def check_arguments(model_args, data_args, run_args, training_args) -> None:
         problems.append(f"--on_nonfinite {run_args.on_nonfinite!r} is not valid; valid choices: stop, skip")
     if run_args.sample_max_new_tokens < 0:
         problems.append(f"--sample_max_new_tokens {run_args.sample_max_new_tokens} must be >= 0 (0: no sample)")
-    if model_args.model_name_or_path and (model_args.preset or model_args.config_file):
-        problems.append(
-            "--preset/--config_file describe a new cell; --model_name_or_path continues a saved one, whose config "
-            "fixes the cell (give individual options only to confirm or to change runtime fields "
-            f"{', '.join(RUNTIME_FIELDS)})"
-        )
     try:
         model_args.resolved_dtype()
     except ValueError as error:
