@@ -12,8 +12,8 @@ Where a model config value comes from, later wins:
 With --model_name_or_path (continue training) or --resume_from_checkpoint the checkpoint fixes the cell: a field
 given on the command line must equal the checkpoint's, except the runtime fields in RUNTIME_FIELDS.
 
-Also here: `check_arguments` (every impossible setting refused before any data is read), `run_record` /
-`run_record_differences` (what a resume must agree on), and the grouped `--help` (`build_parser`).
+Also here: `check_arguments` (every impossible setting refused before any data is read), `run_record` (what a
+resume must agree on; checked by `checkpoints.check_resume_matches`), and the grouped `--help` (`build_parser`).
 """
 
 from __future__ import annotations
@@ -454,7 +454,7 @@ RUN_TRAINING_FIELDS = (
 HASH_LIMIT_BYTES = 256 * 2**20
 
 
-def _file_identity(path: str | None) -> str | None:
+def file_identity(path: str | None) -> str | None:
     if not path or not os.path.isfile(path):
         return path
     size = os.path.getsize(path)
@@ -476,7 +476,7 @@ def run_record(training_args, data_args=None, model_args=None, extra: dict | Non
     if data_args is not None:
         record.update(
             dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name,
-            train_file=_file_identity(data_args.train_file), validation_file=_file_identity(data_args.validation_file),
+            train_file=file_identity(data_args.train_file), validation_file=file_identity(data_args.validation_file),
             text_column=data_args.text_column, validation_split_percentage=data_args.validation_split_percentage,
             block_size=data_args.block_size, streaming=data_args.streaming,
             streaming_validation_rows=data_args.streaming_validation_rows, mlm_probability=data_args.mlm_probability,
@@ -488,15 +488,6 @@ def run_record(training_args, data_args=None, model_args=None, extra: dict | Non
         )
     record.update(extra or {})
     return json.loads(json.dumps(record, default=str))  # the form it has once read back from disk
-
-
-def run_record_differences(saved: dict, current: dict) -> list[str]:
-    """'--name NEW (the checkpoint's run: OLD)' for every recorded option whose value differs."""
-    return [
-        f"--{name} {current.get(name)!r} (the checkpoint's run: {saved.get(name)!r})"
-        for name in sorted(set(saved) | set(current))
-        if saved.get(name) != current.get(name)
-    ]
 
 
 # ---------------------------------------------------------------------------------------------- --help

@@ -171,3 +171,54 @@ def claim_output_dir(output_dir: str, overwrite: bool, resume: str | None, recor
     if record is not None:
         with open(os.path.join(output_dir, RUN_RECORD), "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=2, sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------------ resuming
+def run_record_differences(saved: dict, current: dict) -> list[str]:
+    """'--name NEW (the checkpoint's run: OLD)' for every recorded option whose value differs."""
+    return [
+        f"--{name} {current.get(name)!r} (the checkpoint's run: {saved.get(name)!r})"
+        for name in sorted(set(saved) | set(current))
+        if saved.get(name) != current.get(name)
+    ]
+
+
+def resolve_resume(value: str | None, output_dir: str) -> str | None:
+    """--resume_from_checkpoint PATH (a complete checkpoint), or 'true'/'last' for the newest complete checkpoint
+    in --output_dir."""
+    if value is None:
+        return None
+    if value.lower() in ("true", "last"):
+        last = last_complete_checkpoint(output_dir)
+        if last is None:
+            broken = [os.path.basename(p) for p in checkpoint_folders(output_dir)]
+            raise ValueError(
+                f"--resume_from_checkpoint {value}: no complete checkpoint-N folder in {output_dir!r}"
+                + (f" (incomplete, without {COMPLETE_MARKER}: {broken})" if broken else "")
+            )
+        return last
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"--resume_from_checkpoint {value!r} is not a folder")
+    if not is_complete_checkpoint(value):
+        raise ValueError(
+            f"--resume_from_checkpoint {value!r} is not a complete checkpoint: it has no {COMPLETE_MARKER} for its step "
+            "(half-written, or not written by training/train.py). Resume from a complete one (--resume_from_checkpoint last)."
+        )
+    return value
+
+
+def check_resume_matches(resume: str, record: dict) -> None:
+    """The checkpoint must come from a run with the same seed, data, schedule, batch and steps as this command."""
+    path = os.path.join(resume, RUN_RECORD)
+    if not os.path.isfile(path):
+        raise ValueError(f"--resume_from_checkpoint {resume!r} has no {RUN_RECORD}: its run's arguments cannot be checked")
+    with open(path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    differences = run_record_differences(saved, json.loads(json.dumps(record, default=str)))
+    if differences:
+        raise ValueError(
+            f"--resume_from_checkpoint {resume}: this command differs from the run that wrote the checkpoint:\n  "
+            + "\n  ".join(differences)
+            + f"\nResume with that run's options, or start a new run (another --output_dir; --model_name_or_path "
+            f"{resume} continues from its weights with a fresh optimizer and schedule)."
+        )

@@ -24,7 +24,7 @@
 4. Resuming from a checkpoint taken at (or past) the last step runs no optimizer step: the stock loop takes one
    more step before it checks `max_steps` (global_step ends at 13 of 12, and the weights change).
 5. With `run_record` (a dict of the run's arguments, from train.py/finetune.py), every checkpoint carries it
-   as `skipnorm_run.json`, so a resume can check that it continues the same run (`arguments.run_record_differences`).
+   as `skipnorm_run.json`, so a resume can check that it continues the same run (`checkpoints.check_resume_matches`).
 
 The gradient check runs where the stock loop computes the gradient norm: after the backward pass of the last
 micro-batch (so after DDP's all-reduce: every rank sees the same gradients and makes the same decision) and

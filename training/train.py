@@ -55,18 +55,9 @@ from training.arguments import (  # noqa: E402
     check_step_intervals,
     checkpoint_conflicts,
     run_record,
-    run_record_differences,
 )
 from training.model_card import write_model_card  # noqa: E402
-from training.checkpoints import (  # noqa: E402
-    COMPLETE_MARKER,
-    RUN_RECORD,
-    check_output_dir,
-    checkpoint_folders,
-    claim_output_dir,
-    is_complete_checkpoint,
-    last_complete_checkpoint,
-)
+from training.checkpoints import check_output_dir, check_resume_matches, claim_output_dir, resolve_resume  # noqa: E402
 from training.reliable_trainer import SkipNormTrainer  # noqa: E402
 
 # TrainingArguments defaults for the main job (all overridable on the command line). 500 steps of 16 x 128
@@ -119,47 +110,6 @@ def parse_args(argv=None):
         raise SystemExit(0)
     check_step_intervals(vars(parser.parse_known_args(argv)[0]))
     return parser.parse_args_into_dataclasses(args=argv)[:5]  # a 6th item holds --help_all's own flag
-
-
-def resolve_resume(training_args) -> str | None:
-    """--resume_from_checkpoint PATH, or 'true'/'last' for the newest complete checkpoint in --output_dir."""
-    value = training_args.resume_from_checkpoint
-    if value is None:
-        return None
-    if value.lower() in ("true", "last"):
-        last = last_complete_checkpoint(training_args.output_dir)
-        if last is None:
-            broken = [os.path.basename(p) for p in checkpoint_folders(training_args.output_dir)]
-            raise ValueError(
-                f"--resume_from_checkpoint {value}: no complete checkpoint-N folder in {training_args.output_dir!r}"
-                + (f" (incomplete, without {COMPLETE_MARKER}: {broken})" if broken else "")
-            )
-        return last
-    if not os.path.isdir(value):
-        raise FileNotFoundError(f"--resume_from_checkpoint {value!r} is not a folder")
-    if not is_complete_checkpoint(value):
-        raise ValueError(
-            f"--resume_from_checkpoint {value!r} is not a complete checkpoint: it has no {COMPLETE_MARKER} for its step "
-            "(half-written, or not written by training/train.py). Resume from a complete one (--resume_from_checkpoint last)."
-        )
-    return value
-
-
-def check_resume_matches(resume: str, record: dict) -> None:
-    """The checkpoint must come from a run with the same seed, data, schedule, batch and steps as this command."""
-    path = os.path.join(resume, RUN_RECORD)
-    if not os.path.isfile(path):
-        raise ValueError(f"--resume_from_checkpoint {resume!r} has no {RUN_RECORD}: its run's arguments cannot be checked")
-    with open(path, encoding="utf-8") as handle:
-        saved = json.load(handle)
-    differences = run_record_differences(saved, record)
-    if differences:
-        raise ValueError(
-            f"--resume_from_checkpoint {resume}: this command differs from the run that wrote the checkpoint:\n  "
-            + "\n  ".join(differences)
-            + f"\nResume with that run's options, or start a new run (another --output_dir; --model_name_or_path "
-            f"{resume} continues from its weights with a fresh optimizer and schedule)."
-        )
 
 
 def resolve_pretrained(name: str, model_args, flag: str = "--model_name_or_path") -> str:
@@ -274,7 +224,7 @@ def main(argv=None, callbacks=()):
             f"{launched_world_size()} processes were launched but the Trainer sees world_size="
             f"{training_args.world_size}: each process would train alone and overwrite the others' output"
         )
-    resume = resolve_resume(training_args)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     requested = assemble_config_values(model_args, skipnorm_args, defaults={})  # what the command line asks for
     source = None  # the folder of --model_name_or_path (continued training)
     if resume:
