@@ -637,6 +637,7 @@ class SkipNormPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # The class default; each instance narrows it in `post_init` to what its own modules allow.
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": SkipNormBlock, "attentions": SkipNormAttention}
 
@@ -644,6 +645,13 @@ class SkipNormPreTrainedModel(PreTrainedModel):
     def _supports_sdpa(self) -> bool:
         # SDPA cannot soft-cap attention scores (transformers raises if asked), so soft-capped configs default to eager.
         return self.config.attn_logit_softcapping is None
+
+    def post_init(self) -> None:
+        super().post_init()
+        # True only if a fullgraph compile of this instance has no graph break: a block class or stream adapter whose
+        # forward breaks the graph declares `compiles_fullgraph = False` (tests/test_compile.py checks every topology
+        # both ways, so the flag cannot drift from what dynamo really does).
+        self._can_compile_fullgraph = all(getattr(module, "compiles_fullgraph", True) for module in self.modules())
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
