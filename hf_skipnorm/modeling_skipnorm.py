@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.generation import GenerationMixin
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
@@ -623,6 +625,26 @@ def reduce_captured_streams(forward: Callable) -> Callable:
 
 
 # ----------------------------------------------------------------------------------------------------- models
+# Auto class -> head class, written to config.json's `auto_map` by every `save_pretrained` (issue 14): a saved
+# folder (the Trainer's checkpoint-N included) then opens with `trust_remote_code=True` where hf_skipnorm is not
+# installed, as a backbone or under any head. `register_for_auto_class` would record only one Auto class.
+AUTO_MAP_HEADS = {
+    "AutoModel": "SkipNormModel",
+    "AutoModelForCausalLM": "SkipNormForCausalLM",
+    "AutoModelForMaskedLM": "SkipNormForMaskedLM",
+    "AutoModelForSequenceClassification": "SkipNormForSequenceClassification",
+    "AutoModelForTokenClassification": "SkipNormForTokenClassification",
+}
+
+
+def remote_auto_map(model_class: type, config_class: type) -> dict[str, str]:
+    """`auto_map` naming the config and every head as ``module.Class`` of the files copied beside the weights."""
+    modeling_module = model_class.__module__.rsplit(".", 1)[-1]
+    auto_map = {"AutoConfig": f"{config_class.__module__.rsplit('.', 1)[-1]}.{config_class.__name__}"}
+    auto_map.update({auto: f"{modeling_module}.{name}" for auto, name in AUTO_MAP_HEADS.items()})
+    return auto_map
+
+
 class SkipNormPreTrainedModel(PreTrainedModel):
     config_class = SkipNormConfig
     config: SkipNormConfig
@@ -674,6 +696,16 @@ class SkipNormPreTrainedModel(PreTrainedModel):
                     f"shards attention by heads, so tp_size must divide {field} (valid: "
                     f"{[n for n in range(1, heads + 1) if heads % n == 0]})"
                 )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained` plus what a machine without hf_skipnorm needs to load the folder:
+        `auto_map` for the config and every head, and the model code (this file and the sibling modules it imports,
+        copied the way transformers copies remote code). State-dict keys and the safetensors files are unchanged."""
+        self.config.auto_map = remote_auto_map(type(self), type(self.config))
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True) and os.path.isdir(save_directory):
+            custom_object_save(self, save_directory)  # copies the files only: config=None leaves auto_map alone
+        return result
 
     def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
         # transformers marks a custom-code module with no direct parameters as initialized without calling
