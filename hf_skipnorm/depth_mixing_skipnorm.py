@@ -1,10 +1,15 @@
-"""Depth mixing of the 2024-2026 frontier (issue 15): Attention Residuals, U-Net skips, layer drop, value residuals.
+"""Depth mixing of the 2024-2026 frontier (issue 15): Attention Residuals, value residuals, U-Net skips, layer drop.
 
 - Attention Residuals (Kimi Team, arXiv 2603.15031; MoonshotAI/Attention-Residuals): every sublayer's input is a
   softmax-weighted sum over depth, ``h = sum_i alpha_i v_i`` with ``alpha = softmax_i(w^T RMSNorm(v_i))`` and ``w`` a
   learned pseudo-query. `DepthAttention` is that operator; `AttnResStream` is the stream adapter whose state is the
   stack of sources ``[v_0, v_1, ...]`` (Full AttnRes) or ``[b_0, ..., b_{n-1}, b_n^i]`` (Block AttnRes), shape
   (B, T, S, C), and whose `reduce` is the final aggregation the paper's reference code puts before the output norm.
+- Value residual (ResFormer, arXiv 2410.17897): later layers attend with ``lambda_1 V_1 + lambda_2 V_n``; the first
+  layer's values travel to the others in a per-forward `FirstLayerValues` (`value_residual`).
+- U-Net skips (modded-nanogpt): the first half's block outputs added to the mirrored blocks' inputs (`unet_skips`).
+- Layer drop (stochastic depth arXiv 1603.09382, LayerDrop arXiv 1909.11556): per-sample branch drop (`layer_drop`).
+- Per-head QK gains (x-transformers' MultiheadRMSNorm): `qk_norm="per_head_gains"`.
 
 Learned scalars and vectors are stored as offsets from their paper init named ``*_bias`` (the pseudo-query ``w`` is
 ``0 + query_bias``), so the Trainer's no-decay rule (names containing ``bias`` or ``norm``) leaves them alone, as in
