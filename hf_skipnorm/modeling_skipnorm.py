@@ -811,6 +811,11 @@ class SkipNormModel(SkipNormPreTrainedModel):
 
     def __init__(self, config: SkipNormConfig):
         super().__init__(config)
+        if config.is_encoder_decoder:
+            raise ValueError(
+                "SkipNormConfig(is_encoder_decoder=True) is not valid for SkipNormModel and its decoder/encoder heads; "
+                "use SkipNormEncoderDecoderModel or SkipNormForConditionalGeneration (AutoModel / AutoModelForSeq2SeqLM)"
+            )
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         # Gemma's sqrt(d) as a Python float (nothing for loading to wipe); no op at all when it is 1.
@@ -835,6 +840,28 @@ class SkipNormModel(SkipNormPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
+
+    # `AutoModel` maps the one config type to this class; encoder-decoder configs get their own base model.
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        if cls is SkipNormModel and getattr(config, "is_encoder_decoder", False):
+            from .modeling_seq2seq_skipnorm import SkipNormEncoderDecoderModel
+
+            return SkipNormEncoderDecoderModel._from_config(config, **kwargs)
+        return super()._from_config(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        config = kwargs.get("config")
+        if cls is SkipNormModel and not isinstance(config, SkipNormConfig):
+            lookup = {k: kwargs[k] for k in ("cache_dir", "revision", "local_files_only", "token", "subfolder")
+                      if k in kwargs}
+            config = SkipNormConfig.from_pretrained(pretrained_model_name_or_path, **lookup)
+        if cls is SkipNormModel and config.is_encoder_decoder:
+            from .modeling_seq2seq_skipnorm import SkipNormEncoderDecoderModel
+
+            return SkipNormEncoderDecoderModel.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def embed(
         self,
