@@ -687,6 +687,23 @@ def encoder_decoder_fields_need_a_decoder(c: Any, layers: list) -> None:
                 f"SkipNormConfig.{name}={getattr(c, name)!r} is not valid with is_encoder_decoder=False: there is no "
                 f"decoder stack; set is_encoder_decoder=True or leave it None"
             )
+    # The decoder-only heads would ignore these (their lm_head and positions do not read them): refuse, not drop.
+    for name, default in (("lm_head_multiplier", 1.0), ("final_logits_bias", False), ("position_offset", 0)):
+        if getattr(c, name) != default:
+            raise ValueError(
+                f"SkipNormConfig.{name}={getattr(c, name)!r} is not valid with is_encoder_decoder=False: only "
+                f"SkipNormForConditionalGeneration reads it; valid choices here: {default!r}"
+            )
+
+
+@rule
+def position_offset_needs_a_position_table(c: Any, layers: list) -> None:
+    if c.position_offset and c.position_embedding not in ("learned", "sinusoidal", "sinusoidal_fairseq"):
+        raise ValueError(
+            f"SkipNormConfig.position_offset={c.position_offset} is not valid with position_embedding="
+            f"{c.position_embedding!r}: it shifts the row of an absolute position table; valid choices: 0, or "
+            f"position_embedding in learned, sinusoidal, sinusoidal_fairseq"
+        )
 
 
 @rule

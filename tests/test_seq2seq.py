@@ -80,6 +80,28 @@ def test_refusals_name_the_field_and_the_reason(overrides, words):
         SkipNormConfig(**{**TINY, **overrides})
 
 
+def test_deepnet_init_draws_each_stack_with_its_own_beta():
+    """Xavier-normal with gain beta on v_proj (std = beta * sqrt(2 / (fan_in + fan_out))), per stack."""
+    config = SkipNormConfig(**{**TINY, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+                               "num_hidden_layers": 4, "decoder_layers": 2}, norm_position="post", residual="deepnorm")
+    torch.manual_seed(0)
+    model = SkipNormForConditionalGeneration(config)
+    for stack, beta in (("encoder", 0.87 * (4**4 * 2) ** (-1 / 16)), ("decoder", (12 * 2) ** -0.25)):
+        weights = torch.cat([layer.self_attn.v_proj.weight.flatten() for layer in getattr(model.model, stack).layers])
+        assert weights.std().item() == pytest.approx(beta * math.sqrt(2 / 128), rel=0.08), stack
+    cross = torch.cat([layer.cross_attn.v_proj.weight.flatten() for layer in model.model.decoder.layers])
+    assert cross.std().item() == pytest.approx((12 * 2) ** -0.25 * math.sqrt(2 / 128), rel=0.08)
+
+
+@pytest.mark.parametrize("norm_type", ["layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dyt", "derf", "none"])
+def test_every_norm_type_fills_the_cross_attention_slots(norm_type):
+    model = tiny(norm_type=norm_type, norm_position="sandwich")
+    block = model.model.decoder.layers[0]
+    assert type(block.cross_attn_pre_norm) is type(block.attn_pre_norm) is type(block.mlp_out_norm)
+    ids, mask = source_batch()
+    assert torch.isfinite(model(input_ids=ids, attention_mask=mask).logits).all()
+
+
 def test_encoder_decoder_only_fields_are_refused_without_a_decoder():
     with pytest.raises(ValueError, match="t5_relative"):
         SkipNormConfig(position_embedding="t5_relative")
@@ -87,6 +109,11 @@ def test_encoder_decoder_only_fields_are_refused_without_a_decoder():
         SkipNormConfig(decoder_overrides={"norm_position": "post"})
     with pytest.raises(ValueError, match="SkipNormEncoderDecoderModel"):
         SkipNormModel(SkipNormConfig(**TINY))
+    for field, value in (("lm_head_multiplier", 0.5), ("final_logits_bias", True), ("position_offset", 2)):
+        with pytest.raises(ValueError, match=field):
+            SkipNormConfig(position_embedding="learned", **{field: value})
+    with pytest.raises(ValueError, match="position_offset"):
+        SkipNormConfig(**TINY, position_embedding="rope", position_offset=2)
 
 
 def test_the_encoder_keeps_every_topology():
@@ -379,3 +406,24 @@ def test_hub_export_loads_with_remote_code_without_the_package(tmp_path):
     folder = export_for_hub(model, tmp_path / "repo")
     report = verify_remote_load(folder, model, auto_class="AutoModelForSeq2SeqLM")
     assert report["class"] == "SkipNormForConditionalGeneration" and "hf_skipnorm" not in report["module"]
+
+
+def test_seq2seq_trainer_trains_and_predicts_with_generate(tmp_path):
+    """What training/seq2seq.py builds on: Seq2SeqTrainer with DataCollatorForSeq2Seq, loss falls, beams generate."""
+    from datasets import Dataset
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    model = tiny()
+    rows = [{"input_ids": [5 + i, 6 + i, 7 + i, 2], "labels": [7 + i, 6 + i, 5 + i, 2]} for i in range(8)]
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=12,
+        learning_rate=3e-3, report_to=[], use_cpu=True, save_strategy="no", predict_with_generate=True,
+        generation_max_length=6, generation_num_beams=2, logging_steps=1,
+    )
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                             eval_dataset=Dataset.from_list(rows),
+                             data_collator=DataCollatorForSeq2Seq(tokenizer=_PadOnly(), model=model))
+    losses = [entry["loss"] for entry in trainer.train() and trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < losses[0]
+    predictions = trainer.predict(Dataset.from_list(rows)).predictions
+    assert predictions.shape[0] == 8 and (predictions[:, 0] == model.config.decoder_start_token_id).all()
