@@ -1171,7 +1171,7 @@ def convert_folder(source: str | Path, destination: str | Path, allow_unused: It
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hf_skipnorm.convert",
-        description="Convert a transformers checkpoint (GPT-2, LLaMA, BERT, ...) into an equivalent SkipNorm checkpoint.",
+        description="Convert a transformers checkpoint (GPT-2, LLaMA, BERT, T5, BART, Marian, ...) into an equivalent SkipNorm checkpoint.",
     )
     parser.add_argument("source", help="checkpoint folder (config.json + safetensors) or a Hub id already cached locally")
     parser.add_argument("destination", help="output folder for the SkipNorm checkpoint")
