@@ -427,3 +427,24 @@ def test_seq2seq_trainer_trains_and_predicts_with_generate(tmp_path):
     assert losses[-1] < losses[0]
     predictions = trainer.predict(Dataset.from_list(rows)).predictions
     assert predictions.shape[0] == 8 and (predictions[:, 0] == model.config.decoder_start_token_id).all()
+
+
+def test_diagnostics_profile_each_stack():
+    from hf_skipnorm.diagnostics import profile_encoder_decoder
+
+    model = tiny(norm_position="pre")
+    ids, mask = source_batch()
+    result = profile_encoder_decoder(model, {"input_ids": ids, "attention_mask": mask})
+    assert len(result["encoder"]["layers"]) == 2 and len(result["decoder"]["layers"]) == 2
+    decoder_row = result["decoder"]["layers"][0]
+    for key in ("branch_ratio/attn", "branch_ratio/cross_attn", "branch_ratio/mlp", "grad_norm/cross_attn"):
+        assert math.isfinite(decoder_row[key]) and decoder_row[key] > 0, key
+    assert "branch_ratio/cross_attn" not in result["encoder"]["layers"][0]
+    # the ratio is ||R(x, y) - R(x, 0)|| / ||x|| = ||y|| / ||x|| for x + y: check it on the first decoder block
+    block = model.model.decoder.layers[0]
+    seen = {}
+    block.cross_attn_residual.register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=args[1]))
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, labels=ids)
+    expected = seen["y"].norm(dim=-1).mean() / seen["x"].norm(dim=-1).mean()
+    assert decoder_row["branch_ratio/cross_attn"] == pytest.approx(expected.item(), rel=1e-5)
