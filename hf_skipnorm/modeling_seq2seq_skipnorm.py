@@ -50,6 +50,7 @@ from .modeling_skipnorm import (
     SkipNormAttention,
     SkipNormBlock,
     SkipNormLearnedPositions,
+    SkipNormModel,
     SkipNormNoPositions,
     SkipNormPreTrainedModel,
     SkipNormRotaryEmbedding,
@@ -193,15 +194,17 @@ def build_score_bias(config: SkipNormConfig, bidirectional: bool) -> nn.Module:
 
 
 def stack_position_ids(config: SkipNormConfig, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor,
-                       past: int) -> torch.Tensor:
-    """(B, T) positions: ``past, past + 1, ...`` as BART, Marian and T5 count them (right padding leaves real tokens'
-    positions alone); with fairseq's sinusoids the count skips pad tokens, which get -1 (M2M100)."""
-    batch, seq_len = inputs_embeds.shape[:2]
+                       attention_mask: torch.Tensor | None, cache: Cache | None) -> torch.Tensor:
+    """(B, T) positions counted from each row's first real token (the decoder-only family's rule,
+    `SkipNormModel.default_position_ids`): with right padding, or none, that is BART's, Marian's and T5's
+    ``past, past + 1, ...`` for every real token; left-padded rows get the positions they have unpadded. With
+    fairseq's sinusoids the count skips pad tokens found in `input_ids`, which get -1 (M2M100's rule)."""
     if config.position_embedding == "sinusoidal_fairseq" and input_ids is not None and config.pad_token_id is not None:
+        past = cache.get_seq_length() if cache is not None else 0
         real = input_ids != config.pad_token_id
         counted = real.long().cumsum(-1) - 1 + past
         return torch.where(real, counted, torch.full_like(counted, -1))
-    return (torch.arange(seq_len, device=inputs_embeds.device) + past).unsqueeze(0).expand(batch, seq_len)
+    return SkipNormModel.default_position_ids(inputs_embeds, attention_mask, cache).expand(inputs_embeds.shape[:2])
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None) -> torch.Tensor:
@@ -353,12 +356,12 @@ class SkipNormStack(SkipNormPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self._shared.embedding = value
 
-    def embed(self, input_ids, inputs_embeds, past: int):
+    def embed(self, input_ids, inputs_embeds, attention_mask, cache: Cache | None):
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.scale_embeddings(self.embed_tokens(input_ids))
-        position_ids = stack_position_ids(self.config, input_ids, inputs_embeds, past)
+        position_ids = stack_position_ids(self.config, input_ids, inputs_embeds, attention_mask, cache)
         hidden_states, rotary = self.embed_positions(inputs_embeds, position_ids)
         return inputs_embeds, self.embedding_dropout(self.embedding_norm(hidden_states)), rotary
 
@@ -388,7 +391,7 @@ class SkipNormEncoder(SkipNormStack):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
-        inputs_embeds, hidden_states, rotary = self.embed(input_ids, inputs_embeds, past=0)
+        inputs_embeds, hidden_states, rotary = self.embed(input_ids, inputs_embeds, attention_mask, None)
         seq_len = inputs_embeds.shape[1]
         with_bias = not isinstance(self.score_bias, NoScoreBias)
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
@@ -440,14 +443,14 @@ class SkipNormDecoder(SkipNormStack):
             raise ValueError(f"SkipNormDecoder needs an EncoderDecoderCache (self- and cross-attention), got "
                              f"{type(cache).__name__}")
         past = cache.get_seq_length() if cache is not None else 0
-        inputs_embeds, hidden_states, rotary = self.embed(input_ids, inputs_embeds, past)
+        self_cache = cache.self_attention_cache if cache is not None else None
+        inputs_embeds, hidden_states, rotary = self.embed(input_ids, inputs_embeds, attention_mask, self_cache)
         batch, seq_len = inputs_embeds.shape[:2]
         if attention_mask is None:
             attention_mask = torch.ones(batch, past + seq_len, device=inputs_embeds.device, dtype=torch.long)
         with_bias = not isinstance(self.score_bias, NoScoreBias)
         mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  cache=cache.self_attention_cache if cache is not None else None,
-                                  allow_is_causal_skip=not with_bias)
+                                  cache=self_cache, allow_is_causal_skip=not with_bias)
         mask = self.score_bias(mask, seq_len, past + seq_len, past, inputs_embeds.dtype)
         encoder_mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds,
                                                  attention_mask=encoder_attention_mask,
@@ -642,6 +645,18 @@ class SkipNormForConditionalGeneration(SkipNormSeq2SeqPreTrainedModel, Generatio
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """transformers' resize (shared embedding, tied lm_head), plus `final_logits_bias`: kept rows stay, new ones 0."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if isinstance(self.final_logits_bias, SkipNormFinalLogitsBias):
+            old, rows = self.final_logits_bias.bias, embeddings.weight.shape[0]
+            bias = torch.zeros(1, rows, dtype=old.dtype, device=old.device)
+            keep = min(rows, old.shape[-1])
+            bias[:, :keep] = old[:, :keep]
+            self.final_logits_bias.bias = bias
+        return embeddings
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")

@@ -255,7 +255,7 @@ def test_t5_bias_is_added_to_every_encoder_block_scores():
 # ----------------------------------------------------------------------------------------------------- generation
 @pytest.mark.parametrize("position", ["learned", "sinusoidal", "sinusoidal_fairseq", "t5_relative", "rope"])
 def test_cached_equals_uncached_for_greedy_and_beam_search(position):
-    model = tiny(position_embedding=position, position_offset=0 if position == "rope" else 2)
+    model = tiny(position_embedding=position, position_offset=0 if position in ("rope", "t5_relative") else 2)
     ids, mask = source_batch()
     for kwargs in (dict(do_sample=False), dict(num_beams=3, do_sample=False)):
         cached = model.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, **kwargs)
@@ -298,6 +298,16 @@ def test_batched_padded_generation_equals_one_at_a_time(position):
         real = mask[row].bool()
         alone = model.generate(ids[row:row + 1, real], max_new_tokens=5, min_new_tokens=5, num_beams=2)
         assert torch.equal(alone[0], batched[row]), row
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope"])
+def test_left_padded_sources_see_their_unpadded_positions(position):
+    model = tiny(position_embedding=position, position_offset=2 if position != "rope" else 0)
+    ids = torch.tensor([[0, 0, 11, 12, 13, 2], [5, 6, 7, 8, 9, 2]])
+    mask = (ids != 0).long()
+    batched = model.generate(ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5)
+    alone = model.generate(ids[:1, 2:], max_new_tokens=5, min_new_tokens=5)
+    assert torch.equal(alone[0], batched[0])
 
 
 # ----------------------------------------------------------------------------------------------------- ecosystem
@@ -448,3 +458,16 @@ def test_diagnostics_profile_each_stack():
         model(input_ids=ids, attention_mask=mask, labels=ids)
     expected = seen["y"].norm(dim=-1).mean() / seen["x"].norm(dim=-1).mean()
     assert decoder_row["branch_ratio/cross_attn"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_resizing_the_vocabulary_resizes_every_vocabulary_tensor():
+    model = tiny(final_logits_bias=True)
+    with torch.no_grad():
+        model.final_logits_bias.bias.normal_()
+    kept = model.final_logits_bias.bias[0, :40].clone()
+    model.resize_token_embeddings(48)
+    assert model.model.encoder.embed_tokens.weight.shape[0] == model.lm_head.weight.shape[0] == 48
+    assert model.model.encoder.embed_tokens is model.model.decoder.embed_tokens is model.get_input_embeddings()
+    assert torch.equal(model.final_logits_bias.bias[0, :40], kept) and not model.final_logits_bias.bias[0, 40:].any()
+    ids, mask = source_batch()
+    assert model(input_ids=ids, attention_mask=mask).logits.shape[-1] == 48
