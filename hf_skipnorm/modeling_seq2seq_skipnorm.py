@@ -632,6 +632,7 @@ class SkipNormForConditionalGeneration(SkipNormSeq2SeqPreTrainedModel, Generatio
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.scale_lm_head_input = fold_affine(0.0, float(config.lm_head_multiplier))  # T5 tied: d**-0.5
         self.final_logits_bias = SkipNormFinalLogitsBias(config.vocab_size) if config.final_logits_bias else nn.Identity()
+        self._no_split_modules = self.model._no_split_modules  # the block classes present (FSDP / device_map)
         self.post_init()
 
     def get_encoder(self, modality: str | None = None) -> SkipNormEncoder:
