@@ -241,14 +241,14 @@ class SkipNormCrossAttention(SkipNormAttention):
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
-        query = self.q_norm(self.q_proj(hidden_states).view(*input_shape, *self.q_norm_shape))
+        query = self.q_norm(self.q_proj(hidden_states).view(*input_shape, *self.qk_norm_shape))
         query = query.view(*input_shape, -1, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         if cache is not None and cache.is_updated.get(self.layer_idx):
             key = cache.cross_attention_cache.layers[self.layer_idx].keys
             value = cache.cross_attention_cache.layers[self.layer_idx].values
         else:
             source_shape = encoder_hidden_states.shape[:-1]
-            key = self.k_norm(self.k_proj(encoder_hidden_states).view(*source_shape, *self.k_norm_shape))
+            key = self.k_norm(self.k_proj(encoder_hidden_states).view(*source_shape, *self.qk_norm_shape))
             key = key.view(*source_shape, -1, self.head_dim).transpose(1, 2)  # (B, H_kv, S, hd)
             value = self.v_norm(self.v_proj(encoder_hidden_states).view(*source_shape, -1, self.head_dim)).transpose(1, 2)
             if cache is not None:
@@ -464,9 +464,18 @@ class SkipNormDecoder(SkipNormStack):
 
 
 # ----------------------------------------------------------------------------------------------------- models
+# Auto class -> class, written to config.json's `auto_map` by `save_pretrained` (as the decoder-only heads are).
+SEQ2SEQ_AUTO_MAP_HEADS = {
+    "AutoModel": "SkipNormEncoderDecoderModel",
+    "AutoModelForSeq2SeqLM": "SkipNormForConditionalGeneration",
+}
+
+
 class SkipNormSeq2SeqPreTrainedModel(SkipNormPreTrainedModel):
     """Shared behaviour of the encoder-decoder classes: the T5 bias needs the mask, so no flash attention with it;
-    Admin's profiling pass runs per stack."""
+    Admin's profiling pass runs per stack; `auto_map` names the encoder-decoder classes."""
+
+    auto_map_heads = SEQ2SEQ_AUTO_MAP_HEADS
 
     @property
     def _supports_flash_attn(self) -> bool:
