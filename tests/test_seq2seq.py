@@ -9,7 +9,7 @@ from torch import nn
 
 from hf_skipnorm import SkipNormConfig, SkipNormEncoderDecoderModel, SkipNormForConditionalGeneration, SkipNormModel
 from hf_skipnorm.configuration_skipnorm import PLACEMENT_SLOTS
-from hf_skipnorm.hub import export_for_hub, verify_remote_load
+from hf_skipnorm.hub import export_for_hub
 from hf_skipnorm.modeling_seq2seq_skipnorm import (
     SkipNormCrossAttention,
     SkipNormDecoderBlock,
@@ -411,32 +411,23 @@ def test_admin_profiles_both_stacks_with_their_own_recurrence():
         omegas["decoder"][3:6]
 
 
-def test_hub_export_loads_with_remote_code_without_the_package(tmp_path):
+def test_saved_folders_name_the_encoder_decoder_classes_and_carry_their_code(tmp_path):
+    """The remote load itself runs in tests/test_hub.py's blocked child process (the `seq2seq_lm` head)."""
+    import json
+
     model = tiny(position_embedding="sinusoidal")
     folder = export_for_hub(model, tmp_path / "repo")
-    report = verify_remote_load(folder, model, auto_class="AutoModelForSeq2SeqLM")
-    assert report["class"] == "SkipNormForConditionalGeneration" and "hf_skipnorm" not in report["module"]
-
-
-def test_seq2seq_trainer_trains_and_predicts_with_generate(tmp_path):
-    """What training/seq2seq.py builds on: Seq2SeqTrainer with DataCollatorForSeq2Seq, loss falls, beams generate."""
-    from datasets import Dataset
-    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
-
-    model = tiny()
-    rows = [{"input_ids": [5 + i, 6 + i, 7 + i, 2], "labels": [7 + i, 6 + i, 5 + i, 2]} for i in range(8)]
-    args = Seq2SeqTrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=12,
-        learning_rate=3e-3, report_to=[], use_cpu=True, save_strategy="no", predict_with_generate=True,
-        generation_max_length=6, generation_num_beams=2, logging_steps=1,
-    )
-    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                             eval_dataset=Dataset.from_list(rows),
-                             data_collator=DataCollatorForSeq2Seq(tokenizer=_PadOnly(), model=model))
-    losses = [entry["loss"] for entry in trainer.train() and trainer.state.log_history if "loss" in entry]
-    assert losses[-1] < losses[0]
-    predictions = trainer.predict(Dataset.from_list(rows)).predictions
-    assert predictions.shape[0] == 8 and (predictions[:, 0] == model.config.decoder_start_token_id).all()
+    config = json.loads((tmp_path / "repo" / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_skipnorm.SkipNormConfig",
+        "AutoModel": "modeling_seq2seq_skipnorm.SkipNormEncoderDecoderModel",
+        "AutoModelForSeq2SeqLM": "modeling_seq2seq_skipnorm.SkipNormForConditionalGeneration",
+    }
+    for name in ("modeling_seq2seq_skipnorm.py", "modeling_skipnorm.py", "configuration_skipnorm.py"):
+        assert (tmp_path / "repo" / name).is_file(), name
+    model.save_pretrained(tmp_path / "plain")  # every save_pretrained writes the same auto_map
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["auto_map"] == config["auto_map"]
+    assert folder
 
 
 def test_diagnostics_profile_each_stack():
