@@ -109,6 +109,24 @@ STREAM_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense", "attn_res")
 # Post-LN residuals: their formula is N(w * x + F(x)) and their constants were derived for post-LN.
 POST_LN_RESIDUALS: tuple[str, ...] = ("deepnorm", "admin")
 POSITION_EMBEDDINGS: tuple[str, ...] = ("rope", "learned", "none")
+# Issue 16: position types only the encoder-decoder stacks compute (modeling_seq2seq_skipnorm.SEQ2SEQ_POSITION_CLASSES).
+SEQ2SEQ_POSITION_EMBEDDINGS: tuple[str, ...] = ("sinusoidal", "sinusoidal_fairseq", "t5_relative")
+# Fields `decoder_overrides` may set: the three axes and their constants, per stack. Everything else (width, heads,
+# vocabulary, MLP, positions) is shared by the stacks of one model, as in every encoder-decoder in transformers.
+DECODER_OVERRIDE_FIELDS: tuple[str, ...] = (
+    "norm_position", "attn_norm_position", "mlp_norm_position", "norm_type", "norm_eps", "norm_bias",
+    "norm_unit_offset", "residual", "residual_alpha", "branch_multiplier", "branch_init_gain", "layerscale_init",
+    "admin_omegas", "embedding_norm", "final_norm", "branch_init", "qk_norm", "norm_depth_scaling", "mix_ratio",
+    "dyt_alpha_init", "dyt_attn_alpha_init", "derf_alpha_init",
+)
+# The decoder's cross-attention block is the sequential one: placements and residuals that rewire a block (or carry
+# several streams) are defined by their papers for two sublayers, and have no cross-attention variant here.
+DECODER_REFUSED_PLACEMENTS: tuple[str, ...] = ("b2t", "resi_dual")
+DECODER_REFUSED_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense")
+ENCODER_DECODER_STACKS: tuple[str, ...] = ("encoder", "decoder")
+MLP_TYPES: tuple[str, ...] = ("gated", "plain")
+BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
+CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
 MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
 CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
@@ -152,6 +170,27 @@ def deepnet_alpha(num_layers: int) -> float:
 def deepnet_beta(num_layers: int) -> float:
     """DeepNet's branch-init gain for encoder-only or decoder-only models: ``beta = (8L)^(-1/4)`` (arXiv 2203.00555)."""
     return (8.0 * num_layers) ** -0.25
+
+
+def deepnet_encoder_decoder_constants(encoder_layers: int, decoder_layers: int) -> dict[str, float]:
+    """DeepNet's constants for an encoder-decoder with N encoder and M decoder layers (arXiv 2203.00555, Table 1 /
+    Figure 2 pseudo-code): encoder ``alpha = 0.81 (N^4 M)^(1/16)``, ``beta = 0.87 (N^4 M)^(-1/16)``; decoder
+    ``alpha = (3M)^(1/4)``, ``beta = (12M)^(-1/4)``.
+
+    torchscale's code (``torchscale/architecture/encoder.py``) writes the encoder's init as a *division* of the
+    fairseq init by ``(N^4 M)^(1/16) / 1.15``, i.e. a multiplication by ``1.15 (N^4 M)^(-1/16)``, on top of fairseq's
+    Xavier-uniform with gain ``1/sqrt(2)`` for ``v_proj`` (so ``~0.81 (N^4 M)^(-1/16)`` there and ``1.15 ...`` on the
+    FFN and ``out_proj``); its decoder divides by ``(12M)^(1/4)``, matching the paper. We follow the paper's table (one
+    Xavier-normal gain ``beta`` on v_proj, o_proj and the MLP, as the decoder-only DeepNorm here does): it is what the
+    paper derives and states, and the same rule then serves all three sublayers of the decoder.
+    """
+    n, m = float(encoder_layers), float(decoder_layers)
+    return {
+        "encoder_alpha": 0.81 * (n**4 * m) ** (1.0 / 16.0),
+        "encoder_beta": 0.87 * (n**4 * m) ** (-1.0 / 16.0),
+        "decoder_alpha": (3.0 * m) ** 0.25,
+        "decoder_beta": (12.0 * m) ** -0.25,
+    }
 
 
 def cait_layerscale_init(num_layers: int) -> float:
@@ -306,6 +345,21 @@ def _check_str_list(name: str, value: Any, config: Any) -> None:
         raise refuse(name, value, "None or a list of class names")
 
 
+def _check_decoder_overrides(name: str, value: Any, config: Any) -> None:
+    """None or a dict whose keys are per-stack fields (`DECODER_OVERRIDE_FIELDS`); the values are checked by the
+    decoder's own config (`stack_config("decoder")`, rule `encoder_decoder_stacks_are_valid_configs`)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise refuse(name, value, f"None or a dict of per-stack fields ({', '.join(DECODER_OVERRIDE_FIELDS)})")
+    unknown = sorted(set(value) - set(DECODER_OVERRIDE_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"SkipNormConfig.decoder_overrides has {unknown}, which are not valid: the stacks share everything but "
+            f"the three axes and their constants; valid keys: {', '.join(DECODER_OVERRIDE_FIELDS)}"
+        )
+
+
 def _check_version(name: str, value: Any, config: Any) -> None:
     if value is not None and not isinstance(value, str):
         raise refuse(name, value, "None or a version string such as '5.24.0'")
@@ -357,7 +411,8 @@ FIELDS: tuple[Field, ...] = (
     Field("bos_token_id", Check(_check_token_id), "", "transformers"),
     Field("eos_token_id", Check(_check_token_id), "", "transformers"),
     # --- architecture ---
-    Field("position_embedding", Choice(POSITION_EMBEDDINGS), "", "RoFormer arXiv 2104.09864; GPT-2; NoPE"),
+    Field("position_embedding", Choice(POSITION_EMBEDDINGS + SEQ2SEQ_POSITION_EMBEDDINGS), "",
+          "RoFormer arXiv 2104.09864; GPT-2; NoPE; Vaswani 2017; fairseq; T5 arXiv 1910.10683"),
     Field("rope_parameters", Check(_check_rope_parameters), "", "transformers' RoPE utilities"),
     Field("partial_rotary_factor", Float(0.0, 1.0, open_low=True), "a fraction of each head's dims", "GPT-NeoX"),
     Field("mlp_type", Choice(MLP_TYPES), "", "arXiv 2002.05202"),
@@ -421,6 +476,20 @@ FIELDS: tuple[Field, ...] = (
     Field("label2id", Check(_check_labels), "", "transformers"),
     Field("problem_type", Choice(PROBLEM_TYPES, optional=True), "", "transformers"),
     Field("architectures", Check(_check_str_list), "", "transformers"),
+    # --- encoder-decoder (issue 16) ---
+    Field("decoder_layers", Int(1, MAX_LAYERS, optional=True), "decoder blocks; validation loops over them",
+          "BART's name; T5's num_decoder_layers"),
+    Field("decoder_overrides", Check(_check_decoder_overrides), "", "see the docstring"),
+    Field("decoder_start_token_id", Check(_check_token_id), "", "transformers seq2seq"),
+    Field("position_offset", Int(0, MAX_POSITIONS), "added to position ids before the lookup",
+          "BART's 2; fairseq's pad + 1"),
+    Field("relative_attention_num_buckets", Int(2, 2**16), "T5 halves them, twice", "T5, arXiv 1910.10683"),
+    Field("relative_attention_max_distance", Int(2, MAX_POSITIONS), "the log-spaced buckets end here",
+          "T5, arXiv 1910.10683"),
+    Field("lm_head_multiplier", _POSITIVE_SCALE, _SCALE, "T5 (tied): d_model**-0.5"),
+    Field("final_logits_bias", Bool(), "", "BART, Marian, mBART"),
+    Field("encoder_decoder_stack", Choice(ENCODER_DECODER_STACKS, optional=True), "set by stack_config only",
+          "this package"),
     Field("transformers_version", Check(_check_version), "", "transformers"),
 )
 
@@ -719,11 +788,95 @@ def dense_sparsity_only_for_dense(c: Any, layers: list) -> None:
 
 # --- what transformers reads from our config ---
 @rule
-def decoder_or_encoder_only(c: Any, layers: list) -> None:
-    if c.is_encoder_decoder:
+def encoder_decoder_fields_need_a_decoder(c: Any, layers: list) -> None:
+    if c.is_encoder_decoder or c.encoder_decoder_stack is not None:
+        return
+    if c.position_embedding in SEQ2SEQ_POSITION_EMBEDDINGS:
         raise ValueError(
-            "SkipNormConfig.is_encoder_decoder=True is not valid: SkipNorm builds one stack, a decoder (is_causal=True) "
-            "or an encoder (is_causal=False); valid choices: False"
+            f"SkipNormConfig.position_embedding={c.position_embedding!r} is not valid with is_encoder_decoder=False: "
+            f"only the encoder-decoder stacks compute it; valid choices here: {', '.join(POSITION_EMBEDDINGS)}"
+        )
+    for name in ("decoder_layers", "decoder_overrides"):
+        if getattr(c, name) is not None:
+            raise ValueError(
+                f"SkipNormConfig.{name}={getattr(c, name)!r} is not valid with is_encoder_decoder=False: there is no "
+                f"decoder stack; set is_encoder_decoder=True or leave it None"
+            )
+    # The decoder-only heads would ignore these (their lm_head and positions do not read them): refuse, not drop.
+    for name, default in (("lm_head_multiplier", 1.0), ("final_logits_bias", False), ("position_offset", 0)):
+        if getattr(c, name) != default:
+            raise ValueError(
+                f"SkipNormConfig.{name}={getattr(c, name)!r} is not valid with is_encoder_decoder=False: only "
+                f"SkipNormForConditionalGeneration reads it; valid choices here: {default!r}"
+            )
+
+
+@rule
+def position_offset_needs_a_position_table(c: Any, layers: list) -> None:
+    if c.position_offset and c.position_embedding not in ("learned", "sinusoidal", "sinusoidal_fairseq"):
+        raise ValueError(
+            f"SkipNormConfig.position_offset={c.position_offset} is not valid with position_embedding="
+            f"{c.position_embedding!r}: it shifts the row of an absolute position table; valid choices: 0, or "
+            f"position_embedding in learned, sinusoidal, sinusoidal_fairseq"
+        )
+
+
+@rule
+def encoder_decoder_stacks_are_valid_configs(c: Any, layers: list) -> None:
+    """Each stack validates as a config of its own, with its own depth and overrides; the shared fields must mean
+    something for an encoder-decoder."""
+    if not c.is_encoder_decoder or c.encoder_decoder_stack is not None:
+        return
+    if c.type_vocab_size:
+        raise ValueError(
+            f"SkipNormConfig.type_vocab_size={c.type_vocab_size} is not valid with is_encoder_decoder=True: token "
+            f"types are BERT's segments; an encoder-decoder separates its segments by stack; valid: 0"
+        )
+    if c.final_logit_softcapping is not None:
+        raise ValueError(
+            f"SkipNormConfig.final_logit_softcapping={c.final_logit_softcapping!r} is not valid with "
+            f"is_encoder_decoder=True: no encoder-decoder in the catalogue soft-caps its logits; valid: None"
+        )
+    c.stack_config("encoder")
+    decoder = c.stack_config("decoder")
+    omegas = c.decoder_admin_omegas
+    if omegas is not None:
+        expected = 3 * c.decoder_depth
+        if decoder.residual != "admin":
+            raise ValueError(
+                f"SkipNormConfig.decoder_overrides['admin_omegas'] is not valid with the decoder's residual="
+                f"{decoder.residual!r}: only Admin uses them; valid choices: residual='admin' or no omegas"
+            )
+        if not isinstance(omegas, list) or len(omegas) != expected or any(
+                not _is_number(w) or not math.isfinite(w) or not 0 < w <= FLOAT16_MAX for w in omegas):
+            raise ValueError(
+                f"SkipNormConfig.decoder_overrides['admin_omegas']={omegas!r} is not valid; expected a list of "
+                f"{expected} finite floats > 0 (3 per decoder layer: self-attention, cross-attention, MLP)"
+            )
+
+
+@rule
+def decoder_block_is_sequential(c: Any, layers: list) -> None:
+    """The decoder block (self-attention, cross-attention, MLP) is sequential: refuse what rewires it."""
+    if c.encoder_decoder_stack != "decoder":
+        return
+    rewired = sorted({p for pair in layers for p in pair} & set(DECODER_REFUSED_PLACEMENTS))
+    if rewired:
+        raise ValueError(
+            f"SkipNormConfig.norm_position={rewired[0]!r} is not valid for the decoder of an encoder-decoder: "
+            f"{', '.join(DECODER_REFUSED_PLACEMENTS)} rewire a two-sublayer block and have no cross-attention form "
+            f"here; set decoder_overrides={{'norm_position': ...}} to a sequential placement (the encoder may keep it)"
+        )
+    if c.residual in DECODER_REFUSED_RESIDUALS:
+        raise ValueError(
+            f"SkipNormConfig.residual={c.residual!r} is not valid for the decoder of an encoder-decoder: multi-stream "
+            f"residuals are not implemented around cross-attention; set decoder_overrides={{'residual': ...}} (the "
+            f"encoder may keep it)"
+        )
+    if c.parallel_block:
+        raise ValueError(
+            "SkipNormConfig.parallel_block=True is not valid with is_encoder_decoder=True: a parallel block sums "
+            "branches that read one input, and cross-attention reads the self-attention's output; valid: False"
         )
 
 
@@ -935,6 +1088,36 @@ class SkipNormConfig(PreTrainedConfig):
             so SDPA is not chosen by default.
         final_logit_softcapping (`float` or `None`): causal-LM logits become ``c * tanh(logits / c)`` (Gemma 2).
         lm_head_bias (`bool`, defaults to `False`): whether the causal-LM `lm_head` has a bias (Phi).
+
+    Encoder-decoder fields (issue 16; `SkipNormForConditionalGeneration`, modeling_seq2seq_skipnorm.py):
+        is_encoder_decoder (`bool`, defaults to `False`): build an encoder (bidirectional, `num_hidden_layers` blocks)
+            and a decoder (causal self-attention, cross-attention, MLP; `decoder_layers` blocks) sharing one
+            token embedding: the Transformer of Vaswani et al. 2017, BART, Marian, mBART, M2M100 and T5.
+        decoder_layers (`int` or `None`): the decoder's depth M (BART's name); `None` resolves to `num_hidden_layers`
+            (T5's rule) and the resolved value is stored.
+        decoder_overrides (`dict` or `None`): the decoder's own values of the per-stack fields
+            (`DECODER_OVERRIDE_FIELDS`: the three axes and their constants, e.g. ``{"norm_position": "post"}``). The
+            top-level fields describe the encoder and are the decoder's defaults; one clear place for what differs.
+            Depth-derived constants left unset are resolved per stack and stored here (DeepNet's decoder ``alpha =
+            (3M)^(1/4)``, ``beta = (12M)^(-1/4)``; CaiT's LayerScale init by M); Admin's decoder omegas (`admin_omegas`,
+            ``3M`` values: self-attention, cross-attention, MLP per layer) are stored here by `admin_profile`.
+        decoder_start_token_id (`int` or `None`): the first decoder input; `labels` are shifted right behind it to
+            give `decoder_input_ids` (BART: eos, Marian/T5: pad), as transformers' seq2seq models do.
+        position_offset (`int`, defaults to 0): added to every position before the lookup: BART/mBART's learned table
+            starts at row 2; fairseq's sinusoids (M2M100/NLLB) at ``pad_token_id + 1``.
+        relative_attention_num_buckets / relative_attention_max_distance (`int`, 32 / 128): T5's bucketed relative
+            attention bias (Raffel et al. 2020, arXiv 1910.10683, Sec. 2.1): half the buckets exact offsets, half
+            log-spaced up to the max distance; bidirectional in the encoder, causal in the decoder.
+        lm_head_multiplier (`float`, defaults to 1.0): the decoder output is multiplied by this before `lm_head`
+            (T5 with tied embeddings: ``d_model**-0.5``, Mesh TensorFlow's rescaling).
+        final_logits_bias (`bool`, defaults to `False`): a fixed (1, V) buffer added to the logits (BART, Marian,
+            mBART keep one; zero unless converted).
+        encoder_decoder_stack (`str` or `None`): set by `stack_config` on the derived per-stack configs (`encoder` /
+            `decoder`); `None` on a user's config.
+        position_embedding, encoder-decoder only: `sinusoidal` (Vaswani et al. 2017 frequencies ``10000^(-2i/d)``,
+            sines in the first half of the channels and cosines in the second, as Marian stores them), `sinusoidal_fairseq`
+            (fairseq's table, M2M100/NLLB: frequencies ``10000^(-i/(d/2-1))``, positions counted over non-pad tokens
+            from `position_offset`, pad tokens get a zero vector), `t5_relative` (T5's bias on the attention scores).
     """
 
     model_type = "skipnorm"
@@ -1027,6 +1210,18 @@ class SkipNormConfig(PreTrainedConfig):
     dense_dilation: int = 1
     dense_period: int = 1
 
+    # --- encoder-decoder (issue 16; reasons and citations in the docstring) ---
+    is_encoder_decoder: bool = False
+    decoder_layers: int | None = None
+    decoder_overrides: dict | None = None
+    decoder_start_token_id: int | None = None
+    position_offset: int = 0
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    lm_head_multiplier: float = 1.0
+    final_logits_bias: bool = False
+    encoder_decoder_stack: str | None = None
+
     def __post_init__(self, **kwargs):
         self._screen_kwargs(kwargs)
         if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int):
@@ -1047,6 +1242,7 @@ class SkipNormConfig(PreTrainedConfig):
             self.norm_position = list(self.norm_position)
         if self.norm_position == "peri":
             self.embedding_norm = True  # Peri-LN normalizes the embedding output too (arXiv 2502.02732)
+        self.resolve_encoder_decoder_constants()
         self.resolve_residual_constants()
         super().__post_init__(**kwargs)
         if self.position_embedding != "rope" and _is_default_rope(self.rope_parameters):
@@ -1134,6 +1330,74 @@ class SkipNormConfig(PreTrainedConfig):
             self.layerscale_init = cait_layerscale_init(depth)
         if isinstance(self.admin_omegas, tuple):
             self.admin_omegas = list(self.admin_omegas)
+
+    # ------------------------------------------------------------------ encoder-decoder (issue 16)
+    @property
+    def decoder_depth(self) -> int:
+        """M, the decoder's number of blocks (`decoder_layers`, or `num_hidden_layers` when unset)."""
+        return self.num_hidden_layers if self.decoder_layers is None else self.decoder_layers
+
+    def resolve_encoder_decoder_constants(self) -> None:
+        """Resolve the depth-derived residual constants of both stacks with DeepNet's encoder-decoder table (and CaiT's
+        schedule for the decoder's depth), storing the decoder's in `decoder_overrides` so the saved config says them."""
+        if self.is_encoder_decoder is not True or self.encoder_decoder_stack is not None:
+            return
+        if self.decoder_layers is None and isinstance(self.num_hidden_layers, int):
+            # Stored, not left None: transformers' cache sizing reads `decoder_layers` of flat encoder-decoder configs.
+            self.decoder_layers = self.num_hidden_layers
+        n, m = self.num_hidden_layers, self.decoder_depth
+        if isinstance(self.decoder_overrides, dict):
+            self.decoder_overrides = dict(self.decoder_overrides)
+        if any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_LAYERS for v in (n, m)) or not isinstance(
+                self.decoder_overrides, (dict, type(None))):
+            return  # validate_encoder_decoder names the bad value
+        overrides = self.decoder_overrides if self.decoder_overrides is not None else {}
+        decoder_residual = overrides.get("residual", self.residual)
+        deepnet = deepnet_encoder_decoder_constants(n, m)
+        resolved = {
+            "residual_alpha": deepnet["decoder_alpha"] if decoder_residual == "deepnorm" else 1.0,
+            "branch_init_gain": deepnet["decoder_beta"] if decoder_residual == "deepnorm" else None,
+            "layerscale_init": cait_layerscale_init(m) if decoder_residual == "layerscale" else None,
+        }
+        depth_derived = {"residual_alpha": ("deepnorm",), "branch_init_gain": ("deepnorm",),
+                         "layerscale_init": ("layerscale",)}
+        for field, residuals in depth_derived.items():
+            unset_at_top = getattr(self, field) is None
+            if field not in overrides and unset_at_top and (decoder_residual in residuals or self.residual in residuals):
+                overrides[field] = resolved[field]
+        if overrides:
+            self.decoder_overrides = overrides
+        if self.residual == "deepnorm":
+            if self.residual_alpha is None:
+                self.residual_alpha = deepnet["encoder_alpha"]
+            if self.branch_init_gain is None:
+                self.branch_init_gain = deepnet["encoder_beta"]
+
+    def stack_config(self, stack: str) -> "SkipNormConfig":
+        """The `SkipNormConfig` one stack is built from: the encoder (bidirectional, `num_hidden_layers` blocks) or the
+        decoder (causal, `decoder_layers` blocks, `decoder_overrides` applied). Validated like any config."""
+        if not self.is_encoder_decoder:
+            raise ValueError("SkipNormConfig.stack_config needs is_encoder_decoder=True")
+        _check_choice("stack", stack, ENCODER_DECODER_STACKS)
+        fields = self.to_dict()
+        for key in ("architectures", "auto_map", "transformers_version", "model_type", "_name_or_path", "dtype",
+                    "decoder_overrides", "decoder_layers", "is_encoder_decoder", "encoder_decoder_stack"):
+            fields.pop(key, None)
+        if stack == "decoder":
+            overrides = dict(self.decoder_overrides or {})
+            overrides.pop("admin_omegas", None)  # 3 per decoder layer, read by the decoder blocks themselves
+            # The encoder's omegas (2 per layer) are not the decoder's (3 per layer, `decoder_admin_omegas`).
+            fields.update(overrides, num_hidden_layers=self.decoder_depth, is_causal=True, admin_omegas=None)
+        else:
+            fields.update(is_causal=False)
+        config = SkipNormConfig(**fields, encoder_decoder_stack=stack)
+        config._attn_implementation_internal = self._attn_implementation_internal
+        return config
+
+    @property
+    def decoder_admin_omegas(self) -> list | None:
+        """Admin's decoder omegas (3 per layer: self-attention, cross-attention, MLP), or None (all 1)."""
+        return (self.decoder_overrides or {}).get("admin_omegas")
 
     # ------------------------------------------------------------------ resolved views
     @staticmethod

@@ -709,10 +709,12 @@ AUTO_MAP_HEADS = {
 
 
 def remote_auto_map(model_class: type, config_class: type) -> dict[str, str]:
-    """`auto_map` naming the config and every head as ``module.Class`` of the files copied beside the weights."""
+    """`auto_map` naming the config and every head as ``module.Class`` of the files copied beside the weights (the
+    heads of the model's own family: `model_class.auto_map_heads`; the encoder-decoders have theirs)."""
     modeling_module = model_class.__module__.rsplit(".", 1)[-1]
     auto_map = {"AutoConfig": f"{config_class.__module__.rsplit('.', 1)[-1]}.{config_class.__name__}"}
-    auto_map.update({auto: f"{modeling_module}.{name}" for auto, name in AUTO_MAP_HEADS.items()})
+    heads = getattr(model_class, "auto_map_heads", AUTO_MAP_HEADS)
+    auto_map.update({auto: f"{modeling_module}.{name}" for auto, name in heads.items()})
     return auto_map
 
 
@@ -733,6 +735,7 @@ class SkipNormPreTrainedModel(PreTrainedModel):
     # The class default; each instance narrows it in `post_init` to what its own modules allow.
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": SkipNormBlock, "attentions": SkipNormAttention}
+    auto_map_heads: dict[str, str] = AUTO_MAP_HEADS  # written to auto_map by save_pretrained
 
     @property
     def _supports_sdpa(self) -> bool:
@@ -997,6 +1000,11 @@ class SkipNormModel(SkipNormPreTrainedModel):
 
     def __init__(self, config: SkipNormConfig):
         super().__init__(config)
+        if config.is_encoder_decoder:
+            raise ValueError(
+                "SkipNormConfig(is_encoder_decoder=True) is not valid for SkipNormModel and its decoder/encoder heads; "
+                "use SkipNormEncoderDecoderModel or SkipNormForConditionalGeneration (AutoModel / AutoModelForSeq2SeqLM)"
+            )
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         # Gemma's sqrt(d) as a Python float (nothing for loading to wipe); no op at all when it is 1.
@@ -1028,6 +1036,28 @@ class SkipNormModel(SkipNormPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
+
+    # `AutoModel` maps the one config type to this class; encoder-decoder configs get their own base model.
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        if cls is SkipNormModel and getattr(config, "is_encoder_decoder", False):
+            from .modeling_seq2seq_skipnorm import SkipNormEncoderDecoderModel
+
+            return SkipNormEncoderDecoderModel._from_config(config, **kwargs)
+        return super()._from_config(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        config = kwargs.get("config")
+        if cls is SkipNormModel and not isinstance(config, SkipNormConfig):
+            lookup = {k: kwargs[k] for k in ("cache_dir", "revision", "local_files_only", "token", "subfolder")
+                      if k in kwargs}
+            config = SkipNormConfig.from_pretrained(pretrained_model_name_or_path, **lookup)
+        if cls is SkipNormModel and config.is_encoder_decoder:
+            from .modeling_seq2seq_skipnorm import SkipNormEncoderDecoderModel
+
+            return SkipNormEncoderDecoderModel.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def embed(
         self,
