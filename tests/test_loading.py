@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 
 import pytest
@@ -257,3 +258,18 @@ def test_a_keyword_override_that_is_valid_is_applied(tmp_path):
     save(tmp_path)
     model = SkipNormForCausalLM.from_pretrained(tmp_path, hidden_dropout=0.25)
     assert model.config.hidden_dropout == 0.25 and model.model.embedding_dropout.p == 0.25
+
+
+# ------------------------------------------------------------------------------------------ float32-kept weights
+@pytest.mark.parametrize("fields, names", [
+    (dict(), set()),
+    (dict(residual="hyper", hyper_dynamic=False), {"input_bias", "mixing_bias", "output_bias"}),
+    (dict(residual="mhc"), {"pre_bias", "post_bias", "res_bias", "dynamic_proj", "pre_scale_bias", "post_scale_bias",
+                            "res_scale_bias"}),
+], ids=["pre-norm", "static-hyper", "mhc"])
+def test_keep_in_fp32_lists_only_the_modules_the_model_has(fields, names):
+    model = SkipNormForCausalLM(SkipNormConfig(**{**TINY, **fields}))
+    assert model._keep_in_fp32_modules_strict == {rf"_residual\.{name}" for name in names}
+    parameters = [name for name, _ in model.named_parameters()]
+    for pattern in model._keep_in_fp32_modules_strict:
+        assert any(re.search(pattern, name) for name in parameters), pattern
