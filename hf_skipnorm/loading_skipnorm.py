@@ -167,7 +167,8 @@ class LoadReport:
         saved_by = next((c.__name__ for c in type(model).__mro__ if c.__name__ in checkpoint_classes), None)
 
         for key, checkpoint_shape, model_shape in sorted(info["mismatched_keys"]):
-            line = f"{key}: shape {tuple(checkpoint_shape)} in the checkpoint, {tuple(model_shape)} built from the config"
+            line = (f"{key}: shape {tuple(checkpoint_shape)} in the checkpoint, {tuple(model_shape)} built from the "
+                    f"config")
             (self.reinitialized if allow_shape_mismatch else self.problems).append(line)
 
         def head_of(key: str) -> str | None:
@@ -185,7 +186,9 @@ class LoadReport:
             if head is not None and head not in children:
                 self.other_heads.append(key)
             else:
-                self.problems.append(f"{key}: in the checkpoint but not built from the config (the model has no tensor of that name)")
+                self.problems.append(
+                    f"{key}: in the checkpoint but not built from the config (the model has no tensor of that name)"
+                )
         for key in sorted(info["missing_keys"]):
             head = head_of(key)
             if head is None:
@@ -196,7 +199,8 @@ class LoadReport:
                 self.problems.append(f"{key}: missing from a checkpoint saved by {saved_by}, which has this head (it "
                                      f"would be random-filled){hint}")
             elif head in unexpected_heads or head in loaded_heads:
-                self.problems.append(f"{key}: missing, while the checkpoint has other {head} tensors (a renamed key?)")
+                self.problems.append(f"{key}: missing, while the checkpoint holds other {head} tensors: the head would "
+                                     f"be half loaded (a renamed key, or another task's head of the same name)")
             else:
                 self.new_heads.append(key)
 

@@ -113,7 +113,8 @@ def check_ids_in_range(name: str, ids: torch.Tensor | None, size: int, field: st
                          f"(SkipNormConfig.{field}={size})")
 
 
-def check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> None:
+def check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor | None,
+                 inputs_embeds: torch.Tensor | None) -> None:
     """One label per token (-100: ignored), for the causal LM, masked LM and token classification heads."""
     inputs = input_ids if input_ids is not None else inputs_embeds
     if labels is None or inputs is None:
@@ -1010,7 +1011,8 @@ def tensor_parallel_blockers(layer: nn.Module) -> dict[str, list[str]]:
             ("the attention sub_norm over heads * head_dim (subln, normformer)", attn.sub_norm),
         ) if not isinstance(module, Identity)
     ]
-    mlp_blockers = [] if isinstance(mlp.sub_norm, Identity) else ["the MLP sub_norm over intermediate_size (subln, normformer)"]
+    mlp_blockers = [] if isinstance(mlp.sub_norm, Identity) else [
+        "the MLP sub_norm over intermediate_size (subln, normformer)"]
     return {"self_attn": attn_blockers, "mlp": mlp_blockers}
 
 
