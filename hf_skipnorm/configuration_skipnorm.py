@@ -964,6 +964,15 @@ class SkipNormConfig(PreTrainedConfig):
             )
         return config_dict
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' reader sets keyword overrides (`from_pretrained(path, norm_eps=...)`) with `setattr` after
+        construction, which skips validation; fields given as keywords join the dict instead (issue 13, loading),
+        so the constructor validates the config that is actually built."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"dtype", "torch_dtype"}  # transformers' "auto" handling
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in fields}
+        return super().from_dict({**config_dict, **overrides}, **kwargs)
+
     # ------------------------------------------------------------------ validation
     def validate_skipnorm(self) -> None:
         """Check every row of FIELDS, then every @rule; raise ValueError naming the field, the value and the choices."""
