@@ -642,6 +642,16 @@ def output_attentions_needs_eager_attention(c: Any, layers: list) -> None:
 
 
 @rule
+def return_dict_stays_on_in_the_config(c: Any, layers: list) -> None:
+    if c.return_dict is False:
+        raise ValueError(
+            "SkipNormConfig.return_dict=False is not valid: with it the base model returns a tuple and every task "
+            "head, which reads the base model's output by name, fails (LlamaForCausalLM does too in transformers "
+            "5.24); valid choices: True or None, and pass return_dict=False to forward() for tuples"
+        )
+
+
+@rule
 def transformers_save_checks_pass(c: Any, layers: list) -> None:
     """transformers runs its own class validators in `save_pretrained`: run them now, so a config that constructs
     also saves (its `validate_rope` is what refused a NoPE head_dim of 5 at save time)."""

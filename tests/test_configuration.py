@@ -244,6 +244,7 @@ REFUSED = [
     ("output_attentions-str", dict(output_attentions="yes"), ["output_attentions='yes'"]),
     ("output_hidden_states-str", dict(output_hidden_states="no"), ["output_hidden_states='no'"]),
     ("return_dict-int", dict(return_dict=0), ["return_dict=0"]),
+    ("return_dict-false", dict(return_dict=False), ["return_dict=False", "forward()"]),
     ("dtype-unknown", dict(dtype="float8"), ["dtype='float8'", "bfloat16"]),
     ("torch_dtype-unknown", dict(torch_dtype="half"), ["torch_dtype='half'", "float16"]),
     ("problem_type", dict(problem_type="ranking"), ["problem_type='ranking'", "regression"]),
@@ -303,6 +304,20 @@ def test_output_attentions_dispatches_eager_and_returns_the_weights(tmp_path):
     out = model(torch.tensor([[1, 2, 3]]))
     assert len(out.attentions) == 4 and out.attentions[0].shape == (1, 4, 3, 3)
     model.save_pretrained(tmp_path)  # raised StrictDataclassClassValidationError before
+
+
+def test_transformers_switches_on_the_config_work():
+    """The values transformers reads from a config that are accepted do what transformers documents."""
+    import torch
+
+    from hf_skipnorm import SkipNormForCausalLM
+
+    ids = torch.tensor([[1, 2, 3]])
+    assert len(SkipNormForCausalLM(tiny(output_hidden_states=True))(ids).hidden_states) == 5  # embeddings + 4 blocks
+    assert SkipNormForCausalLM(tiny(use_cache=False))(ids).past_key_values is None
+    untied = SkipNormForCausalLM(tiny(tie_word_embeddings=False))
+    assert untied.lm_head.weight.data_ptr() != untied.model.embed_tokens.weight.data_ptr()
+    assert isinstance(SkipNormForCausalLM(tiny())(ids, return_dict=False), tuple)
 
 
 def test_without_rope_rope_parameters_is_none_and_old_files_still_load():
