@@ -383,3 +383,22 @@ def test_each_rule_is_a_named_function_in_the_registry():
     names = [rule.__name__ for rule in fields.RULES]
     assert len(names) == len(set(names)) and all(not name.startswith("_") for name in names)
     assert "norm_eps_positive_where_norms_divide" in names and "transformers_save_checks_pass" in names
+
+
+# Rows whose key transformers' loader consumes itself before our constructor sees it (an argument of from_pretrained,
+# not a config.json entry), so a config.json cannot carry them.
+NOT_A_FILE_ENTRY = {"output_attentions-sdpa", "torch_dtype-unknown"}
+
+
+@pytest.mark.parametrize("overrides,fragments", [pytest.param(o, f, id=i) for i, o, f in REFUSED
+                                                 if i not in NOT_A_FILE_ENTRY])
+def test_every_check_also_refuses_the_value_in_a_config_json(overrides, fragments, tmp_path):
+    """A config.json is read through the same constructor: each refused value is refused on load too, by AutoConfig."""
+    data = tiny().to_dict()
+    data.pop("rope_parameters")  # as saved it repeats partial_rotary_factor and rope_theta: let the row set them
+    data.update(overrides)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError) as info:
+        AutoConfig.from_pretrained(tmp_path)
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
