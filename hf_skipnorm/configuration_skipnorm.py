@@ -917,7 +917,9 @@ class SkipNormConfig(PreTrainedConfig):
         self.resolve_residual_constants()
         super().__post_init__(**kwargs)
         if self.position_embedding != "rope" and _is_default_rope(self.rope_parameters):
-            self.rope_parameters = None  # nothing reads it; kept, transformers' save-time RoPE checks would judge it
+            # Nothing reads it without RoPE, and transformers' save-time validate_rope would judge head_dim by it
+            # (an odd head_dim of 5 with NoPE failed in save_pretrained). The default every earlier file carries.
+            self.rope_parameters = None
         if self.output_attentions and self._attn_implementation is None:
             self._attn_implementation = "eager"  # what transformers' output_attentions setter does; only eager returns them
         self.validate_skipnorm()
