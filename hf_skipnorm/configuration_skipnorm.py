@@ -8,7 +8,9 @@ Identical in spirit to `LlamaConfig` except for three axes, each one string-valu
 
 Every sublayer (attention, then MLP) computes ``N_post(R(x, N_out(F(N_in(x)))))`` where the placement chooses
 which of ``N_in`` / ``N_out`` / ``N_post`` exist (the others are identities) and the residual chooses ``R``.
-This module imports no torch so configs can be read and validated anywhere.
+This module imports no torch so configs can be read and validated anywhere. Validation is data: every field is
+one row of `FIELDS` and every cross-field rule one `@rule` function below it (`config_fields_skipnorm.py` holds the
+row kinds and the validator, and says how to add a row or a rule).
 """
 
 from __future__ import annotations
