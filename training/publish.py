@@ -56,8 +56,11 @@ modules), so no package install is needed; read those files before trusting them
 from transformers import {auto_class}, AutoTokenizer
 
 model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
 ```
+
+The tokenizer is a stock class; `trust_remote_code=True` only spares the question transformers asks because
+`AutoTokenizer` first reads the model's config, whose class is remote code.
 
 Weights are safetensors only{shards}. The same checkpoint also opens as `AutoModel` (the backbone) or under a new
 task head (`AutoModelForSequenceClassification`, `AutoModelForTokenClassification`, ...).
