@@ -252,6 +252,17 @@ def _check_rope_parameters(name: str, value: Any, config: Any) -> None:
     Choice(_rope_types()).check(f"{name}['rope_type']", value.get("rope_type"), config, "")
     Float(0.0, FLOAT32_MAX, open_low=True).check(f"{name}['rope_theta']", value.get("rope_theta"), config,
                                                  "the RoPE base; angles are positions / theta^(2i/d)")
+    for key, entry in value.items():  # factors, frequencies, lengths: finite numbers (longrope: lists of them)
+        entries = entry if isinstance(entry, list) else [entry]
+        if key not in ("rope_type", "type") and not all(
+                entry is None or isinstance(e, bool) or (_is_number(e) and math.isfinite(e)) for e in entries):
+            raise refuse(f"{name}[{key!r}]", entry, "a finite number (or a list of them)", "a RoPE scaling parameter")
+    if value.get("partial_rotary_factor", config.partial_rotary_factor) != config.partial_rotary_factor:
+        raise ValueError(
+            f"SkipNormConfig.rope_parameters['partial_rotary_factor']={value['partial_rotary_factor']!r} is not valid "
+            f"with partial_rotary_factor={config.partial_rotary_factor!r}: the rotary embedding reads the field; "
+            f"give one value"
+        )
 
 
 def _check_admin_omegas(name: str, value: Any, config: Any) -> None:
@@ -281,13 +292,20 @@ def _check_dtype(name: str, value: Any, config: Any) -> None:
 
 
 def _check_labels(name: str, value: Any, config: Any) -> None:
-    if value is not None and not isinstance(value, dict):
-        raise refuse(name, value, "None or a dict (id2label: {0: 'NEG', 1: 'POS'}; label2id the inverse)")
+    ids = value if name == "id2label" and isinstance(value, dict) else {}
+    if (value is not None and not isinstance(value, dict)) or not all(
+            (isinstance(k, int) and not isinstance(k, bool)) or (isinstance(k, str) and k.isdigit()) for k in ids):
+        raise refuse(name, value, "None or a dict (id2label: {0: 'NEG', 1: 'POS'}, integer keys; label2id the inverse)")
 
 
 def _check_str_list(name: str, value: Any, config: Any) -> None:
     if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
         raise refuse(name, value, "None or a list of class names")
+
+
+def _check_version(name: str, value: Any, config: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise refuse(name, value, "None or a version string such as '5.24.0'")
 
 
 # Sizes are bounded so that a typo (10**12) fails here, before a loop over layers or an allocation hangs; each bound
@@ -389,6 +407,7 @@ FIELDS: tuple[Field, ...] = (
     Field("label2id", Check(_check_labels), "", "transformers"),
     Field("problem_type", Choice(PROBLEM_TYPES, optional=True), "", "transformers"),
     Field("architectures", Check(_check_str_list), "", "transformers"),
+    Field("transformers_version", Check(_check_version), "", "transformers"),
 )
 
 
@@ -878,8 +897,9 @@ class SkipNormConfig(PreTrainedConfig):
                 self.intermediate_size = 64 * math.ceil(int(8 * self.hidden_size / 3) / 64)
             else:
                 self.intermediate_size = 4 * self.hidden_size
-        if self.rope_parameters is None:
-            self.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+        if self.rope_parameters is None and kwargs.get("rope_scaling") is None:
+            # transformers fills a missing rope_theta with setdefault, so a rope_theta kwarg must go in here
+            self.rope_parameters = {"rope_type": "default", "rope_theta": kwargs.pop("rope_theta", 10000.0)}
         if isinstance(self.norm_position, tuple):
             self.norm_position = list(self.norm_position)
         if self.norm_position == "peri":
@@ -908,6 +928,18 @@ class SkipNormConfig(PreTrainedConfig):
                 )
         if "num_labels" in kwargs:
             Int(1, 2**20).check("num_labels", kwargs["num_labels"], self, "classes of a classification head")
+        rope = self.rope_parameters
+        if rope is not None and not isinstance(rope, dict):
+            raise refuse("rope_parameters", rope, "None or a dict such as {'rope_type': 'default', 'rope_theta': 10000.0}")
+        for key in ("rope_scaling", "rope_theta"):  # transformers' legacy spellings of rope_parameters entries
+            if kwargs.get(key) is not None and rope is not None:
+                theirs = kwargs[key] if key == "rope_scaling" else {"rope_theta": kwargs[key]}
+                if not isinstance(theirs, dict) or any(rope.get(k, v) != v for k, v in theirs.items()):
+                    raise ValueError(
+                        f"SkipNormConfig.{key}={kwargs[key]!r} is not valid with rope_parameters={rope!r}: two values "
+                        f"for one RoPE setting (transformers would keep one silently); give rope_parameters only"
+                    )
+        Check(_check_labels).check("id2label", self.id2label, self, "")  # transformers converts its keys with int()
         Check(_check_dtype).check("torch_dtype", kwargs.get("torch_dtype"), self, "")
         Check(_check_dtype).check("dtype", self.dtype, self, "")
         Bool().check("output_attentions", kwargs.get("output_attentions", False), self, "")
@@ -931,6 +963,15 @@ class SkipNormConfig(PreTrainedConfig):
                 f"expected a JSON object of config fields"
             )
         return config_dict
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' reader sets keyword overrides (`from_pretrained(path, norm_eps=...)`) with `setattr` after
+        construction, which skips validation; fields given as keywords join the dict instead (issue 13, loading),
+        so the constructor validates the config that is actually built."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"dtype", "torch_dtype"}  # transformers' "auto" handling
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in fields}
+        return super().from_dict({**config_dict, **overrides}, **kwargs)
 
     # ------------------------------------------------------------------ validation
     def validate_skipnorm(self) -> None:
