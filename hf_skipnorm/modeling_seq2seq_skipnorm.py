@@ -333,7 +333,20 @@ class _SharedEmbedding:
         self.embedding = embedding
 
 
-class SkipNormStack(SkipNormPreTrainedModel):
+class AdditiveScoreBiasBackends:
+    """T5's relative bias is added to the attention mask as a float tensor: flash kernels take no additive bias and
+    flex attention takes a BlockMask, so with `t5_relative` only eager and SDPA are offered (transformers' T5 too)."""
+
+    @property
+    def _supports_flash_attn(self) -> bool:
+        return self.config.position_embedding != "t5_relative"
+
+    @property
+    def _supports_flex_attn(self) -> bool:
+        return self.config.position_embedding != "t5_relative"
+
+
+class SkipNormStack(AdditiveScoreBiasBackends, SkipNormPreTrainedModel):
     """What both stacks share: the embedding path ``embedding_norm(positions(scale * E[ids]))``, the score bias, the
     final norm. `config` is the stack's own (`SkipNormConfig.stack_config`)."""
 
@@ -471,15 +484,11 @@ SEQ2SEQ_AUTO_MAP_HEADS = {
 }
 
 
-class SkipNormSeq2SeqPreTrainedModel(SkipNormPreTrainedModel):
-    """Shared behaviour of the encoder-decoder classes: the T5 bias needs the mask, so no flash attention with it;
-    Admin's profiling pass runs per stack; `auto_map` names the encoder-decoder classes."""
+class SkipNormSeq2SeqPreTrainedModel(AdditiveScoreBiasBackends, SkipNormPreTrainedModel):
+    """Shared behaviour of the encoder-decoder classes: the T5 bias needs the mask, so no flash or flex attention
+    with it; Admin's profiling pass runs per stack; `auto_map` names the encoder-decoder classes."""
 
     auto_map_heads = SEQ2SEQ_AUTO_MAP_HEADS
-
-    @property
-    def _supports_flash_attn(self) -> bool:
-        return self.config.position_embedding != "t5_relative"  # flash kernels take no additive score bias
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

@@ -369,6 +369,13 @@ def test_sdpa_and_eager_agree():
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_t5_bias_offers_only_the_backends_that_add_it():
+    t5, plain = tiny(position_embedding="t5_relative"), tiny()
+    for module in (t5, t5.model.encoder, t5.model.decoder):
+        assert not module._supports_flash_attn and not module._supports_flex_attn
+    assert plain._supports_flash_attn and plain.model.decoder._supports_flex_attn
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     ids, mask = source_batch()
     labels = torch.tensor([[7, 8, 2], [9, 2, -100]])
