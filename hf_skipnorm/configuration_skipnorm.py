@@ -170,9 +170,11 @@ def deepnet_beta(num_layers: int) -> float:
 
 
 def deepnet_encoder_decoder_constants(encoder_layers: int, decoder_layers: int) -> dict[str, float]:
-    """DeepNet's constants for an encoder-decoder with N encoder and M decoder layers (arXiv 2203.00555, Table 1 /
-    Figure 2 pseudo-code): encoder ``alpha = 0.81 (N^4 M)^(1/16)``, ``beta = 0.87 (N^4 M)^(-1/16)``; decoder
-    ``alpha = (3M)^(1/4)``, ``beta = (12M)^(-1/4)``.
+    """DeepNet's constants for an encoder-decoder with N encoder and M decoder layers (arXiv 2203.00555, the
+    encoder-decoder row of its constants table): encoder ``alpha = 0.81 (N^4 M)^(1/16)``, ``beta = 0.87
+    (N^4 M)^(-1/16)``; decoder ``alpha = (3M)^(1/4)``, ``beta = (12M)^(-1/4)``. (The paper's text was not reachable
+    offline when this was written; the values are issue 16's quotation of the table, and torchscale's alphas and
+    decoder beta agree with them.)
 
     torchscale's code (``torchscale/architecture/encoder.py``) writes the encoder's init as a *division* of the
     fairseq init by ``(N^4 M)^(1/16) / 1.15``, i.e. a multiplication by ``1.15 (N^4 M)^(-1/16)``, on top of fairseq's
