@@ -326,11 +326,20 @@ class SkipNormDecoderBlock(SkipNormBlock):
 
 # ----------------------------------------------------------------------------------------------------- stacks
 class _SharedEmbedding:
-    """The stacks read the token embedding owned by `SkipNormEncoderDecoderModel` (one tensor, one state-dict key,
-    `model.embed_tokens.weight`), without registering it as their own submodule."""
+    """The stacks read the token embedding of the model that owns it (`SkipNormEncoderDecoderModel.embed_tokens`: one
+    tensor, one state-dict key), looked up at each use, so replacing the owner's embedding (`set_input_embeddings`,
+    `resize_token_embeddings`, a plain assignment) reaches both stacks; it is never registered as their submodule."""
 
-    def __init__(self, embedding: nn.Embedding):
-        self.embedding = embedding
+    def __init__(self, owner: nn.Module):
+        self.owner = owner
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        return self.owner.embed_tokens
+
+    @embedding.setter
+    def embedding(self, value: nn.Embedding) -> None:
+        self.owner.embed_tokens = value
 
 
 class AdditiveScoreBiasBackends:
@@ -350,9 +359,9 @@ class SkipNormStack(AdditiveScoreBiasBackends, SkipNormPreTrainedModel):
     """What both stacks share: the embedding path ``embedding_norm(positions(scale * E[ids]))``, the score bias, the
     final norm. `config` is the stack's own (`SkipNormConfig.stack_config`)."""
 
-    def __init__(self, config: SkipNormConfig, embed_tokens: nn.Embedding):
+    def __init__(self, config: SkipNormConfig, owner: nn.Module):
         super().__init__(config)
-        self._shared = _SharedEmbedding(embed_tokens)
+        self._shared = _SharedEmbedding(owner)  # `owner.embed_tokens` is the token embedding
         self.scale_embeddings = fold_affine(0.0, float(config.embedding_multiplier))
         self.embed_positions = SEQ2SEQ_POSITION_CLASSES[config.position_embedding](config)
         self.score_bias = build_score_bias(config, bidirectional=not config.is_causal)
@@ -384,8 +393,8 @@ class SkipNormEncoder(SkipNormStack):
 
     _can_record_outputs = {"hidden_states": SkipNormBlock, "attentions": SkipNormAttention}
 
-    def __init__(self, config: SkipNormConfig, embed_tokens: nn.Embedding):
-        super().__init__(config, embed_tokens)
+    def __init__(self, config: SkipNormConfig, owner: nn.Module):
+        super().__init__(config, owner)
         self.layers = nn.ModuleList(
             [BLOCK_CLASSES[block_topology(config, i)](config, i) for i in range(config.num_hidden_layers)]
         )
@@ -425,8 +434,8 @@ class SkipNormDecoder(SkipNormStack):
         "cross_attentions": OutputRecorder(SkipNormCrossAttention, index=1, layer_name="cross_attn"),
     }
 
-    def __init__(self, config: SkipNormConfig, embed_tokens: nn.Embedding, admin_omegas: list | None = None):
-        super().__init__(config, embed_tokens)
+    def __init__(self, config: SkipNormConfig, owner: nn.Module, admin_omegas: list | None = None):
+        super().__init__(config, owner)
         self.layers = nn.ModuleList(
             [SkipNormDecoderBlock(config, i, admin_omegas) for i in range(config.num_hidden_layers)]
         )
@@ -558,8 +567,8 @@ class SkipNormEncoderDecoderModel(SkipNormSeq2SeqPreTrainedModel):
             raise ValueError("SkipNormEncoderDecoderModel needs SkipNormConfig(is_encoder_decoder=True); decoder-only "
                              "and encoder-only models are SkipNormModel / SkipNormForCausalLM / SkipNormForMaskedLM")
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.encoder = SkipNormEncoder(config.stack_config("encoder"), self.embed_tokens)
-        self.decoder = SkipNormDecoder(config.stack_config("decoder"), self.embed_tokens, config.decoder_admin_omegas)
+        self.encoder = SkipNormEncoder(config.stack_config("encoder"), self)
+        self.decoder = SkipNormDecoder(config.stack_config("decoder"), self, config.decoder_admin_omegas)
         self._no_split_modules = sorted({type(layer).__name__ for stack in (self.encoder, self.decoder)
                                          for layer in stack.layers})
         self.post_init()
@@ -568,9 +577,7 @@ class SkipNormEncoderDecoderModel(SkipNormSeq2SeqPreTrainedModel):
         return self.embed_tokens
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
-        self.encoder.set_input_embeddings(value)
-        self.decoder.set_input_embeddings(value)
+        self.embed_tokens = value  # the stacks look it up here
 
     def get_encoder(self, modality: str | None = None) -> SkipNormEncoder:
         return self.encoder
@@ -661,6 +668,12 @@ class SkipNormForConditionalGeneration(SkipNormSeq2SeqPreTrainedModel, Generatio
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)

@@ -467,5 +467,8 @@ def test_resizing_the_vocabulary_resizes_every_vocabulary_tensor():
     assert model.model.encoder.embed_tokens.weight.shape[0] == model.lm_head.weight.shape[0] == 48
     assert model.model.encoder.embed_tokens is model.model.decoder.embed_tokens is model.get_input_embeddings()
     assert torch.equal(model.final_logits_bias.bias[0, :40], kept) and not model.final_logits_bias.bias[0, 40:].any()
+    replacement = nn.Embedding(48, 16)
+    model.set_input_embeddings(replacement)
+    assert model.model.encoder.embed_tokens is model.model.decoder.embed_tokens is replacement
     ids, mask = source_batch()
     assert model(input_ids=ids, attention_mask=mask).logits.shape[-1] == 48
