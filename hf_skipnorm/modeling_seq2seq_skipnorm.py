@@ -499,6 +499,14 @@ class SkipNormSeq2SeqPreTrainedModel(AdditiveScoreBiasBackends, SkipNormPreTrain
 
     auto_map_heads = SEQ2SEQ_AUTO_MAP_HEADS
 
+    def check_tensor_parallel(self) -> None:
+        """The config's tensor-parallel plan names the decoder-only layout (`layers.*`); under an encoder-decoder it
+        would match nothing and every rank would silently hold the whole model: refuse instead."""
+        tp_size = getattr(self, "_tp_size", None) or 1
+        if tp_size > 1:
+            raise ValueError(f"tp_size={tp_size} is not valid for {type(self).__name__}: tensor parallelism is not "
+                             f"implemented for SkipNorm encoder-decoders; valid: tp_plan=None")
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, SkipNormFinalLogitsBias):
