@@ -56,6 +56,7 @@ from .modeling_skipnorm import (
     SkipNormRotaryEmbedding,
     block_topology,
     build_dropout,
+    fp32_residual_patterns,
     build_residual,
     build_stream,
     eager_attention_forward,
@@ -579,6 +580,7 @@ class SkipNormEncoderDecoderModel(SkipNormSeq2SeqPreTrainedModel):
         self.decoder = SkipNormDecoder(config.stack_config("decoder"), self, config.decoder_admin_omegas)
         self._no_split_modules = sorted({type(layer).__name__ for stack in (self.encoder, self.decoder)
                                          for layer in stack.layers})
+        self._keep_in_fp32_modules_strict = fp32_residual_patterns(self)  # the encoder's hyper-connections, if any
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -666,6 +668,7 @@ class SkipNormForConditionalGeneration(SkipNormSeq2SeqPreTrainedModel, Generatio
         self.scale_lm_head_input = fold_affine(0.0, float(config.lm_head_multiplier))  # T5 tied: d**-0.5
         self.final_logits_bias = SkipNormFinalLogitsBias(config.vocab_size) if config.final_logits_bias else nn.Identity()
         self._no_split_modules = self.model._no_split_modules  # the block classes present (FSDP / device_map)
+        self._keep_in_fp32_modules_strict = self.model._keep_in_fp32_modules_strict
         self.post_init()
 
     def get_encoder(self, modality: str | None = None) -> SkipNormEncoder:
