@@ -91,7 +91,7 @@ FINAL_NORM_IMPLIED: dict[str, bool] = {
     "b2t": False,
     "resi_dual": False,
 }
-QK_NORMS: tuple[str, ...] = ("none", "per_head", "full")
+QK_NORMS: tuple[str, ...] = ("none", "per_head", "full", "per_head_gains")  # per_head_gains: issue 15
 # Norm types with a per-channel gain g that `norm_unit_offset` can store as 1 + w.
 UNIT_OFFSET_NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm", "dyt", "derf")
 # Residuals whose combine R(x, y) is one module on one stream, so a parallel block can feed it y = Attn + MLP.
@@ -101,10 +101,11 @@ PARALLEL_RESIDUALS: tuple[str, ...] = ("add", "none", "scaled", "rezero", "skipi
 NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dyt", "derf", "none")
 RESIDUALS: tuple[str, ...] = (
     "add", "none", "scaled", "deepnorm", "admin", "rezero", "skipinit", "layerscale", "gated", "hyper", "mhc", "dense",
+    "attn_res",  # issue 15
 )
 # Residuals that replace the single residual stream by several (hyper-connections) or by the history of block
 # outputs (DenseFormer): their blocks take and return a stream state, not (B, T, C) (modeling_skipnorm.BLOCK_CLASSES).
-STREAM_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense")
+STREAM_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense", "attn_res")
 # Post-LN residuals: their formula is N(w * x + F(x)) and their constants were derived for post-LN.
 POST_LN_RESIDUALS: tuple[str, ...] = ("deepnorm", "admin")
 POSITION_EMBEDDINGS: tuple[str, ...] = ("rope", "learned", "none")
@@ -129,6 +130,8 @@ CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
 MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
 CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
+VALUE_RESIDUALS: tuple[str, ...] = ("none", "fixed", "learned", "per_token")  # issue 15: ResFormer, 2410.17897
+LAYER_DROP_SCHEDULES: tuple[str, ...] = ("linear", "uniform")  # issue 15: Huang et al. 1603.09382; Fan et al. 1909.11556
 PROBLEM_TYPES: tuple[str, ...] = ("regression", "single_label_classification", "multi_label_classification")
 
 # Keys transformers' own code acts on when a config carries them, for features SkipNorm does not implement: left as
@@ -453,6 +456,17 @@ FIELDS: tuple[Field, ...] = (
     Field("hyper_dynamic", Bool(), "", "arXiv 2409.19606"),
     Field("sinkhorn_iters", Int(1, MAX_SINKHORN_ITERS), "every forward runs them all; the paper uses 20",
           "mHC, arXiv 2512.24880"),
+    # --- issue 15: the depth-mixing frontier ---
+    Field("attn_res_blocks", Int(1, MAX_LAYERS, optional=True), "None: Full AttnRes; N blocks of L/N layers",
+          "Attention Residuals, arXiv 2603.15031"),
+    Field("value_residual", Choice(VALUE_RESIDUALS), "", "ResFormer, arXiv 2410.17897"),
+    Field("value_residual_lambda", Float(-FLOAT16_MAX, FLOAT16_MAX), _SCALE, "ResFormer's 0.5, arXiv 2410.17897"),
+    Field("unet_skips", Bool(), "", "modded-nanogpt"),
+    Field("layer_drop", Float(0.0, 1.0, open_high=True), "a drop probability",
+          "stochastic depth arXiv 1603.09382; LayerDrop arXiv 1909.11556"),
+    Field("layer_drop_schedule", Choice(LAYER_DROP_SCHEDULES), "", "arXiv 1603.09382; arXiv 1909.11556"),
+    Field("dense_dilation", Int(1, MAX_LAYERS), "DWA reads every k-th block output", "DenseFormer, arXiv 2402.02622"),
+    Field("dense_period", Int(1, MAX_LAYERS), "a DWA after every p-th block", "DenseFormer, arXiv 2402.02622"),
     # --- fields of transformers' PreTrainedConfig that its code reads from ours ---
     Field("output_attentions", Bool(), "", "transformers"),
     Field("output_hidden_states", Bool(optional=True), "", "transformers"),
@@ -692,6 +706,88 @@ def stream_residuals_need_the_sequential_block(c: Any, layers: list) -> None:
                 )
 
 
+# --- issue 15: the depth-mixing frontier (attn_res, value_residual, unet_skips, layer_drop, DenseFormer k x p) ---
+@rule
+def attn_res_blocks_are_whole_layers_of_attn_res(c: Any, layers: list) -> None:
+    blocks = c.attn_res_blocks
+    if blocks is None:
+        return
+    if c.residual != "attn_res":
+        raise ValueError(
+            f"SkipNormConfig.attn_res_blocks={blocks!r} is not valid with residual={c.residual!r}: it sets the "
+            f"blocks of Attention Residuals; valid choices: residual='attn_res' or attn_res_blocks=None"
+        )
+    if c.num_hidden_layers % blocks:
+        raise ValueError(
+            f"SkipNormConfig.attn_res_blocks={blocks!r} is not valid; expected None (Full AttnRes) or an integer "
+            f"N >= 1 dividing num_hidden_layers={c.num_hidden_layers} (Block AttnRes: blocks of whole transformer "
+            f"layers, as the reference code's block_size counts attention + MLP)"
+        )
+
+
+@rule
+def attn_res_replaces_the_skip_sum(c: Any, layers: list) -> None:
+    if c.residual != "attn_res":
+        return
+    for layer, (attn, mlp) in enumerate(layers):
+        bad = [p for p, sub in ((attn, 0), (mlp, 1)) if PLACEMENT_SLOTS[p][sub].post]
+        if bad:
+            raise ValueError(
+                f"SkipNormConfig.norm_position={bad[0]!r} (block {layer}) is not valid with residual='attn_res': "
+                f"Attention Residuals replace the skip sum by attention over depth, so a norm after the skip has no "
+                f"sum to normalize (the paper builds on PreNorm); valid choices: placements without a post norm, "
+                f"e.g. pre, sandwich, output, none"
+            )
+
+
+@rule
+def value_residual_needs_later_layers(c: Any, layers: list) -> None:
+    if c.value_residual != "none" and c.num_hidden_layers < 2:
+        raise ValueError(
+            f"SkipNormConfig.value_residual={c.value_residual!r} is not valid with num_hidden_layers="
+            f"{c.num_hidden_layers}: it mixes the first layer's values into later layers, and there are none; "
+            f"valid choices: none"
+        )
+
+
+@rule
+def unet_skips_need_one_stream_and_two_halves(c: Any, layers: list) -> None:
+    if not c.unet_skips:
+        return
+    if c.residual in STREAM_RESIDUALS or c.norm_position == "resi_dual":
+        raise ValueError(
+            f"SkipNormConfig.unet_skips=True is not valid with residual={c.residual!r}, norm_position="
+            f"{c.norm_position!r}: U-Net skips add a block output onto one residual stream, and this stack carries "
+            f"several (hyper, mhc, dense, attn_res, resi_dual); valid choices: unet_skips=False"
+        )
+    if c.num_hidden_layers < 2:
+        raise ValueError(
+            f"SkipNormConfig.unet_skips=True is not valid with num_hidden_layers={c.num_hidden_layers}: a U-Net "
+            f"needs a first half to skip from; valid choices: unet_skips=False"
+        )
+
+
+@rule
+def per_head_qk_gains_need_a_gain(c: Any, layers: list) -> None:
+    if c.qk_norm == "per_head_gains" and c.norm_type not in ("rmsnorm", "layernorm"):
+        raise ValueError(
+            f"SkipNormConfig.qk_norm='per_head_gains' is not valid with norm_type={c.norm_type!r}: it gives each "
+            f"head its own per-channel gain after the norm, which needs a norm with such a gain; valid norm types: "
+            f"rmsnorm, layernorm"
+        )
+
+
+@rule
+def dense_sparsity_only_for_dense(c: Any, layers: list) -> None:
+    for name in ("dense_dilation", "dense_period"):
+        value = getattr(c, name)
+        if value != 1 and c.residual != "dense":
+            raise ValueError(
+                f"SkipNormConfig.{name}={value!r} is not valid with residual={c.residual!r}: it sparsifies "
+                f"DenseFormer's depth-weighted averages; valid choices: residual='dense' or {name}=1"
+            )
+
+
 # --- what transformers reads from our config ---
 @rule
 def encoder_decoder_fields_need_a_decoder(c: Any, layers: list) -> None:
@@ -872,7 +968,9 @@ class SkipNormConfig(PreTrainedConfig):
         qk_norm (`str`, defaults to `"none"`): normalize queries and keys after their projections, before RoPE.
             `per_head`: one norm over each head's `head_dim` shared by all heads (Qwen3, Gemma 3); `full`: one norm
             over the whole projection, ``H * head_dim`` for Q and ``H_kv * head_dim`` for K (OLMo 2, arXiv
-            2501.00656). Modules `self_attn.q_norm` / `self_attn.k_norm`, of `norm_type`.
+            2501.00656); `per_head_gains` (issue 15): per head as `per_head` but each head with its own gain (and bias)
+            vector, weight (heads, head_dim), x-transformers' `MultiheadRMSNorm` (rmsnorm or layernorm only).
+            Modules `self_attn.q_norm` / `self_attn.k_norm`, of `norm_type`.
         norm_depth_scaling (`bool`, defaults to `False`): LayerNorm Scaling (The Curse of Depth, arXiv 2502.05795):
             every input norm ``N_in`` of block ``l`` (1-based) outputs ``N(x) / sqrt(l)``, taming the variance growth
             that makes deep pre-LN layers near-identities. The paper drops depth-scaled init with it, so
@@ -914,8 +1012,14 @@ class SkipNormConfig(PreTrainedConfig):
             doubly stochastic matrices by `sinkhorn_iters` Sinkhorn-Knopp iterations; the paper reports 6.7% training
             overhead at n=4. `dense`: DenseFormer (Pagliardini et al. 2024, arXiv 2402.02622): after block ``i`` a
             depth-weighted average of the embeddings and every block output so far, initialized to the plain residual.
-            `hyper`, `mhc` and `dense` need the sequential block (no `parallel_block`, `b2t` or `resi_dual`); `hyper`
-            and `mhc` need placements without a norm after the skip.
+            `attn_res`: Attention Residuals (Kimi Team 2026, arXiv 2603.15031; MoonshotAI/Attention-Residuals): each
+            sublayer's input is ``h = sum_i alpha_i v_i`` with ``alpha = softmax_i(w^T RMSNorm(v_i))`` over the embedding
+            and every earlier sublayer output (Full AttnRes) or block sums (`attn_res_blocks`), ``w`` a learned
+            pseudo-query per sublayer initialized to 0 (uniform weights at init); a last aggregation with its own ``w``
+            feeds the final norm. The paper reports Block AttnRes matching a baseline trained with 1.25x more compute
+            and more uniform output magnitudes and gradients across depth than PreNorm (Kimi Linear 48B).
+            `hyper`, `mhc`, `dense` and `attn_res` need the sequential block (no `parallel_block`, `b2t` or
+            `resi_dual`); `hyper`, `mhc` and `attn_res` need placements without a norm after the skip.
         residual_alpha (`float` or `None`): constant on the skip path for `scaled` and `deepnorm`. `None` resolves to
             DeepNet's ``(2L)^(1/4)`` for `deepnorm` and to 1.0 otherwise; the resolved value is stored.
         branch_init_gain (`float` or `None`): when set, the branch weights (`v_proj`, `o_proj`, `gate_proj`,
@@ -931,6 +1035,35 @@ class SkipNormConfig(PreTrainedConfig):
         hyper_dynamic (`bool`, defaults to `True`): `hyper` with the input-dependent connections (DHC, the paper's
             best) as well as the static ones; `False` gives static hyper-connections (SHC).
         sinkhorn_iters (`int`, defaults to 20): Sinkhorn-Knopp iterations of `mhc` (the paper's ``t_max = 20``).
+        value_residual (`str`, defaults to `"none"`): ResFormer's value residual (Zhou et al., arXiv 2410.17897, ACL
+            2025): every layer after the first attends with ``lambda_1 V_1 + lambda_2 V_n`` instead of ``V_n`` (``V_1``
+            the first layer's values, mixed before the KV cache). `fixed`: the paper's constants 0.5 / 0.5; `learned`:
+            Learnable-ResFormer's two scalars per layer, starting there (modded-nanogpt); `per_token`: a sigmoid gate per
+            token and key/value head read from the attention input, ``m V_n + (1 - m) V_1`` (x-transformers'
+            `learned_value_residual_mix`), initialized to 0.5. The paper reports the same loss with 16.1% fewer
+            parameters and 20.3% less data.
+        value_residual_lambda (`float`, defaults to 0.5): ``lambda_1`` (the weight on ``V_1``) of `fixed`, and the init
+            of `learned`; ``lambda_2 = 1 - lambda_1`` (ResFormer's 0.5 / 0.5).
+        dense_dilation (`int`, defaults to 1): DenseFormer's dilation k (arXiv 2402.02622, Sec. 3.2): the average after
+            block i reads only ``Y_j`` with ``j = i (mod k)``, k times fewer weights and multiply-adds.
+        dense_period (`int`, defaults to 1): DenseFormer's period p: only every p-th block (1-based ``i = 0 mod p``) has
+            a depth-weighted average; the others pass their output on as the plain residual. The paper finds the
+            4x5-DenseFormer (k=4, p=5) keeps most of the gain at a fraction of the overhead.
+        unet_skips (`bool`, defaults to `False`): U-Net skips over depth (modded-nanogpt's speedrun records, no paper;
+            x-transformers has a concatenating variant): block ``j < L // 2``'s output is added, times a learned scalar
+            ``w_j`` (1 at init, as modded-nanogpt), to the input of its mirror block ``L - 1 - j``. Single-stream
+            residuals only.
+        layer_drop (`float`, defaults to 0.0): stochastic depth's drop probability of the last layer ``p_L`` (Huang et
+            al. 2016, arXiv 1603.09382: deep networks train faster and generalize better), in the drop-path form
+            Transformers use (DeiT, Swin, timm): each sublayer's branch is dropped per sample during training and
+            kept ones are scaled by ``1/(1-p)``; evaluation and generation are the plain deterministic model.
+        layer_drop_schedule (`str`, defaults to `"linear"`): `linear`: ``p_l = (l/L) p_L`` (Huang et al.); `uniform`:
+            ``p`` for every layer (LayerDrop's rate, Fan et al. 2019, arXiv 1909.11556, which skips whole layers so that
+            they can be pruned at inference; this drops the branches instead).
+        attn_res_blocks (`int` or `None`): Block AttnRes (arXiv 2603.15031, Sec. 3.2): `None` is Full AttnRes (every
+            attention and MLP output is a source, memory O(Ld)); N splits the L layers into N blocks of L/N whole layers,
+            plain residual sums inside a block and attention over the block sums ``[b_0 = embeddings, b_1, ...]`` plus
+            the partial sum of the current block (memory O(Nd)); the paper finds N around 8 recovers most of Full's gain.
         branch_multiplier (`float`, defaults to 1.0): constant on the branch for `scaled` (MiniCPM's scale_depth/sqrt(L)).
         embedding_norm (`bool`, defaults to `False`): normalize the embedding output (BERT; Peri-LN, arXiv 2502.02732;
             `norm_position="peri"` turns it on).
@@ -1068,6 +1201,16 @@ class SkipNormConfig(PreTrainedConfig):
     residual_streams: int = 4
     hyper_dynamic: bool = True
     sinkhorn_iters: int = 20
+
+    # --- issue 15: the depth-mixing frontier (arXiv ids and paper defaults in the docstring) ---
+    attn_res_blocks: int | None = None
+    value_residual: str = "none"
+    value_residual_lambda: float = 0.5
+    unet_skips: bool = False
+    layer_drop: float = 0.0
+    layer_drop_schedule: str = "linear"
+    dense_dilation: int = 1
+    dense_period: int = 1
 
     # --- encoder-decoder (issue 16; reasons and citations in the docstring) ---
     is_encoder_decoder: bool = False
