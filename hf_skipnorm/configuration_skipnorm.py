@@ -122,7 +122,7 @@ DECODER_OVERRIDE_FIELDS: tuple[str, ...] = (
 # The decoder's cross-attention block is the sequential one: placements and residuals that rewire a block (or carry
 # several streams) are defined by their papers for two sublayers, and have no cross-attention variant here.
 DECODER_REFUSED_PLACEMENTS: tuple[str, ...] = ("b2t", "resi_dual")
-DECODER_REFUSED_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense")
+DECODER_REFUSED_RESIDUALS: tuple[str, ...] = STREAM_RESIDUALS  # every multi-stream residual, present and future
 ENCODER_DECODER_STACKS: tuple[str, ...] = ("encoder", "decoder")
 MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")

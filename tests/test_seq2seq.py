@@ -69,6 +69,7 @@ def test_decoder_overrides_give_the_decoder_its_own_axes():
     (dict(norm_position="b2t"), "no cross-attention form"),
     (dict(norm_position="post", residual="add", decoder_overrides={"norm_position": "resi_dual"}), "resi_dual"),
     (dict(residual="hyper"), "multi-stream"),
+    (dict(residual="attn_res"), "multi-stream"),
     (dict(parallel_block=True), "parallel_block"),
     (dict(decoder_overrides={"hidden_size": 8}), "valid keys"),
     (dict(decoder_layers=0), "decoder_layers"),
