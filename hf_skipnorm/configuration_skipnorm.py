@@ -8,7 +8,9 @@ Identical in spirit to `LlamaConfig` except for three axes, each one string-valu
 
 Every sublayer (attention, then MLP) computes ``N_post(R(x, N_out(F(N_in(x)))))`` where the placement chooses
 which of ``N_in`` / ``N_out`` / ``N_post`` exist (the others are identities) and the residual chooses ``R``.
-This module imports no torch so configs can be read and validated anywhere.
+This module imports no torch so configs can be read and validated anywhere. Validation is data: every field is
+one row of `FIELDS` and every cross-field rule one `@rule` function below it (`config_fields_skipnorm.py` holds the
+row kinds and the validator, and says how to add a row or a rule).
 """
 
 from __future__ import annotations
@@ -893,6 +895,16 @@ def output_attentions_needs_eager_attention(c: Any, layers: list) -> None:
 
 
 @rule
+def return_dict_stays_on_in_the_config(c: Any, layers: list) -> None:
+    if c.return_dict is False:
+        raise ValueError(
+            "SkipNormConfig.return_dict=False is not valid: with it the base model returns a tuple and every task "
+            "head, which reads the base model's output by name, fails (LlamaForCausalLM does too in transformers "
+            "5.24); valid choices: True or None, and pass return_dict=False to forward() for tuples"
+        )
+
+
+@rule
 def transformers_save_checks_pass(c: Any, layers: list) -> None:
     """transformers runs its own class validators in `save_pretrained`: run them now, so a config that constructs
     also saves (its `validate_rope` is what refused a NoPE head_dim of 5 at save time)."""
@@ -1248,7 +1260,9 @@ class SkipNormConfig(PreTrainedConfig):
         self.resolve_residual_constants()
         super().__post_init__(**kwargs)
         if self.position_embedding != "rope" and _is_default_rope(self.rope_parameters):
-            self.rope_parameters = None  # nothing reads it; kept, transformers' save-time RoPE checks would judge it
+            # Nothing reads it without RoPE, and transformers' save-time validate_rope would judge head_dim by it
+            # (an odd head_dim of 5 with NoPE failed in save_pretrained). The default every earlier file carries.
+            self.rope_parameters = None
         if self.output_attentions and self._attn_implementation is None:
             self._attn_implementation = "eager"  # what transformers' output_attentions setter does; only eager returns them
         self.validate_skipnorm()
