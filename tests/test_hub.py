@@ -323,7 +323,8 @@ def test_unknown_norm_position_in_config_json_names_the_field_and_choices(saved)
 
 @pytest.mark.parametrize("change, named", [
     (dict(num_hidden_layers=3), r"model\.layers\.2\.self_attn\.q_proj\.weight: built from the config, but missing"),
-    (dict(num_hidden_layers=1), r"model\.layers\.1\.mlp\.up_proj\.weight: in the checkpoint, but the config builds no tensor"),
+    (dict(num_hidden_layers=1),
+     r"model\.layers\.1\.mlp\.up_proj\.weight: in the checkpoint, but the config builds no tensor"),
     (dict(intermediate_size=96), r"model\.layers\.0\.mlp\.up_proj\.weight: shape \(64, 32\) in the checkpoint, "
                                  r"\(96, 32\) built from the config"),
     (dict(norm_type="layernorm"), r"model\.layers\.0\.attn_pre_norm\.bias: built from the config, but missing"),
