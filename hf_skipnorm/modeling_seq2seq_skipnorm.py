@@ -208,7 +208,8 @@ def stack_position_ids(config: SkipNormConfig, input_ids: torch.Tensor | None, i
     return SkipNormModel.default_position_ids(inputs_embeds, attention_mask, cache).expand(inputs_embeds.shape[:2])
 
 
-def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None) -> torch.Tensor:
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None,
+                       decoder_start_token_id: int | None) -> torch.Tensor:
     """Teacher forcing: ``[start, y_1, ..., y_{T-1}]`` from labels ``[y_1, ..., y_T]`` (-100 becomes pad)."""
     if decoder_start_token_id is None:
         raise ValueError("SkipNormConfig.decoder_start_token_id=None is not valid for shifting labels right; set it "
@@ -251,7 +252,8 @@ class SkipNormCrossAttention(SkipNormAttention):
             source_shape = encoder_hidden_states.shape[:-1]
             key = self.k_norm(self.k_proj(encoder_hidden_states).view(*source_shape, *self.qk_norm_shape))
             key = key.view(*source_shape, -1, self.head_dim).transpose(1, 2)  # (B, H_kv, S, hd)
-            value = self.v_norm(self.v_proj(encoder_hidden_states).view(*source_shape, -1, self.head_dim)).transpose(1, 2)
+            value = self.v_norm(self.v_proj(encoder_hidden_states).view(*source_shape, -1, self.head_dim))
+            value = value.transpose(1, 2)  # (B, H_kv, S, hd)
             if cache is not None:
                 key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
                 cache.is_updated[self.layer_idx] = True
@@ -666,7 +668,8 @@ class SkipNormForConditionalGeneration(SkipNormSeq2SeqPreTrainedModel, Generatio
         self.model = SkipNormEncoderDecoderModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.scale_lm_head_input = fold_affine(0.0, float(config.lm_head_multiplier))  # T5 tied: d**-0.5
-        self.final_logits_bias = SkipNormFinalLogitsBias(config.vocab_size) if config.final_logits_bias else nn.Identity()
+        self.final_logits_bias = (SkipNormFinalLogitsBias(config.vocab_size) if config.final_logits_bias
+                                  else nn.Identity())
         self._no_split_modules = self.model._no_split_modules  # the block classes present (FSDP / device_map)
         self._keep_in_fp32_modules_strict = self.model._keep_in_fp32_modules_strict
         self.post_init()
@@ -691,7 +694,8 @@ class SkipNormForConditionalGeneration(SkipNormSeq2SeqPreTrainedModel, Generatio
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True) -> nn.Embedding:
-        """transformers' resize (shared embedding, tied lm_head), plus `final_logits_bias`: kept rows stay, new ones 0."""
+        """transformers' resize (shared embedding, tied lm_head), plus `final_logits_bias`: kept rows stay, new
+        ones 0."""
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         if isinstance(self.final_logits_bias, SkipNormFinalLogitsBias):
             old, rows = self.final_logits_bias.bias, embeddings.weight.shape[0]
