@@ -1406,7 +1406,8 @@ class SkipNormConfig(PreTrainedConfig):
             fields.update(overrides, num_hidden_layers=self.decoder_depth, is_causal=True, admin_omegas=None)
         else:
             fields.update(is_causal=False)
-        config = SkipNormConfig(**fields, encoder_decoder_stack=stack)
+        # Both stack configs keep M: Magneto's encoder-decoder gains read both depths (`subln_init_gain`).
+        config = SkipNormConfig(**fields, decoder_layers=self.decoder_depth, encoder_decoder_stack=stack)
         config._attn_implementation_internal = self._attn_implementation_internal
         return config
 
@@ -1441,7 +1442,13 @@ class SkipNormConfig(PreTrainedConfig):
     @property
     def subln_init_gain(self) -> float:
         """Magneto's branch init gain ``gamma = sqrt(log(2L))`` for encoder-only and decoder-only stacks
-        (Foundation Transformers, arXiv 2210.06423, Sec. 2.2; torchscale's `subln` init)."""
+        (Foundation Transformers, arXiv 2210.06423, Sec. 2.2; torchscale's `subln` init). In an encoder-decoder
+        (N encoder, M decoder layers) torchscale uses the paper's pair: encoder ``sqrt(log(3M) log(2N) / 3)``,
+        decoder ``sqrt(log(3M))``."""
+        if self.encoder_decoder_stack == "encoder":
+            return math.sqrt(math.log(3 * self.decoder_layers) * math.log(2 * self.num_hidden_layers) / 3)
+        if self.encoder_decoder_stack == "decoder":
+            return math.sqrt(math.log(3 * self.num_hidden_layers))
         return math.sqrt(math.log(2 * self.num_hidden_layers))
 
     def dyt_alpha_init_for(self, sublayer: str) -> float:

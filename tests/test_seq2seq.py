@@ -94,6 +94,17 @@ def test_deepnet_init_draws_each_stack_with_its_own_beta():
     assert cross.std().item() == pytest.approx((12 * 2) ** -0.25 * math.sqrt(2 / 128), rel=0.08)
 
 
+def test_magneto_gains_follow_the_encoder_decoder_pair():
+    """Sub-LN in an encoder-decoder: encoder gamma = sqrt(log(3M) log(2N) / 3), decoder sqrt(log(3M)) (Magneto;
+    torchscale's encoder.py / decoder.py), on v_proj of self- and cross-attention alike."""
+    config = SkipNormConfig(**{**TINY, "num_hidden_layers": 3, "decoder_layers": 2}, norm_position="subln")
+    assert config.stack_config("encoder").subln_init_gain == pytest.approx(math.sqrt(math.log(6) * math.log(6) / 3))
+    assert config.stack_config("decoder").subln_init_gain == pytest.approx(math.sqrt(math.log(6)))
+    model = SkipNormForConditionalGeneration(config)
+    block = model.model.decoder.layers[0]
+    assert block.self_attn.init_gain == block.cross_attn.init_gain == pytest.approx(math.sqrt(math.log(6)))
+
+
 @pytest.mark.parametrize("norm_type", ["layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dyt", "derf", "none"])
 def test_every_norm_type_fills_the_cross_attention_slots(norm_type):
     model = tiny(norm_type=norm_type, norm_position="sandwich")
