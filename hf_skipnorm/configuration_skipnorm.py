@@ -124,7 +124,7 @@ DECODER_OVERRIDE_FIELDS: tuple[str, ...] = (
 # The decoder's cross-attention block is the sequential one: placements and residuals that rewire a block (or carry
 # several streams) are defined by their papers for two sublayers, and have no cross-attention variant here.
 DECODER_REFUSED_PLACEMENTS: tuple[str, ...] = ("b2t", "resi_dual")
-DECODER_REFUSED_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense")
+DECODER_REFUSED_RESIDUALS: tuple[str, ...] = STREAM_RESIDUALS  # every multi-stream residual, present and future
 ENCODER_DECODER_STACKS: tuple[str, ...] = ("encoder", "decoder")
 MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
@@ -175,9 +175,11 @@ def deepnet_beta(num_layers: int) -> float:
 
 
 def deepnet_encoder_decoder_constants(encoder_layers: int, decoder_layers: int) -> dict[str, float]:
-    """DeepNet's constants for an encoder-decoder with N encoder and M decoder layers (arXiv 2203.00555, Table 1 /
-    Figure 2 pseudo-code): encoder ``alpha = 0.81 (N^4 M)^(1/16)``, ``beta = 0.87 (N^4 M)^(-1/16)``; decoder
-    ``alpha = (3M)^(1/4)``, ``beta = (12M)^(-1/4)``.
+    """DeepNet's constants for an encoder-decoder with N encoder and M decoder layers (arXiv 2203.00555, the
+    encoder-decoder row of its constants table): encoder ``alpha = 0.81 (N^4 M)^(1/16)``, ``beta = 0.87
+    (N^4 M)^(-1/16)``; decoder ``alpha = (3M)^(1/4)``, ``beta = (12M)^(-1/4)``. (The paper's text was not reachable
+    offline when this was written; the values are issue 16's quotation of the table, and torchscale's alphas and
+    decoder beta agree with them.)
 
     torchscale's code (``torchscale/architecture/encoder.py``) writes the encoder's init as a *division* of the
     fairseq init by ``(N^4 M)^(1/16) / 1.15``, i.e. a multiplication by ``1.15 (N^4 M)^(-1/16)``, on top of fairseq's
@@ -1421,7 +1423,8 @@ class SkipNormConfig(PreTrainedConfig):
             fields.update(overrides, num_hidden_layers=self.decoder_depth, is_causal=True, admin_omegas=None)
         else:
             fields.update(is_causal=False)
-        config = SkipNormConfig(**fields, encoder_decoder_stack=stack)
+        # Both stack configs keep M: Magneto's encoder-decoder gains read both depths (`subln_init_gain`).
+        config = SkipNormConfig(**fields, decoder_layers=self.decoder_depth, encoder_decoder_stack=stack)
         config._attn_implementation_internal = self._attn_implementation_internal
         return config
 
@@ -1456,7 +1459,13 @@ class SkipNormConfig(PreTrainedConfig):
     @property
     def subln_init_gain(self) -> float:
         """Magneto's branch init gain ``gamma = sqrt(log(2L))`` for encoder-only and decoder-only stacks
-        (Foundation Transformers, arXiv 2210.06423, Sec. 2.2; torchscale's `subln` init)."""
+        (Foundation Transformers, arXiv 2210.06423, Sec. 2.2; torchscale's `subln` init). In an encoder-decoder
+        (N encoder, M decoder layers) torchscale uses the paper's pair: encoder ``sqrt(log(3M) log(2N) / 3)``,
+        decoder ``sqrt(log(3M))``."""
+        if self.encoder_decoder_stack == "encoder":
+            return math.sqrt(math.log(3 * self.decoder_layers) * math.log(2 * self.num_hidden_layers) / 3)
+        if self.encoder_decoder_stack == "decoder":
+            return math.sqrt(math.log(3 * self.num_hidden_layers))
         return math.sqrt(math.log(2 * self.num_hidden_layers))
 
     def dyt_alpha_init_for(self, sublayer: str) -> float:
