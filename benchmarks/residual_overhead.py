@@ -40,6 +40,9 @@ VARIANTS: dict[str, dict] = {residual: {"residual": residual} for residual in RE
 VARIANTS["hyper_static"] = {"residual": "hyper", "hyper_dynamic": False}
 VARIANTS["add@post"] = {"residual": "add", "norm_position": "post"}
 VARIANTS["resi_dual"] = {"residual": "add", "norm_position": "resi_dual"}  # the dual-stream placement
+# `stream_recompute`: the stream mixing recomputed in backward (mHC's trade of time for saved activations)
+VARIANTS["hyper_recompute"] = {"residual": "hyper", "stream_recompute": True}
+VARIANTS["mhc_recompute"] = {"residual": "mhc", "stream_recompute": True}
 # Issue 15's depth mixing: Block AttnRes (N=2 blocks of the default 4 layers) beside Full AttnRes (`attn_res`).
 VARIANTS["attn_res_blocks2"] = {"residual": "attn_res", "attn_res_blocks": 2}
 VARIANTS["value_residual_learned"] = {"residual": "add", "value_residual": "learned"}
