@@ -458,6 +458,8 @@ FIELDS: tuple[Field, ...] = (
     Field("hyper_dynamic", Bool(), "", "arXiv 2409.19606"),
     Field("sinkhorn_iters", Int(1, MAX_SINKHORN_ITERS), "every forward runs them all; the paper uses 20",
           "mHC, arXiv 2512.24880"),
+    Field("stream_recompute", Bool(), "trades a second run of the stream mixing for its saved activations",
+          "mHC, arXiv 2512.24880, Sec. 4.3"),
     # --- issue 15: the depth-mixing frontier ---
     Field("attn_res_blocks", Int(1, MAX_LAYERS, optional=True), "None: Full AttnRes; N blocks of L/N layers",
           "Attention Residuals, arXiv 2603.15031"),
@@ -687,6 +689,15 @@ def post_ln_residuals_need_post_ln(c: Any, layers: list) -> None:
                 f"N(w*x + F(x)) and its constants are for post-LN; valid choices: norm_position='post' (no "
                 f"per-sublayer overrides)"
             )
+
+
+@rule
+def stream_recompute_needs_stream_mixing(c: Any, layers: list) -> None:
+    if c.stream_recompute and c.residual not in ("hyper", "mhc"):
+        raise ValueError(
+            f"SkipNormConfig.stream_recompute=True is not valid with residual={c.residual!r}: it recomputes the "
+            f"stream mixing of hyper-connections; valid choices: residual='hyper' or 'mhc', or stream_recompute=False"
+        )
 
 
 @rule
@@ -1064,6 +1075,10 @@ class SkipNormConfig(PreTrainedConfig):
         hyper_dynamic (`bool`, defaults to `True`): `hyper` with the input-dependent connections (DHC, the paper's
             best) as well as the static ones; `False` gives static hyper-connections (SHC).
         sinkhorn_iters (`int`, defaults to 20): Sinkhorn-Knopp iterations of `mhc` (the paper's ``t_max = 20``).
+        stream_recompute (`bool`, defaults to `False`): with `hyper` / `mhc`, recompute each sublayer's stream mixing
+            (the width connection: dynamic norms, projections, Sinkhorn, the mixed streams) in the backward pass instead
+            of keeping its intermediates, as the mHC paper does to keep memory flat (arXiv 2512.24880, Sec. 4.3); the
+            same values and gradients, less saved-activation memory, one more mixing pass per sublayer.
         value_residual (`str`, defaults to `"none"`): ResFormer's value residual (Zhou et al., arXiv 2410.17897, ACL
             2025): every layer after the first attends with ``lambda_1 V_1 + lambda_2 V_n`` instead of ``V_n`` (``V_1``
             the first layer's values, mixed before the KV cache). `fixed`: the paper's constants 0.5 / 0.5; `learned`:
@@ -1230,6 +1245,7 @@ class SkipNormConfig(PreTrainedConfig):
     residual_streams: int = 4
     hyper_dynamic: bool = True
     sinkhorn_iters: int = 20
+    stream_recompute: bool = False
 
     # --- issue 15: the depth-mixing frontier (arXiv ids and paper defaults in the docstring) ---
     attn_res_blocks: int | None = None

@@ -63,6 +63,7 @@ from .hyper_connections_skipnorm import (
     MultiStream,
     StaticHyperConnection,
     build_depth_average,
+    stream_mixer,
 )
 from .depth_mixing_skipnorm import (
     AttnResStream,
@@ -561,8 +562,12 @@ class SkipNormHyperConnectionBlock(SkipNormBlock):
         H = mixed + w^T T(h)                  (connection.depth)
 
     The connection modules sit in the `attn_residual` / `mlp_residual` slots; the config refuses placements with a
-    norm after the skip.
+    norm after the skip. `stream_recompute` runs `width` under a checkpoint (`mix`), recomputed in backward.
     """
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.mix = stream_mixer(config)  # a module-level function: (connection, streams) -> width(streams)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -574,13 +579,13 @@ class SkipNormHyperConnectionBlock(SkipNormBlock):
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         streams = hidden_states
-        h, mixed, write = self.attn_residual.width(streams)
+        h, mixed, write = self.mix(self.attn_residual, streams)
         attn, _ = self.self_attn(
             self.attn_pre_norm(h), position_embeddings=position_embeddings, attention_mask=attention_mask,
             cache=cache, **kwargs,
         )
         streams = self.attn_residual.depth(mixed, write, self.branch_dropout(self.attn_out_norm(attn)), streams.dtype)
-        h, mixed, write = self.mlp_residual.width(streams)
+        h, mixed, write = self.mix(self.mlp_residual, streams)
         mlp = self.mlp(self.mlp_pre_norm(h))
         return self.mlp_residual.depth(mixed, write, self.branch_dropout(self.mlp_out_norm(mlp)), streams.dtype)
 
