@@ -24,6 +24,7 @@ PREFIX_CHECKPOINT_DIR = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKP
 STAGING_DIR = ".staging"
 TRASH_PREFIX = ".trash-"  # a checkpoint being deleted; never matched by checkpoint-N, swept at the next save
 COMPLETE_MARKER = "checkpoint_complete.json"  # written last into a staged checkpoint: {"global_step": N}
+WRITE_PROBE = ".write-test-"  # a file that proves the output folder writable, deleted at once
 RUN_RECORD = "skipnorm_run.json"  # the arguments of the run that wrote a folder (training.arguments.run_record)
 _CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
@@ -130,7 +131,9 @@ def rotate_complete_checkpoints(output_dir: str, save_total_limit: int | None, b
 def check_output_dir(output_dir: str, overwrite: bool, resume: str | None) -> None:
     """Before any data is read: refuse a folder that holds another run (unless `overwrite` or resuming), and prove
     the folder writable (it may be created, empty). Every rank checks; `claim_output_dir` then writes."""
-    existing = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+    # Other ranks' write probes (below) are transient and not a run. Every rank checks before the main process
+    # claims the folder: train.py claims it after the data's main_process_first barrier.
+    existing = sorted(n for n in os.listdir(output_dir) if not n.startswith(WRITE_PROBE)) if os.path.isdir(output_dir) else []
     if existing and not resume and not overwrite:
         shown = ", ".join(existing[:8]) + (f", ... ({len(existing)} entries)" if len(existing) > 8 else "")
         raise ValueError(
@@ -142,7 +145,7 @@ def check_output_dir(output_dir: str, overwrite: bool, resume: str | None) -> No
         raise ValueError(f"--output_dir {output_dir!r} is a file, not a folder")
     try:
         os.makedirs(output_dir, exist_ok=True)
-        probe = os.path.join(output_dir, f".write-test-{os.getpid()}")
+        probe = os.path.join(output_dir, f"{WRITE_PROBE}{os.getpid()}")
         with open(probe, "wb") as handle:
             handle.write(b"0")
             handle.flush()
