@@ -216,6 +216,7 @@ def main(argv=None, callbacks=()):
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {**train_result.metrics, **trainer.evaluate()}
     trainer.save_model()
+    trainer.save_state()  # trainer_state.json: the log the card's results table and loss_curve.png are drawn from
     trainer.log_metrics("eval", {k: v for k, v in metrics.items() if k.startswith("eval_")})
     trainer.save_metrics("all", metrics)
     if trainer.is_world_process_zero():

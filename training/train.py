@@ -208,8 +208,8 @@ def describe_data(data_args) -> tuple[str, str]:
         )
     return "pydoc_data.topics", (
         f"The embedded corpus: {data.CORPUS_SOURCE}, {len(data.reference_topics())} topics cut into passages; "
-        f"{data_args.validation_split_percentage:g}% of the passages held out for validation; byte-level BPE "
-        f"tokenizer trained on the train split; documents packed into blocks of {data_args.block_size} tokens."
+        f"{data_args.validation_split_percentage:g}% of the passages held out for validation; documents packed "
+        f"into blocks of {data_args.block_size} tokens (the tokenizer is described below, from its files)."
     )
 
 
@@ -326,6 +326,7 @@ def main(argv=None, callbacks=()):
         # dict once for the final save (training/accelerate/fsdp_full_shard.yaml). Needs GPUs; untested here.
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model()  # safetensors + config + tokenizer (processing_class) into --output_dir
+    trainer.save_state()  # trainer_state.json: the log the card's results table and loss_curve.png are drawn from
     trainer.log_metrics("eval", eval_metrics)
     trainer.save_metrics("all", metrics)
     if trainer.is_world_process_zero():
