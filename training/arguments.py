@@ -32,6 +32,7 @@ from transformers import HfArgumentParser, PreTrainedConfig, TrainingArguments
 
 from hf_skipnorm import SkipNormConfig
 from hf_skipnorm import configuration_skipnorm as cells
+from hf_skipnorm.config_fields_skipnorm import Choice
 
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 
@@ -56,19 +57,13 @@ def cli_name(config_field: str) -> str:
 
 _SIMPLE_TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
 
-# The valid values of the string-valued cell fields, read from the tuples beside the registries in
-# configuration_skipnorm, so a value added there is listed by --help with no edit here.
+# The valid values of the string-valued cell fields, read from the config's field table (its Choice rows) and,
+# for the placements (checked by a function: a string or a per-layer list), from NORM_POSITIONS, so a value added
+# there is listed by --help with no edit here.
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
-    "norm_position": cells.NORM_POSITIONS,
-    "attn_norm_position": cells.NORM_POSITIONS,
-    "mlp_norm_position": cells.NORM_POSITIONS,
-    "norm_type": cells.NORM_TYPES,
-    "residual": cells.RESIDUALS,
-    "position_embedding": cells.POSITION_EMBEDDINGS,
-    "mlp_type": cells.MLP_TYPES,
-    "branch_init": cells.BRANCH_INITS,
-    "qk_norm": cells.QK_NORMS,
-    "classifier_pooling": cells.CLASSIFIER_POOLINGS,
+    **{row.name: row.spec.choices for row in cells.FIELDS
+       if isinstance(row.spec, Choice) and isinstance(row.spec.choices, tuple)},
+    **{name: cells.NORM_POSITIONS for name in ("norm_position", "attn_norm_position", "mlp_norm_position")},
 }
 
 # Fields that train.py takes from the tokenizer unless given.
