@@ -243,7 +243,7 @@ def main(argv=None, callbacks=()):
     if resume:
         check_resume_matches(resume, record)
     data.check_data_files(data_args.train_file, data_args.validation_file)
-    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, resume)
+    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, resume, record)
     set_seed(training_args.seed)
 
     # ---- data (and the tokenizer, when one is trained)
