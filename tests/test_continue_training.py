@@ -61,7 +61,8 @@ def assert_same_weights(folder_a, folder_b):
 def test_continue_from_a_train_py_folder_and_from_its_checkpoint(corpus, source_run, tmp_path, capsys):
     out = tmp_path / "more"
     train.main(run_args(corpus, out, "--model_name_or_path", str(source_run), "--learning_rate", "0", "--max_steps", "2",
-                        "--hidden_dropout", "0.1", "--norm_position", "pre"))  # a runtime field; a cell field that agrees
+                        "--hidden_dropout", "0.1",  # a runtime field
+                        "--norm_position", "pre", "--residual_alpha", "null"))  # fields that agree (null: resolved to 1.0)
     assert f"continuing from {source_run}" in capsys.readouterr().out
     assert_same_weights(source_run, out)
     config = json.loads((out / "config.json").read_text())

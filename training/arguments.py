@@ -193,11 +193,21 @@ def parse_config_overrides(text: str | None, config_class=SkipNormConfig) -> dic
 
 def checkpoint_conflicts(config, requested: dict) -> list[str]:
     """The requested cell values that contradict a checkpoint's config (runtime fields excepted), as
-    'name=new (checkpoint: old)'."""
+    'name=new (checkpoint: old)'. A value the config resolves on construction (residual_alpha=None becomes the
+    residual's constant, rope_parameters=None the default RoPE) is compared after that resolution."""
+    asked = {name: value for name, value in requested.items() if name not in RUNTIME_FIELDS}
+    differing = [name for name, value in asked.items() if getattr(config, name, None) != value]
+    if not differing:
+        return []
+    fields = {f.name: getattr(config, f.name) for f in skipnorm_config_fields(type(config))}
+    try:
+        rebuilt = type(config)(**{**fields, **asked})
+    except (ValueError, TypeError):
+        rebuilt = None  # the request does not even build: every differing value is a conflict
     return [
-        f"{name}={value!r} (checkpoint: {getattr(config, name, None)!r})"
-        for name, value in requested.items()
-        if name not in RUNTIME_FIELDS and getattr(config, name, None) != value
+        f"{name}={asked[name]!r} (checkpoint: {getattr(config, name, None)!r})"
+        for name in differing
+        if rebuilt is None or getattr(rebuilt, name, None) != getattr(config, name, None)
     ]
 
 
