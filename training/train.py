@@ -270,6 +270,7 @@ def main(argv=None, callbacks=()):
         packed = data.pack_for_language_modeling(
             raw, tokenizer, data_args.block_size, data_args.text_column, data_args.preprocessing_num_workers
         )
+    packed = data.limit_blocks(packed, {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples})
 
     # ---- model and Trainer
     use_cache = config.use_cache  # the Trainer overwrites model.config.use_cache with TrainingArguments.use_cache
