@@ -69,8 +69,9 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
 # Fields that train.py takes from the tokenizer unless given.
 TOKENIZER_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
 
-# Fields that change how a loaded model runs, not what it computes: a continued or resumed run may change them.
-RUNTIME_FIELDS = ("attention_dropout", "hidden_dropout", "use_cache")
+# Fields that change how a loaded model trains or runs, not what its weights compute at inference: a continued or
+# resumed run may change them (dropout rates, stochastic depth, the KV cache switch).
+RUNTIME_FIELDS = ("attention_dropout", "hidden_dropout", "layer_drop", "layer_drop_schedule", "use_cache")
 
 
 def _field_type(config_field: dataclasses.Field):

@@ -143,15 +143,16 @@ def load_checkpoint_config(folder: str, name: str, requested: dict, flag: str) -
             f"{flag} {name!r} holds a {model_type!r} model, not {SkipNormConfig.model_type!r}: convert it first "
             f"(`python -m hf_skipnorm.convert {name} OUT`), then pass {flag} OUT"
         )
-    config = SkipNormConfig.from_pretrained(folder)
+    # Runtime values join the checkpoint's config before construction, so they are validated like any other field.
+    runtime = {name: requested[name] for name in RUNTIME_FIELDS if name in requested and name != "use_cache"}
+    config = SkipNormConfig.from_pretrained(folder, **runtime)
     conflicts = checkpoint_conflicts(config, requested)
     if conflicts:
         raise ValueError(
             f"{flag} {name}: the command line contradicts the checkpoint's cell: {'; '.join(conflicts)}. The checkpoint "
             f"fixes the architecture: drop these options (only {', '.join(RUNTIME_FIELDS)} may change)"
         )
-    for field_name in RUNTIME_FIELDS:  # the checkpoint stores the Trainer's use_cache=False: not a model choice
-        setattr(config, field_name, requested.get(field_name, True if field_name == "use_cache" else getattr(config, field_name)))
+    config.use_cache = requested.get("use_cache", True)  # checkpoints store the Trainer's use_cache=False
     return config
 
 
