@@ -179,7 +179,7 @@ def test_help_is_grouped_short_and_lists_the_valid_choices(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
     text = capsys.readouterr().out
-    # 946 lines before the grouping; now about 2 lines per cell field (a field added to the config adds its line)
+    # 946 lines before the grouping; now one line per cell field (a few wrap), so a new config field adds one
     assert len(text.splitlines()) < 160 + len(arguments.skipnorm_config_fields())
     for group in ("model source (run_clm.py-style):", "model cell, one option per SkipNormConfig field", "data:", "run:",
                   "Trainer options (TrainingArguments; the common ones)"):
