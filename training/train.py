@@ -143,15 +143,16 @@ def load_checkpoint_config(folder: str, name: str, requested: dict, flag: str) -
             f"{flag} {name!r} holds a {model_type!r} model, not {SkipNormConfig.model_type!r}: convert it first "
             f"(`python -m hf_skipnorm.convert {name} OUT`), then pass {flag} OUT"
         )
-    config = SkipNormConfig.from_pretrained(folder)
+    # Runtime values join the checkpoint's config before construction, so they are validated like any other field.
+    runtime = {name: requested[name] for name in RUNTIME_FIELDS if name in requested and name != "use_cache"}
+    config = SkipNormConfig.from_pretrained(folder, **runtime)
     conflicts = checkpoint_conflicts(config, requested)
     if conflicts:
         raise ValueError(
             f"{flag} {name}: the command line contradicts the checkpoint's cell: {'; '.join(conflicts)}. The checkpoint "
             f"fixes the architecture: drop these options (only {', '.join(RUNTIME_FIELDS)} may change)"
         )
-    for field_name in RUNTIME_FIELDS:  # the checkpoint stores the Trainer's use_cache=False: not a model choice
-        setattr(config, field_name, requested.get(field_name, True if field_name == "use_cache" else getattr(config, field_name)))
+    config.use_cache = requested.get("use_cache", True)  # checkpoints store the Trainer's use_cache=False
     return config
 
 
@@ -243,7 +244,7 @@ def main(argv=None, callbacks=()):
     if resume:
         check_resume_matches(resume, record)
     data.check_data_files(data_args.train_file, data_args.validation_file)
-    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, resume)
+    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, resume, record)
     set_seed(training_args.seed)
 
     # ---- data (and the tokenizer, when one is trained)
@@ -270,6 +271,7 @@ def main(argv=None, callbacks=()):
         packed = data.pack_for_language_modeling(
             raw, tokenizer, data_args.block_size, data_args.text_column, data_args.preprocessing_num_workers
         )
+    packed = data.limit_blocks(packed, {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples})
 
     # ---- model and Trainer
     use_cache = config.use_cache  # the Trainer overwrites model.config.use_cache with TrainingArguments.use_cache
