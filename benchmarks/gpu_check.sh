@@ -11,7 +11,9 @@
 #   2. torch.compile vs eager for both models (whole-model compile, 2 rounds): training at both sizes, decoding
 #      (static cache + compiled forward, CUDA graphs) at gpu125m; decoding always uses sdpa's automatic kernel;
 #   3. a 1-GPU FSDP2 smoke run through `accelerate launch` (sharded for real, loss falls, state dict gathers);
-#   4. one summary table of all of the above.
+#   4. one summary table of all of the above;
+#   5. only with GPU_CHECK_STUDY=1 (about 8 more minutes): the study's GPU preset grid (training/study_grids/gpu.json:
+#      the findings at d=256, L=8/16/32, bf16), 4 study processes sharing the GPU, report under $RESULTS/study_gpu.
 #
 # The device image may ship an older transformers than this project needs (>= 5.24). If so, carry the wheel:
 # on the development machine run `bash benchmarks/gpu_wheels.sh` once (it fills .whl/, ignored by git), then
@@ -70,6 +72,13 @@ timeout -k 5 55 $PY -m accelerate.commands.launch --num_processes 1 --num_machin
     --fsdp_reshard_after_forward true \
     benchmarks/fsdp_smoke.py --size gpu125m --steps 8 --json "$RESULTS/gpu_fsdp.json" > "$RESULTS/gpu_fsdp.log" 2>&1
 echo "   exit $? ($(elapsed)s)"; tail -n 4 "$RESULTS/gpu_fsdp.log"
+
+if [ "${GPU_CHECK_STUDY:-0}" = 1 ]; then
+    echo "== 5. the study's GPU preset grid, 4 processes on one GPU ($(elapsed)s)"
+    timeout -k 5 480 $PY -m torch.distributed.run --nproc_per_node 4 --master_port 29533 training/study.py --grid gpu \
+        --output_dir "$RESULTS/study_gpu" --overwrite_output_dir > "$RESULTS/study_gpu.log" 2>&1
+    echo "   exit $? ($(elapsed)s)"; grep "\[study\]" "$RESULTS/study_gpu.log" | tail -n 4
+fi
 
 echo "== 4. summary ($(elapsed)s)"
 $PY benchmarks/bench.py --summarize "$RESULTS"/gpu_eager.json "$RESULTS"/gpu_compile_train125m.json \

@@ -179,3 +179,15 @@ def test_the_report_is_built_from_results_json_alone(tmp_path, reference):
         assert f"| {run_id} | trained |" in report
     assert study_report.loss_spikes([1.0] * 10 + [1.2, 1.0]) == [11]  # 1.2 > 1.10 x median of the 10 before
     assert study_report.loss_spikes([1.0] * 10 + [1.05]) == []
+
+
+@pytest.mark.parametrize("name", study_grid.BUILTIN_GRIDS)
+def test_builtin_grids_are_valid_and_gpu_check_runs_the_gpu_preset(name):
+    grid = study_grid.normalize_grid(study_grid.load_grid(name)[0])
+    runs = study_grid.expand(grid)
+    assert len(runs) == len(set(runs)) >= 20
+    assert set(study.check_cells(grid)) == set(grid["cells"])  # unavailable frontier cells are reported, not refused
+    if name == "gpu":
+        assert grid["precision"] == "bf16" and grid["widths"] == [256]
+        with open(os.path.join(ROOT, "benchmarks", "gpu_check.sh")) as handle:
+            assert "training/study.py --grid gpu" in handle.read()

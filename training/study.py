@@ -111,7 +111,7 @@ def availability(grid: dict, cell: str) -> str | None:
         if key in choices and value not in choices[key]:
             return f"{key}={value!r} is not in this build's choices ({', '.join(choices[key])})"
     try:
-        SkipNormForCausalLM(make_config(grid, cell, 2, 32 if grid["widths"][0] >= 32 else grid["widths"][0]))
+        SkipNormForCausalLM(make_config(grid, cell, 2, grid["blocks"][0]["widths"][0]))  # 2 blocks: cheap to build
     except ValueError as error:
         return f"refused: {error}"
     return None
@@ -335,6 +335,7 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
         return {**result, "status": NOT_AVAILABLE, "reason": availability_status}
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "fingerprint.json"), fingerprint)
+    transformers_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint drowns the progress lines
     start = time.perf_counter()
     torch.manual_seed(spec.seed)
     model = SkipNormForCausalLM(make_config(grid, spec.cell, spec.depth, spec.width))
@@ -409,7 +410,7 @@ def init_gradients(grid: dict, data: ByteData) -> dict:
     """Per-layer MLP-weight gradient norms at init (finding 1) for the probe cells and depths, averaged over seeds;
     for a Pre-LN probe also with the embeddings multiplied by sqrt(d) (`pre_sqrt_d`, Vaswani et al.'s convention):
     a control for how much Pre-LN's profile depends on the scale the stream starts at."""
-    probes, width = grid["init_probes"], grid["widths"][0]
+    probes, width = grid["init_probes"], grid["blocks"][0]["widths"][0]
     out = {}
     variants = {cell: (cell, {}) for cell in probes["cells"]}
     if "pre" in probes["cells"] and "embedding_multiplier" in SkipNormConfig.__dataclass_fields__:
@@ -433,11 +434,11 @@ def callback_overhead(grid: dict, data: ByteData, workdir: str) -> dict:
 
     steps, every = grid["overhead_steps"], max(1, grid["overhead_steps"] // 4)
     cell = "pre" if "pre" in grid["cells"] else next(iter(grid["cells"]))
-    depth = grid["depths"][0] if grid["blocks"] is None else grid["blocks"][0]["depths"][0]
+    depth = grid["blocks"][0]["depths"][0]
     timings = {}
     for label in ("without", "with", "with_2"):  # with_2: a second timed run, to show the wall-clock noise
         torch.manual_seed(0)
-        model = SkipNormForCausalLM(make_config(grid, cell, depth, grid["widths"][0]))
+        model = SkipNormForCausalLM(make_config(grid, cell, depth, grid["blocks"][0]["widths"][0]))
         args = TrainingArguments(output_dir=os.path.join(workdir, f"overhead_{label}"), max_steps=steps,
                                  per_device_train_batch_size=grid["batch_size"], learning_rate=1e-3,
                                  logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
@@ -484,7 +485,7 @@ def reference_model_names(grid: dict) -> dict[str, str]:
     names = {}
     for entry in grid["reference_models"]:
         run = entry["run"]
-        spec = RunSpec(run["cell"], run["depth"], run.get("width", grid["widths"][0]), float(run["lr"]),
+        spec = RunSpec(run["cell"], run["depth"], run.get("width", grid["blocks"][0]["widths"][0]), float(run["lr"]),
                        run.get("warmup", True), run.get("seed", 0))
         names[spec.run_id] = entry["name"]
     return names
@@ -602,7 +603,6 @@ def run_study(grid_source: str, output_dir: str, overwrite: bool = False, rank: 
 
     raw, grid_path = study_grid.load_grid(grid_source)
     grid = study_grid.normalize_grid(raw)
-    transformers_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint drowns the progress lines
     started = time.perf_counter()
     if world_size > 1:
         # One barrier, so no process writes into the folder before process 0 has checked (or emptied) it; then the

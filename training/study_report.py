@@ -247,7 +247,8 @@ def markdown(results: dict) -> str:
         f"- Hardware: {env['platform']}, {env['cpu_count']} CPU cores"
         + (f", GPU {env['cuda']}" if env.get("cuda") else ", no GPU") + f"; {grid['threads']} torch thread(s) per process.",
         f"- Time: {len(runs)} runs, {_seconds(training_seconds)} of training summed over runs"
-        + (f" (median {statistics.median(step_times) * 1000:.0f} ms per optimizer step)" if step_times else "")
+        + (f" (median {statistics.median(step_times) * 1000:.0f} ms per optimizer step, evaluations and checkpoints "
+           "included)" if step_times else "")
         + f"; this invocation {_seconds(results['wall_seconds'])} wall clock"
         + (" (it resumed or reused earlier runs)" if any(r.get("resumed") for r in runs) else "") + ".",
         f"- Runs spread over {results['processes']} process(es), one run per process at a time (runs sorted by "
