@@ -69,12 +69,12 @@ RANK, LOCAL_RANK, WORLD_SIZE = read_launch_env() if __name__ == "__main__" else 
 import torch  # noqa: E402
 from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 from transformers.trainer_callback import PrinterCallback, ProgressCallback  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from hf_skipnorm import SkipNormConfig, SkipNormForCausalLM  # noqa: E402
 from hf_skipnorm.diagnostics import decoder_layers, profile, snapshot_weights, update_ratios  # noqa: E402
 from training import study_grid  # noqa: E402
+from training.checkpoints import last_complete_checkpoint  # noqa: E402
 from training.reliable_trainer import NonFiniteTrainingError, SkipNormTrainer  # noqa: E402
 from training.study_grid import BASE_MODEL, RunSpec  # noqa: E402
 
@@ -344,7 +344,7 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
     if not os.path.isfile(init_path):  # computed once, on the freshly initialized model (a resumed run keeps it)
         write_json(init_path, profile(model, data.diagnostic))
     trainer_dir = os.path.join(run_dir, "trainer")
-    resume = get_last_checkpoint(trainer_dir) if os.path.isdir(trainer_dir) else None
+    resume = last_complete_checkpoint(trainer_dir)  # only a checkpoint with its completion marker
     attempts = read_json(os.path.join(run_dir, "attempts.json"), [])
     ratios_path = os.path.join(run_dir, "update_ratios.json")
     extra = [UpdateRatios({1, max(1, grid["steps"] // 2)}, ratios_path), *callbacks]
@@ -353,7 +353,8 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
         extra.append(KillAfterSave(int(kill.rsplit(":", 1)[1])))
     trainer = StudyTrainer(model=model, args=training_arguments(grid, spec, trainer_dir),
                            train_dataset=Rows(data.train_rows(spec.seed, grid["steps"])),
-                           eval_dataset=Rows(data.eval_rows), callbacks=extra, on_nonfinite="stop")
+                           eval_dataset=Rows(data.eval_rows), callbacks=extra, on_nonfinite="stop",
+                           run_record=fingerprint)  # every checkpoint says which run it belongs to
     trainer.remove_callback(PrinterCallback)  # the study prints one line per run; the numbers go to result.json
     trainer.remove_callback(ProgressCallback)
     status, divergence = "trained", None
@@ -541,8 +542,7 @@ class Sweep:
         for index, spec in enumerate(todo):
             run_dir = self.run_dir(spec)
             save_to = os.path.join(run_dir, "model") if spec.run_id in references else None
-            resuming = os.path.isdir(os.path.join(run_dir, "trainer")) and get_last_checkpoint(
-                os.path.join(run_dir, "trainer")) is not None
+            resuming = last_complete_checkpoint(os.path.join(run_dir, "trainer")) is not None
             result = train_run(self.grid, spec, run_dir, data, status[spec.cell], save_to, callbacks)
             result["process"] = self.rank
             write_json(os.path.join(run_dir, RESULT_NAME), result)
