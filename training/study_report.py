@@ -122,9 +122,9 @@ def figure_curves(results: dict, path: str) -> None:
         ax.axhline(results["unigram_entropy"], color="gray", ls=":", lw=0.8)
         ax.set(title=f"{cell}", xlabel="step", ylabel="loss (nats/byte)")
         ax.set_ylim(top=min(DIVERGED_LOSS + 0.3, ax.get_ylim()[1]))
-        ax.legend(fontsize=6, title="line: train, o: eval", title_fontsize=6)
+        ax.legend(fontsize=7, title="line: train, o: eval", title_fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=72)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -173,9 +173,9 @@ def _final_loss_figure(results: dict, path: str, x: str) -> bool:
                    + (f", d={width}" if many_widths else ""))
             ax.set_xticks(sorted({d for points in panels[panel].values() for d in points}))
         ax.set_ylabel("final val loss (nats/byte)")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=72)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return True
 
