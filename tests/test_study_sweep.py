@@ -149,11 +149,11 @@ def test_a_grown_grid_trains_only_its_new_runs_and_changed_settings_are_refused(
         study.main(["--grid", _grid_file(str(tmp_path), steps=9), "--output_dir", str(out)])
 
 
-def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
+def test_a_diverging_cell_and_an_unavailable_cell_are_recorded_and_the_sweep_goes_on(tmp_path):
     pytest.importorskip("tensorboard")
-    grid = _grid_file(str(tmp_path), cells={"pre": {"norm_position": "pre"}, "boom": {"norm_position": "post"}},
-                      blocks=[{"cells": ["boom"], "learning_rates": [1e6], "warmup": [False]}, {"cells": ["pre"]}],
-                      report_to=["tensorboard"])
+    cells = {"pre": {"norm_position": "pre"}, "boom": {"norm_position": "post"}, "later": {"residual": "someday"}}
+    grid = _grid_file(str(tmp_path), cells=cells, skip_unavailable_cells=True, report_to=["tensorboard"],
+                      blocks=[{"cells": ["boom"], "learning_rates": [1e6], "warmup": [False]}, {"cells": ["pre", "later"]}])
     out = tmp_path / "diverging"
     study.main(["--grid", grid, "--output_dir", str(out)])
     boom, pre = _result(str(out), "boom-L1-d32-lr1e+06-nowarmup-s0"), _result(str(out), RUNS[0])
@@ -162,6 +162,8 @@ def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert 1 <= divergence["step"] <= GRID["steps"] and len(boom["train_loss"]) == divergence["step"] - 1
     assert divergence["first_nonfinite"].startswith(("embeddings", "block ", "output", "backward"))
     assert f"optimizer step {divergence['step']}" in divergence["message"]
+    later = _result(str(out), "later-L1-d32-lr0.003-warmup-s0")  # a cell this build lacks: reported, not trained
+    assert later["status"] == study.NOT_AVAILABLE and "residual='someday'" in later["reason"]
     events = list((out / "runs" / RUNS[0] / "trainer").rglob("events.out.tfevents.*"))
     assert events, "report_to=['tensorboard'] reached the run's Trainer"
     report = (out / "report.md").read_text()

@@ -74,7 +74,7 @@ from transformers.utils import logging as transformers_logging  # noqa: E402
 from hf_skipnorm import SkipNormConfig, SkipNormForCausalLM  # noqa: E402
 from hf_skipnorm.diagnostics import decoder_layers, profile, snapshot_weights, update_ratios  # noqa: E402
 from training import study_grid  # noqa: E402
-from training.checkpoints import last_complete_checkpoint  # noqa: E402
+from training.checkpoints import checkpoint_folders, last_complete_checkpoint  # noqa: E402
 from training.reliable_trainer import NonFiniteTrainingError, SkipNormTrainer  # noqa: E402
 from training.study_grid import BASE_MODEL, RunSpec  # noqa: E402
 
@@ -176,6 +176,9 @@ class ByteData:
             rows += [ids[i : i + self.seq_len] for i in starts.tolist()]
         return torch.stack(rows[:count])
 
+    def diagnostic_on(self, device) -> dict:
+        return {key: value.to(device) for key, value in self.diagnostic.items()}
+
     def train_rows(self, seed: int, steps: int) -> torch.Tensor:
         return self.windows(self.train, steps * self.batch_size, torch.Generator().manual_seed(seed))
 
@@ -272,6 +275,11 @@ def first_nonfinite_block(model, batch: dict) -> str | None:
     return found[0] if found else None
 
 
+def study_device() -> torch.device:
+    """Where the diagnostics run: this process's GPU when there is one (the Trainer trains there too)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 # ----------------------------------------------------------------------------------------------- files
 def write_json(path: str, value) -> None:
     """Write JSON atomically: a complete file or the previous one, never half of one."""
@@ -336,13 +344,13 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "fingerprint.json"), fingerprint)
     transformers_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint drowns the progress lines
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     torch.manual_seed(spec.seed)
     model = SkipNormForCausalLM(make_config(grid, spec.cell, spec.depth, spec.width))
     model.train()
     init_path = os.path.join(run_dir, "init_profile.json")
     if not os.path.isfile(init_path):  # computed once, on the freshly initialized model (a resumed run keeps it)
-        write_json(init_path, profile(model, data.diagnostic))
+        write_json(init_path, profile(model.to(study_device()), data.diagnostic_on(study_device())))
     trainer_dir = os.path.join(run_dir, "trainer")
     resume = last_complete_checkpoint(trainer_dir)  # only a checkpoint with its completion marker
     attempts = read_json(os.path.join(run_dir, "attempts.json"), [])
@@ -374,8 +382,11 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
         if not math.isfinite(val_loss):
             status = "diverged"
             divergence = {"step": grid["steps"], "message": f"validation loss {val_loss} after training",
-                          "first_nonfinite": first_nonfinite_block(model, {"input_ids": data.eval_rows[: data.batch_size]})}
+                          "first_nonfinite": first_nonfinite_block(
+                              model, {"input_ids": data.eval_rows[: data.batch_size].to(trainer.args.device)})}
+    # cpu_seconds: this process's CPU time (all its threads); on a shared machine it is what the run would take idle
     attempts.append({"resumed_from": resume and os.path.basename(resume), "seconds": time.perf_counter() - start,
+                     "cpu_seconds": time.process_time() - start_cpu,
                      "train_runtime": metrics.get("train_runtime"), "host": platform.node()})
     result.update(status=status, val_loss=val_loss if status == "trained" else None, divergence=divergence,
                   **history, init_profile=read_json(init_path), update_ratio=read_json(ratios_path, {}),
@@ -384,14 +395,14 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
                   seconds=sum(a["seconds"] for a in attempts),
                   device=str(trainer.args.device), resumed=any(a["resumed_from"] for a in attempts))
     if status == "trained":
-        result["trained_profile"] = profile(model, {k: v.to(trainer.args.device) for k, v in data.diagnostic.items()})
+        result["trained_profile"] = profile(model, data.diagnostic_on(trainer.args.device))
         if save_model_to:
             trainer.save_model(save_model_to)
             write_json(os.path.join(save_model_to, "training_info.json"), {
                 **spec.as_dict(), "fields": grid["cells"][spec.cell], "val_loss": val_loss, "steps": grid["steps"],
                 "batch_size": grid["batch_size"], "seq_len": grid["sequence_length"],
                 "warmup_steps": result["warmup_steps"], "optimizer": f"AdamW {grid['optimizer']} (decay on matrices)",
-                "schedule": "linear warm-up then cosine to 10%", "tokenizer": "bytes (vocab 256)",
+                "schedule": f"linear warm-up then cosine to {grid['min_lr_fraction']:.0%}", "tokenizer": "bytes (vocab 256)",
                 "dataset": describe_data(grid), "unigram_entropy": data.unigram_entropy})
     write_json(os.path.join(run_dir, "attempts.json"), attempts)
     return result
@@ -400,9 +411,11 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
 def describe_data(grid: dict) -> str:
     source = grid["data"]
     if source.get("dataset_name"):
-        return f"`datasets` {source['dataset_name']}" + (f" ({source['dataset_config_name']})" if source.get("dataset_config_name") else "")
+        config = source.get("dataset_config_name")
+        return f"`datasets` {source['dataset_name']}" + (f" ({config})" if config else "")
     if source.get("train_file"):
-        return f"local files {source['train_file']}" + (f", validation {source['validation_file']}" if source.get("validation_file") else "")
+        validation = source.get("validation_file")
+        return f"local files {source['train_file']}" + (f", validation {validation}" if validation else "")
     return "pydoc_data.topics (Python Language Reference, repeated paragraphs once), 90/10 split"
 
 
@@ -422,7 +435,8 @@ def init_gradients(grid: dict, data: ByteData) -> dict:
             for seed in probes["seeds"]:
                 torch.manual_seed(seed)
                 model = SkipNormForCausalLM(make_config(grid, cell, depth, width, **extra))
-                per_seed.append([row["grad_norm/mlp"] for row in profile(model, data.diagnostic)["layers"]])
+                batch = data.diagnostic_on(study_device())
+                per_seed.append([row["grad_norm/mlp"] for row in profile(model.to(study_device()), batch)["layers"]])
             out[f"{name}/{depth}"] = [sum(v) / len(v) for v in zip(*per_seed)]
     return out
 
@@ -545,12 +559,13 @@ class Sweep:
             resuming = last_complete_checkpoint(os.path.join(run_dir, "trainer")) is not None
             result = train_run(self.grid, spec, run_dir, data, status[spec.cell], save_to, callbacks)
             result["process"] = self.rank
+            os.makedirs(run_dir, exist_ok=True)  # an unavailable cell's run has no folder yet
             write_json(os.path.join(run_dir, RESULT_NAME), result)
-            if not self.grid["keep_checkpoints"]:
-                for name in os.listdir(os.path.join(run_dir, "trainer")) if os.path.isdir(os.path.join(run_dir, "trainer")) else []:
-                    if name.startswith("checkpoint-"):
-                        shutil.rmtree(os.path.join(run_dir, "trainer", name), ignore_errors=True)
-            self.cost_done += study_grid.estimated_cost(self.grid, spec)
+            if not self.grid["keep_checkpoints"]:  # the result is written: its checkpoints are only disk space now
+                for checkpoint in checkpoint_folders(os.path.join(run_dir, "trainer")):
+                    shutil.rmtree(checkpoint, ignore_errors=True)
+            if result["status"] != NOT_AVAILABLE:  # a run that did not train says nothing about the time per run
+                self.cost_done += study_grid.estimated_cost(self.grid, spec)
             val = result.get("val_loss")
             self.log(f"[study] {spec.run_id}: {result['status']}"
                      + (f" val {val:.3f}" if val is not None else "")
@@ -665,8 +680,9 @@ def write_cards(sweep: Sweep, cards: str, log=print) -> None:
         checkpoint = os.path.join(sweep.runs_dir, run_id, "model")
         if os.path.isdir(checkpoint):
             cell = run_id.split("-L")[0]
+            fields = json.dumps(sweep.grid["cells"][cell])
             write_card(checkpoint, os.path.join(cards, name), name,
-                       f"`{cell}` reference model of the hf_skipnorm norm-placement study ({json.dumps(sweep.grid['cells'][cell])}).")
+                       f"`{cell}` reference model of the hf_skipnorm norm-placement study ({fields}).")
             validate_card(os.path.join(cards, name, "README.md"))
             log(f"[study] model card: {os.path.join(cards, name, 'README.md')}")
 

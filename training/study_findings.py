@@ -623,9 +623,13 @@ def figure_7(results: dict, s, path: str) -> None:
             a.plot(range(len(norms)), norms, "-o", ms=2, color=color, label=c)
             grads = _block_grads(runs[0], "trained_profile")
             b.plot(range(len(grads)), grads, "-o", ms=2, color=color, label=c)
+    from matplotlib.ticker import MaxNLocator
+
     a.set(yscale="log", xlabel="block", ylabel="mean token ||h|| after the block", title="output magnitude (trained)")
-    b.set(yscale="log", xlabel="block", ylabel="||grad|| attn + mlp", title="gradient by block (trained)")
-    a.legend(fontsize=7), b.legend(fontsize=7)
+    b.set(xlabel="block", ylabel="||grad|| attn + mlp", title="gradient by block (trained)")
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks numbered from 0, as the diagnostics table
+        ax.legend(fontsize=7)
     _save(fig, path)
 
 

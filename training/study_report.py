@@ -249,6 +249,8 @@ def markdown(results: dict) -> str:
         f"- Time: {len(runs)} runs, {_seconds(training_seconds)} of training summed over runs"
         + (f" (median {statistics.median(step_times) * 1000:.0f} ms per optimizer step, evaluations and checkpoints "
            "included)" if step_times else "")
+        + (f", {_seconds(cpu)} of CPU time" if (cpu := sum(a.get("cpu_seconds", 0) for r in runs
+                                                            for a in r.get("attempts", []))) else "")
         + f"; this invocation {_seconds(results['wall_seconds'])} wall clock"
         + (" (it resumed or reused earlier runs)" if any(r.get("resumed") for r in runs) else "") + ".",
         f"- Runs spread over {results['processes']} process(es), one run per process at a time (runs sorted by "
@@ -294,6 +296,9 @@ def markdown(results: dict) -> str:
             f"{k}: {min(v):.3f} to {max(v):.3f} (range {max(v) - min(v):.3f})" for k, v in noise.items())
             + ". Loss differences smaller than this are not evidence either way: the loss-based checks use the "
             "largest range as their margin (measured where the grid repeats seeds, so a lower bound elsewhere).", ""]
+    else:
+        lines += ["This grid repeats no seeds, so no seed-to-seed range was measured: the loss-based checks use a "
+                  "margin of 0.05 nats, a guess (add seeds to measure it).", ""]
     lines += ["## Findings", "",
               "Each finding is checked wherever the grid holds its cells (recognized by their fields), at the grid's "
               "first width; its checks and thresholds are in `training/study_findings.py`.", ""]
