@@ -558,7 +558,7 @@ class Sweep:
             save_to = os.path.join(run_dir, "model") if spec.run_id in references else None
             resuming = last_complete_checkpoint(os.path.join(run_dir, "trainer")) is not None
             result = train_run(self.grid, spec, run_dir, data, status[spec.cell], save_to, callbacks)
-            result["process"] = self.rank
+            result["process"], result["finished_at"] = self.rank, time.time()
             os.makedirs(run_dir, exist_ok=True)  # an unavailable cell's run has no folder yet
             write_json(os.path.join(run_dir, RESULT_NAME), result)
             if not self.grid["keep_checkpoints"]:  # the result is written: its checkpoints are only disk space now
@@ -618,7 +618,7 @@ def run_study(grid_source: str, output_dir: str, overwrite: bool = False, rank: 
 
     raw, grid_path = study_grid.load_grid(grid_source)
     grid = study_grid.normalize_grid(raw)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     if world_size > 1:
         # One barrier, so no process writes into the folder before process 0 has checked (or emptied) it; then the
         # group is closed and the launch variables hidden, so each process's Trainer trains alone.
@@ -664,7 +664,7 @@ def run_study(grid_source: str, output_dir: str, overwrite: bool = False, rank: 
         "processes": world_size, "environment": environment(), "availability": status,
         "unigram_entropy": data.unigram_entropy, "data": describe_data(grid), "runs": runs,
         **read_json(extras_path, {}),
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": time.perf_counter() - started, "started_at": started_at,
     }
     study_report.write_report_folder(results, output_dir)
     write_cards(sweep, cards or os.path.join(output_dir, "model_cards"), log)

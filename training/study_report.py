@@ -102,7 +102,7 @@ def figure_curves(results: dict, path: str) -> None:
     for ax, cell in zip(axes.flat, cells):
         keys = sorted(k for k in groups if k[0] == cell)
         for i, key in enumerate(keys):
-            runs, color = groups[key], plt.cm.viridis(i / max(1, len(keys) - 1)) if len(keys) > 1 else "C0"
+            runs, color = groups[key], f"C{i % 10}"  # qualitative colors: neighbouring settings stay apart
             curves = [_smooth(r["train_loss"]) for r in runs if r.get("train_loss")]
             if not curves:
                 continue
@@ -213,6 +213,16 @@ def rewrite(out_dir: str) -> dict:
     return write_report_folder(results, out_dir)
 
 
+def _cpu_time(runs: list[dict]) -> str:
+    """', X of CPU time' over the attempts that recorded it (what the runs would take on an idle machine)."""
+    attempts = [a for r in runs for a in r.get("attempts", [])]
+    timed = [a["cpu_seconds"] for a in attempts if a.get("cpu_seconds") is not None]
+    if not timed:
+        return ""
+    return f", {_seconds(sum(timed))} of CPU time" + ("" if len(timed) == len(attempts) else
+                                                      f" (over the {len(timed)} of {len(attempts)} attempts that recorded it)")
+
+
 def compact_json(value: dict) -> str:
     """One line per top-level key (and per block), the way a person writes a grid file."""
     def item(key, inner):
@@ -249,10 +259,12 @@ def markdown(results: dict) -> str:
         f"- Time: {len(runs)} runs, {_seconds(training_seconds)} of training summed over runs"
         + (f" (median {statistics.median(step_times) * 1000:.0f} ms per optimizer step, evaluations and checkpoints "
            "included)" if step_times else "")
-        + (f", {_seconds(cpu)} of CPU time" if (cpu := sum(a.get("cpu_seconds", 0) for r in runs
-                                                            for a in r.get("attempts", []))) else "")
+        + _cpu_time(runs)
         + f"; this invocation {_seconds(results['wall_seconds'])} wall clock"
-        + (" (it resumed or reused earlier runs)" if any(r.get("resumed") for r in runs) else "") + ".",
+        + (f" (it trained {fresh} of the {len(runs)} runs; the others were finished by an earlier invocation)"
+           if (fresh := sum(r.get("finished_at", 0) >= results.get("started_at", 0) for r in runs)) < len(runs) else "")
+        + (f"; {resumed} run(s) resumed from a checkpoint" if (resumed := sum(bool(r.get("resumed")) for r in runs)) else "")
+        + ".",
         f"- Runs spread over {results['processes']} process(es), one run per process at a time (runs sorted by "
         "estimated cost, dealt round-robin); every run through `StudyTrainer` (training/reliable_trainer.py: atomic "
         "checkpoints, the non-finite guard).",
