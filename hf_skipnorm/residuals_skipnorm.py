@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .configuration_skipnorm import SkipNormConfig
+from .depth_mixing_skipnorm import SublayerDepthAttention
 from .hyper_connections_skipnorm import ManifoldHyperConnection, hyper_connection, sublayer_index
 
 
@@ -165,6 +166,7 @@ RESIDUAL_CLASSES: dict[str, Callable[[SkipNormConfig, int, str], nn.Module]] = {
     "hyper": hyper_connection,  # static or dynamic by `hyper_dynamic`; used by HyperConnectionBlock
     "mhc": ManifoldHyperConnection,  # used by HyperConnectionBlock
     "dense": AddResidual,  # inside a DenseFormer block; the depth-weighted average sits after the block
+    "attn_res": SublayerDepthAttention,  # Attention Residuals' depth attention; used by AttnResBlock
 }
 
 

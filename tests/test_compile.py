@@ -32,12 +32,17 @@ TOPOLOGY_CELLS: dict[str, dict] = {
     "resi_dual": dict(norm_position="resi_dual"),
     "hyper": dict(residual="hyper"),
     "dense": dict(residual="dense"),
+    "attn_res": dict(residual="attn_res"),
 }
 EXTRA_CELLS: dict[str, dict] = {
     "hyper_static": dict(residual="hyper", hyper_dynamic=False),
     "mhc": dict(residual="mhc", sinkhorn_iters=3),
     "post-admin": dict(norm_position="post", residual="admin"),
     "gated-qk_full": dict(residual="gated", qk_norm="full"),
+    # issue 15
+    "attn_res_blocks": dict(residual="attn_res", attn_res_blocks=1),
+    "value_residual-unet": dict(value_residual="per_token", unet_skips=True, qk_norm="per_head_gains"),
+    "dense_2x2-layer_drop": dict(residual="dense", dense_dilation=2, dense_period=2, layer_drop=0.1),
 }
 CELLS = {**TOPOLOGY_CELLS, **EXTRA_CELLS}
 
