@@ -145,6 +145,13 @@ def test_a_grown_grid_trains_only_its_new_runs_and_changed_settings_are_refused(
     assert "2 already finished, 2 to train" in capsys.readouterr().out
     assert all(os.stat(os.path.join(out, "runs", r, "result.json")).st_mtime_ns == t for r, t in stamps.items())
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 4
+    # A run recorded as unavailable (its feature had not landed) is trained once its cell builds
+    path = os.path.join(out, "runs", RUNS[1], "result.json")
+    with open(path, "w") as handle:
+        json.dump({"run_id": RUNS[1], "status": study.NOT_AVAILABLE, "reason": "not yet"}, handle)
+    study.main(["--grid", _grid_file(str(tmp_path), seeds=[0, 1]), "--output_dir", str(out)])
+    assert "3 already finished, 1 to train" in capsys.readouterr().out
+    assert _result(str(out), RUNS[1])["status"] == "trained"
     with pytest.raises(ValueError, match="was made with other settings \\(changed: \\['steps'"):
         study.main(["--grid", _grid_file(str(tmp_path), steps=9), "--output_dir", str(out)])
 

@@ -537,8 +537,13 @@ class Sweep:
         result = self.finished(spec)
         return result is None or (result.get("status") == NOT_AVAILABLE and status[spec.cell] == "available")
 
-    def done_count(self) -> int:
-        return sum(os.path.isfile(os.path.join(self.run_dir(s), RESULT_NAME)) for s in self.runs)
+    def done_count(self, status: dict[str, str]) -> int:
+        """Runs with a result that stands (not an 'unavailable' one of a cell that is available now)."""
+        done = 0
+        for spec in self.runs:
+            result = read_json(os.path.join(self.run_dir(spec), RESULT_NAME))
+            done += result is not None and not (result.get("status") == NOT_AVAILABLE and status[spec.cell] == "available")
+        return done
 
     def eta(self, remaining_mine: list[RunSpec]) -> str:
         if not self.cost_done:
@@ -572,13 +577,14 @@ class Sweep:
                      + (f" at step {result['divergence']['step']} ({result['divergence']['first_nonfinite']})"
                         if result.get("divergence") else "")
                      + (" (resumed)" if resuming else "") + f", {result.get('seconds', 0):.0f}s | sweep "
-                     f"{self.done_count()}/{len(self.runs)} runs done, {self.eta(todo[index + 1:])}")
+                     f"{self.done_count(status)}/{len(self.runs)} runs done, {self.eta(todo[index + 1:])}")
 
-    def wait_for_all(self, poll_seconds: float = 2.0) -> list[dict]:
-        """Every run's result, in grid order (process 0 waits for the other processes' runs)."""
+    def wait_for_all(self, status: dict[str, str], poll_seconds: float = 2.0) -> list[dict]:
+        """Every run's result, in grid order (process 0 waits for the other processes' runs, including an
+        'unavailable' result of a cell that is available now and being trained elsewhere)."""
         announced = -1
         while True:
-            missing = [s for s in self.runs if not os.path.isfile(os.path.join(self.run_dir(s), RESULT_NAME))]
+            missing = [s for s in self.runs if self.pending(s, status)]
             if not missing:
                 return [read_json(os.path.join(self.run_dir(s), RESULT_NAME)) for s in self.runs]
             if len(missing) != announced:
@@ -658,7 +664,7 @@ def run_study(grid_source: str, output_dir: str, overwrite: bool = False, rank: 
     sweep.train_mine(data, status, callbacks)
     if rank != 0:
         return None
-    runs = sweep.wait_for_all()
+    runs = sweep.wait_for_all(status)
     results = {
         "grid": grid, "grid_file": raw, "grid_source": grid_path, "command": command or "python training/study.py",
         "processes": world_size, "environment": environment(), "availability": status,
