@@ -14,7 +14,9 @@
 #   3. a 1-GPU FSDP2 smoke run through `accelerate launch` (sharded for real, loss falls, state dict gathers);
 #   4. depth mixing: training-step time and saved activations of every multi-stream residual (hyper static and
 #      dynamic, mhc, dense, resi_dual, attn_res Full and Block) relative to `add`, d=1024, L=8, T=2048, bf16;
-#   5. one summary table of all of the above.
+#   5. one summary table of all of the above;
+#   6. only with GPU_CHECK_STUDY=1 (about 8 more minutes): the study's GPU preset grid (training/study_grids/gpu.json:
+#      the findings at d=256, L=8/16/32, bf16), 4 study processes sharing the GPU, report under $RESULTS/study_gpu.
 #
 # The device image may ship an older transformers than this project needs (>= 5.24). If so, carry the wheel:
 # on the development machine run `bash benchmarks/gpu_wheels.sh` once (it fills .whl/, ignored by git), then
@@ -77,6 +79,13 @@ timeout -k 5 70 $PY benchmarks/residual_overhead.py --device cuda --hidden-size 
     --variants add,hyper,hyper_static,mhc,dense,resi_dual,attn_res,attn_res_blocks2 \
     --json "$RESULTS/gpu_depth_mixing.json" > "$RESULTS/gpu_depth_mixing.log" 2>&1
 echo "   exit $? ($(elapsed)s)"; grep "^|" "$RESULTS/gpu_depth_mixing.log"
+
+if [ "${GPU_CHECK_STUDY:-0}" = 1 ]; then
+    echo "== 6. the study's GPU preset grid, 4 processes on one GPU ($(elapsed)s)"
+    timeout -k 5 480 $PY -m torch.distributed.run --nproc_per_node 4 --master_port 29533 training/study.py --grid gpu \
+        --output_dir "$RESULTS/study_gpu" --overwrite_output_dir > "$RESULTS/study_gpu.log" 2>&1
+    echo "   exit $? ($(elapsed)s)"; grep "\[study\]" "$RESULTS/study_gpu.log" | tail -n 4
+fi
 
 echo "== 5. summary ($(elapsed)s)"
 $PY benchmarks/bench.py --summarize "$RESULTS"/gpu_eager.json "$RESULTS"/gpu_compile_train125m.json \
