@@ -34,6 +34,8 @@ from hf_skipnorm.configuration_skipnorm import POST_LN_RESIDUALS, RESIDUALS  # n
 VARIANTS: dict[str, dict] = {residual: {"residual": residual} for residual in RESIDUALS}
 VARIANTS["hyper_static"] = {"residual": "hyper", "hyper_dynamic": False}
 VARIANTS["add@post"] = {"residual": "add", "norm_position": "post"}
+VARIANTS["laurel_rw"] = {"residual": "laurel", "laurel_variant": "rw"}  # "laurel" itself is the RW+LR default
+VARIANTS["laurel_lr"] = {"residual": "laurel", "laurel_variant": "lr"}
 for residual in POST_LN_RESIDUALS:
     VARIANTS[residual]["norm_position"] = "post"
 

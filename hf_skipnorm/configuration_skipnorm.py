@@ -88,10 +88,14 @@ UNIT_OFFSET_NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm", "dyt", "derf"
 # Residuals whose combine R(x, y) is one module on one stream, so a parallel block can feed it y = Attn + MLP.
 # Residuals not listed (multi-stream, or post-LN schemes such as DeepNet) are refused with parallel_block until
 # someone checks that the pair means something.
-PARALLEL_RESIDUALS: tuple[str, ...] = ("add", "none", "scaled", "rezero", "skipinit", "layerscale", "gated")
+PARALLEL_RESIDUALS: tuple[str, ...] = (
+    "add", "none", "scaled", "rezero", "skipinit", "layerscale", "gated",
+    "orthogonal", "laurel",  # issue 15: both are one combine on one stream, linear in the branch sum
+)
 NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dyt", "derf", "none")
 RESIDUALS: tuple[str, ...] = (
     "add", "none", "scaled", "deepnorm", "admin", "rezero", "skipinit", "layerscale", "gated", "hyper", "mhc", "dense",
+    "orthogonal", "laurel",  # issue 15 (see validate_frontier_residuals)
 )
 # Residuals that replace the single residual stream by several (hyper-connections) or by the history of block
 # outputs (DenseFormer): their blocks take and return a stream state, not (B, T, C) (modeling_skipnorm.BLOCK_CLASSES).
@@ -102,6 +106,34 @@ POSITION_EMBEDDINGS: tuple[str, ...] = ("rope", "learned", "none")
 MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
 CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
+# --- issue 15: the 2024-2026 residual frontier ---
+LAUREL_VARIANTS: tuple[str, ...] = ("rw", "lr", "rw_lr")  # LAuReL (arXiv 2411.07501), Sec. 2: RW, LR, RW+LR
+# Whole-model architectures: `transformer` is everything above; `ngpt` (arXiv 2410.01131) replaces the block, the
+# embeddings and the logits by the normalized Transformer (ngpt_skipnorm.py), so it fixes several fields itself.
+ARCHITECTURES: tuple[str, ...] = ("transformer", "ngpt")
+# What nGPT needs of the other fields, with the reason: field -> (required value or tuple of values, why). validate_frontier_residuals
+# refuses anything else, so no field is silently ignored.
+NGPT_REQUIRED_FIELDS: dict[str, tuple[Any, str]] = {
+    "norm_position": ("none", "nGPT has no norm layers: its normalizations to the unit sphere are part of the block"),
+    "attn_norm_position": (None, "nGPT has no norm layers"),
+    "mlp_norm_position": (None, "nGPT has no norm layers"),
+    "residual": ("add", "nGPT's block has its own update h <- Norm(h + alpha (h_A - h))"),
+    "parallel_block": (False, "nGPT's attention and MLP updates are sequential (its Eq. 10-11)"),
+    "qk_norm": ("none", "nGPT normalizes q and k itself, times its s_qk"),
+    "embedding_norm": (False, "nGPT's embeddings are normalized weights, not a norm layer"),
+    "final_norm": ((None, False), "nGPT's last hidden state is already on the unit sphere"),
+    "norm_depth_scaling": (False, "nGPT has no input norms to scale"),
+    "mlp_type": ("gated", "nGPT's MLP is SwiGLU with its s_u, s_v scalings"),
+    "tie_word_embeddings": (False, "the paper keeps E_input and E_output separate (NVIDIA/ngpt: no tying)"),
+    "attention_bias": (False, "nGPT's matrices are normalized; a bias would move the outputs off their scale"),
+    "mlp_bias": (False, "nGPT's matrices are normalized; a bias would move the outputs off their scale"),
+    "lm_head_bias": (False, "nGPT's logits are s_z times cosine similarities"),
+    "attention_multiplier": (None, "nGPT's softmax scale is sqrt(d_k), fixed by the paper (its q, k are unit vectors)"),
+    "embedding_multiplier": (1.0, "nGPT's embeddings are unit vectors"),
+    "branch_init": ("normal", "nGPT's matrices are normalized after init, so a branch init has no effect"),
+    "branch_init_gain": (None, "nGPT's matrices are normalized after init, so a branch init has no effect"),
+}
+NGPT_POSITION_EMBEDDINGS: tuple[str, ...] = ("rope", "none")  # learned positions would add an un-normalized vector
 
 
 # --- Depth-dependent residual constants, as plain functions of the depth L (tests compare them with the papers). ---
@@ -231,6 +263,15 @@ class SkipNormConfig(PreTrainedConfig):
             depth-weighted average of the embeddings and every block output so far, initialized to the plain residual.
             `hyper`, `mhc` and `dense` need the sequential block (no `parallel_block`, `b2t` or `resi_dual`); `hyper`
             and `mhc` need placements without a norm after the skip.
+            `orthogonal`: Orthogonal Residual Update (Oh et al. 2025, arXiv 2505.11881): ``x + F_perp`` with
+            ``F_perp = F - (<x, F> / (<x, x> + eps)) x`` per token over the hidden size (the reference code's
+            "feature" variant, BootsofLagrangian/ortho-residual), so each sublayer adds only directions new to the
+            stream; +3.78 pp ImageNet-1k top-1 for ViT-B. No parameters; not the plain residual at init.
+            `laurel`: LAuReL (Menghani et al., ICML 2025, arXiv 2411.07501), by `laurel_variant`: `rw`
+            ``alpha*F + beta*x`` with learned scalars, `lr` ``F + x + B A x`` with a rank-`laurel_rank` ``B A``,
+            `rw_lr` ``alpha*F + beta*(x + B A x)``; initialized to the plain residual (``alpha = beta = 1``,
+            ``B = 0``). The paper reports 2.5%-20% better downstream scores for 1B and 4B LLMs at +0.012% / +0.1%
+            parameters.
         residual_alpha (`float` or `None`): constant on the skip path for `scaled` and `deepnorm`. `None` resolves to
             DeepNet's ``(2L)^(1/4)`` for `deepnorm` and to 1.0 otherwise; the resolved value is stored.
         branch_init_gain (`float` or `None`): when set, the branch weights (`v_proj`, `o_proj`, `gate_proj`,
@@ -246,6 +287,22 @@ class SkipNormConfig(PreTrainedConfig):
         hyper_dynamic (`bool`, defaults to `True`): `hyper` with the input-dependent connections (DHC, the paper's
             best) as well as the static ones; `False` gives static hyper-connections (SHC).
         sinkhorn_iters (`int`, defaults to 20): Sinkhorn-Knopp iterations of `mhc` (the paper's ``t_max = 20``).
+        orthogonal_eps (`float`, defaults to 1e-6): the ``eps`` in `orthogonal`'s ``<x, x> + eps`` (the reference
+            code's `residual_eps`, arXiv 2505.11881), so a zero stream projects nothing instead of dividing by 0.
+        laurel_variant (`str`, defaults to `"rw_lr"`): which LAuReL (arXiv 2411.07501, Sec. 2) `laurel` builds:
+            `rw` (learned residual weights), `lr` (low-rank augmented skip) or `rw_lr` (both, the paper's combination).
+        laurel_rank (`int`, defaults to 16): the rank ``r`` of LAuReL-LR's ``B A`` (``2 r d`` parameters per
+            sublayer); our default, the paper's LLM runs do not fix one value for every size.
+        architecture (`str`, defaults to `"transformer"`): `transformer` is the model the fields above describe;
+            `ngpt` is the normalized Transformer (Loshchilov et al. 2024, arXiv 2410.01131; NVIDIA/ngpt): unit-norm
+            embeddings and matrix rows, ``h <- Norm(h + alpha (Norm(F(h)) - h))`` per sublayer with per-channel
+            eigen learning rates alpha, ``s_qk``-scaled unit q and k with softmax scale ``sqrt(d_k)``, SwiGLU scaled by
+            ``s_u``, ``s_v sqrt(d)``, logits ``s_z * E_out h``, no norm layers, no weight decay; the weights are
+            renormalized after every optimizer step by `ngpt_training.NGPTNormalizeCallback`. The paper reports 4x
+            to 20x fewer training steps to the same loss. It fixes the fields listed in `NGPT_REQUIRED_FIELDS`
+            (set them as listed; anything else is refused with the reason).
+        ngpt_alpha_init (`float`, defaults to 0.05): initial eigen learning rates ``alpha_A``, ``alpha_M`` of `ngpt`
+            (the paper's and NVIDIA/ngpt's 0.05, stored with scale ``1/sqrt(d)``).
         branch_multiplier (`float`, defaults to 1.0): constant on the branch for `scaled` (MiniCPM's scale_depth/sqrt(L)).
         embedding_norm (`bool`, defaults to `False`): normalize the embedding output (BERT; Peri-LN, arXiv 2502.02732;
             `norm_position="peri"` turns it on).
@@ -354,6 +411,13 @@ class SkipNormConfig(PreTrainedConfig):
     hyper_dynamic: bool = True
     sinkhorn_iters: int = 20
 
+    # --- issue 15: the residual frontier (arXiv ids and paper defaults in the docstring) ---
+    orthogonal_eps: float = 1e-6
+    laurel_variant: str = "rw_lr"
+    laurel_rank: int = 16
+    architecture: str = "transformer"
+    ngpt_alpha_init: float = 0.05
+
     def __post_init__(self, **kwargs):
         if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int):
             if self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads == 0:
@@ -449,6 +513,7 @@ class SkipNormConfig(PreTrainedConfig):
         self._check_positions("mlp_norm_position", self.mlp_norm_position, allow_none=True)
         self.validate_norm_catalogue()
         self.validate_residual_catalogue()
+        self.validate_frontier_residuals()
 
     def validate_norm_catalogue(self) -> None:
         """Cross-field checks of the norm catalogue: refuse combinations that do not mean anything, saying why."""
@@ -638,6 +703,41 @@ class SkipNormConfig(PreTrainedConfig):
                         f"after the skip has no single stream to normalize; valid choices: placements without a "
                         f"post norm, e.g. pre, sandwich, output, none"
                     )
+
+    def validate_frontier_residuals(self) -> None:
+        """Issue 15's fields: orthogonal updates, LAuReL and nGPT; refuse what does not mean anything, saying why."""
+        if isinstance(self.orthogonal_eps, bool) or not isinstance(self.orthogonal_eps, (int, float)) or not (
+                math.isfinite(self.orthogonal_eps) and self.orthogonal_eps > 0):
+            raise ValueError(f"SkipNormConfig.orthogonal_eps={self.orthogonal_eps!r} is not valid; expected a finite "
+                             f"float > 0 (the reference code's 1e-6)")
+        _check_choice("laurel_variant", self.laurel_variant, LAUREL_VARIANTS)
+        rank = self.laurel_rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= self.hidden_size:
+            raise ValueError(f"SkipNormConfig.laurel_rank={rank!r} is not valid; expected an integer in [1, "
+                             f"hidden_size={self.hidden_size}] (the rank r of LAuReL-LR's B A)")
+        _check_choice("architecture", self.architecture, ARCHITECTURES)
+        alpha = self.ngpt_alpha_init
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"SkipNormConfig.ngpt_alpha_init={alpha!r} is not valid; expected a finite float > 0 "
+                             f"(the paper's 0.05)")
+        if self.architecture != "ngpt":
+            return
+        for field, (required, why) in NGPT_REQUIRED_FIELDS.items():
+            value, accepted = getattr(self, field), required if isinstance(required, tuple) else (required,)
+            # bool is an int subclass: False must not pass for 0.0, nor 1 for True
+            if not any(value == ok and isinstance(value, bool) == isinstance(ok, bool) for ok in accepted):
+                raise ValueError(f"SkipNormConfig.{field}={value!r} is not valid with architecture='ngpt': {why}; "
+                                 f"valid choices: {', '.join(map(repr, accepted))}")
+        if self.position_embedding not in NGPT_POSITION_EMBEDDINGS:
+            raise ValueError(
+                f"SkipNormConfig.position_embedding={self.position_embedding!r} is not valid with architecture='ngpt':"
+                f" learned positions add an un-normalized vector to the unit-norm embeddings (the paper uses RoPE); "
+                f"valid choices: {', '.join(NGPT_POSITION_EMBEDDINGS)}")
+        if self.num_key_value_heads != self.num_attention_heads:
+            raise ValueError(
+                f"SkipNormConfig.num_key_value_heads={self.num_key_value_heads} is not valid with architecture='ngpt': "
+                f"the paper's one s_qk scales q and k of every head alike, which grouped-query attention's fewer key "
+                f"heads cannot share; valid choices: num_attention_heads={self.num_attention_heads}")
 
     def _check_positions(self, field: str, value: Any, allow_none: bool) -> None:
         if value is None and allow_none:

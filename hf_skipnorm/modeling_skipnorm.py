@@ -64,6 +64,9 @@ from .residuals_skipnorm import (
     GATE_BIAS_INIT,
     AdminResidual,
     GatedResidual,
+    LaurelLRResidual,
+    LaurelRWLRResidual,
+    LaurelRWResidual,
     LayerScaleResidual,
     ReZeroResidual,
     build_residual,
@@ -692,6 +695,8 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         | hyper-connections (SHC / DHC) | offsets 0: A_m = e_{k mod n}, A_r = I, B = 1; dynamic W = 0, s = 0.01 |
         | mHC | b_pre = e_{k mod n}, b_post = 0, b_res = I (logits); phi = 0; gating offsets 0 (alpha = 0.01) |
         | DenseFormer depth weights | offsets 0: the plain residual (weight 1 on the latest block output) |
+        | LAuReL alpha / beta offsets, B (`laurel_up`) | 0: alpha = beta = 1, W = I + B A = I (the plain residual); A
+          (`laurel_down`) as every Linear |
         | rotary inv_freq | recomputed from the config (transformers' default) |
         """
         super()._init_weights(module)
@@ -763,6 +768,11 @@ class SkipNormPreTrainedModel(PreTrainedModel):
                 init.zeros_(param)
         if isinstance(module, DepthWeightedAverage):
             init.zeros_(module.alpha_bias)
+        if isinstance(module, LaurelRWResidual):  # RW and RW+LR: alpha = beta = 1, the plain residual
+            init.zeros_(module.alpha_bias)
+            init.zeros_(module.beta_bias)
+        if isinstance(module, (LaurelLRResidual, LaurelRWLRResidual)):  # B = 0: W = I + B A starts as the identity
+            init.zeros_(module.laurel_up.weight)
 
     @torch.no_grad()
     def admin_profile(self, batch: torch.Tensor | dict) -> list[float]:

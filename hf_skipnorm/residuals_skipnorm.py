@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .configuration_skipnorm import SkipNormConfig
-from .hyper_connections_skipnorm import ManifoldHyperConnection, hyper_connection, sublayer_index
+from .hyper_connections_skipnorm import ManifoldHyperConnection, at_least_float32, hyper_connection, sublayer_index
 
 
 class AddResidual(nn.Module):
@@ -152,6 +152,79 @@ class GatedResidual(nn.Module):
         return x + gate * y
 
 
+# ----------------------------------------------------------------------------------------------------- issue 15
+class OrthogonalResidual(nn.Module):
+    """``x + F_perp`` with ``F_perp = F - (<x, F> / (<x, x> + eps)) x``: the Orthogonal Residual Update (Oh et al.
+    2025, arXiv 2505.11881, Sec. 3), per token over the hidden size (the reference code's "feature" variant,
+    BootsofLagrangian/ortho-residual `_orthogonal_channel`, ``eps = orthogonal_eps = 1e-6``). The branch's component
+    along the stream is dropped, so a sublayer can rotate the stream but not rescale it. The projection coefficient
+    is computed in at least float32 (the reference keeps ``<x, x>`` in float32 for mixed precision)."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.eps = float(config.orthogonal_eps)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x32, y32 = at_least_float32(x), at_least_float32(y)
+        coefficient = (x32 * y32).sum(-1, keepdim=True) / ((x32 * x32).sum(-1, keepdim=True) + self.eps)  # (B, T, 1)
+        return x + (y - coefficient.to(x.dtype) * x)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+class LaurelRWResidual(nn.Module):
+    """LAuReL-RW (Menghani et al., arXiv 2411.07501, Sec. 2.1): ``alpha * F + beta * x`` with two learned scalars per
+    sublayer, stored as offsets from the plain residual, ``alpha = 1 + alpha_bias``, ``beta = 1 + beta_bias``."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.alpha_bias = nn.Parameter(torch.empty(1))
+        self.beta_bias = nn.Parameter(torch.empty(1))
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (1.0 + self.alpha_bias) * y + (1.0 + self.beta_bias) * self.skip(x)
+
+
+class LaurelLRResidual(nn.Module):
+    """LAuReL-LR (arXiv 2411.07501, Sec. 2.2): ``F + x + B A x``, the skip ``W x`` with ``W = I + B A`` of rank-r
+    update, ``A`` = `laurel_down` (d -> r), ``B`` = `laurel_up` (r -> d). ``A`` gets the usual linear init, ``B = 0``,
+    so the model starts as the plain residual. Both are weight matrices, decayed like every linear map."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.laurel_down = nn.Linear(config.hidden_size, config.laurel_rank, bias=False)  # A
+        self.laurel_up = nn.Linear(config.laurel_rank, config.hidden_size, bias=False)  # B
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.laurel_up(self.laurel_down(x))  # (I + B A) x
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y + self.skip(x)
+
+
+class LaurelRWLRResidual(LaurelRWResidual):
+    """LAuReL-RW+LR (arXiv 2411.07501, Sec. 2.4): ``alpha * F + beta * (x + B A x)``, both of the above."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__(config, layer_idx, sublayer)
+        self.laurel_down = nn.Linear(config.hidden_size, config.laurel_rank, bias=False)  # A
+        self.laurel_up = nn.Linear(config.laurel_rank, config.hidden_size, bias=False)  # B
+
+    skip = LaurelLRResidual.skip
+
+
+LAUREL_CLASSES: dict[str, type[nn.Module]] = {"rw": LaurelRWResidual, "lr": LaurelLRResidual, "rw_lr": LaurelRWLRResidual}
+
+
+def laurel_residual(config: SkipNormConfig, layer_idx: int, sublayer: str) -> nn.Module:
+    """`residual="laurel"`: the LAuReL variant named by `laurel_variant` (rw, lr or rw_lr)."""
+    return LAUREL_CLASSES[config.laurel_variant](config, layer_idx, sublayer)
+
+
 RESIDUAL_CLASSES: dict[str, Callable[[SkipNormConfig, int, str], nn.Module]] = {
     "add": AddResidual,
     "none": NoResidual,
@@ -165,6 +238,8 @@ RESIDUAL_CLASSES: dict[str, Callable[[SkipNormConfig, int, str], nn.Module]] = {
     "hyper": hyper_connection,  # static or dynamic by `hyper_dynamic`; used by HyperConnectionBlock
     "mhc": ManifoldHyperConnection,  # used by HyperConnectionBlock
     "dense": AddResidual,  # inside a DenseFormer block; the depth-weighted average sits after the block
+    "orthogonal": OrthogonalResidual,
+    "laurel": laurel_residual,  # rw, lr or rw_lr by `laurel_variant`
 }
 
 
