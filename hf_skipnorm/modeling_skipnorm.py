@@ -553,6 +553,8 @@ BLOCK_CLASSES: dict[str, type[nn.Module]] = {
 def block_topology(config: SkipNormConfig, layer_idx: int) -> str:
     """The `BLOCK_CLASSES` key for block `layer_idx`: placements that rewire the block name their own class (the
     config refuses mixing them across sublayers or with `parallel_block`), then the parallel block, else sequential."""
+    if config.architecture == "ngpt":  # the normalized Transformer replaces the whole block (ngpt_skipnorm.py)
+        return "ngpt"
     attn_position, _ = config.layer_norm_positions(layer_idx)
     if attn_position in ("b2t", "resi_dual"):
         return attn_position
@@ -698,6 +700,8 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         | LAuReL alpha / beta offsets, B (`laurel_up`) | 0: alpha = beta = 1, W = I + B A = I (the plain residual); A
           (`laurel_down`) as every Linear |
         | rotary inv_freq | recomputed from the config (transformers' default) |
+        | nGPT (`architecture="ngpt"`) | the above, then embeddings, lm_head, q/k/v/gate/up rows and o/down columns unit
+          vectors; alpha, s_qk, s_u, s_v, s_z offsets 0 (their paper inits, ngpt_skipnorm.py) |
         """
         super()._init_weights(module)
         if hasattr(module, "unit_offset") and getattr(module, "weight", None) is not None:
@@ -729,6 +733,21 @@ class SkipNormPreTrainedModel(PreTrainedModel):
                         init.normal_(getattr(module, name).weight, mean=0.0,
                                      std=self.config.initializer_range * module.init_gain)
         self._init_residual_weights(module)
+        self._init_ngpt_weights(module)
+
+    def _init_ngpt_weights(self, module: nn.Module) -> None:
+        """nGPT's rows of the `_init_weights` table (arXiv 2410.01131; NVIDIA/ngpt): the usual normal draw, then every
+        matrix row (column for W_o / down_proj) and embedding along the hidden dimension made a unit vector, after
+        the module's own Linears are drawn (children first); scalings at their paper init (offsets 0)."""
+        if isinstance(module, NGPTScaling):
+            init.zeros_(module.s_bias)
+        unit_weights = dict(NGPT_UNIT_WEIGHTS)
+        for attribute, dim in unit_weights.get(type(module), ()):
+            weight = getattr(module, attribute).weight
+            init.copy_(weight, ngpt_unit(weight, dim=dim))
+        if self.config.architecture == "ngpt" and isinstance(module, (SkipNormModel, SkipNormForCausalLM)):
+            embedding = module.embed_tokens if isinstance(module, SkipNormModel) else module.lm_head
+            init.copy_(embedding.weight, ngpt_unit(embedding.weight, dim=-1))
 
     def _init_residual_weights(self, module: nn.Module) -> None:
         """The residual catalogue's rows of the `_init_weights` table."""
@@ -935,6 +954,11 @@ def build_logit_softcap(cap: float | None) -> nn.Module:
     return nn.Identity() if cap is None else LogitSoftCap(cap)
 
 
+def build_logit_scale(config: SkipNormConfig) -> nn.Module:
+    """nGPT's learned logit scale ``s_z`` (arXiv 2410.01131) for `architecture="ngpt"`, else `nn.Identity`."""
+    return NGPTLogitScale(config) if config.architecture == "ngpt" else nn.Identity()
+
+
 class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
@@ -943,6 +967,7 @@ class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = SkipNormModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
+        self.logit_scale = build_logit_scale(config)  # nGPT's s_z; identity otherwise
         self.logit_softcap = build_logit_softcap(config.final_logit_softcapping)
         self.post_init()
 
@@ -966,7 +991,7 @@ class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.logit_softcap(self.lm_head(hidden_states[:, keep, :]))  # (B, T_keep, V)
+        logits = self.logit_softcap(self.logit_scale(self.lm_head(hidden_states[:, keep, :])))  # (B, T_keep, V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
@@ -1126,3 +1151,15 @@ __all__ = [
     "SkipNormForTokenClassification",
     "SkipNormBlock",
 ]
+
+
+# nGPT (arXiv 2410.01131) builds on the attention, MLP and block above, so its sibling module is imported last.
+from .ngpt_skipnorm import (  # noqa: E402
+    NGPT_UNIT_WEIGHTS,
+    NGPTLogitScale,
+    NGPTScaling,
+    SkipNormNGPTBlock,
+)
+from .ngpt_skipnorm import unit as ngpt_unit  # noqa: E402
+
+BLOCK_CLASSES["ngpt"] = SkipNormNGPTBlock

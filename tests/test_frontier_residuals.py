@@ -195,3 +195,203 @@ def test_bad_frontier_residual_fields_are_refused_with_the_reason(fields, words)
         tiny(**fields)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+# ---------------------------------------------------------------------------------------------- nGPT
+def ngpt(**overrides):
+    return tiny(architecture="ngpt", norm_position="none", tie_word_embeddings=False, **overrides)
+
+
+def ngpt_randomize_(model):
+    """Random matrices and scalings (not the init), then back on the sphere: a valid nGPT state to check formulas on."""
+    from hf_skipnorm.ngpt_skipnorm import normalize_ngpt_weights_
+
+    randomize_(model, scale=0.3)
+    normalize_ngpt_weights_(model)
+    return model
+
+
+def ref_unit(x):
+    return x / torch.sqrt((x * x).sum(-1, keepdim=True))
+
+
+def ref_ngpt_logits(model, ids):
+    """nGPT written out from arXiv 2410.01131 (Eq. 10-11, Sec. 2.3-2.6) with NVIDIA/ngpt's scalings, in float64.
+
+    h = E_in[ids]; per block  h_A = Norm(W_o Attn(q, k, v)),  h <- Norm(h + |alpha_A| (h_A - h)),
+    h_M = Norm(W_down (u * SiLU(v))),  h <- Norm(h + |alpha_M| (h_M - h)),  with q, k = s_qk Norm(RoPE(W h)) per
+    head, softmax(sqrt(d_k) q k^T + causal), u = s_u W_up h, v = s_v sqrt(d) W_gate h; logits = s_z E_out h.
+    Each scaling s = s_init * (stored) / s_scale, stored = s_scale + offset.
+    """
+    config = model.config
+    d, H, hd = config.hidden_size, config.num_attention_heads, config.head_dim
+    base = 1.0 / math.sqrt(d)
+    scaled = lambda offset, init, scale: init * (scale + offset) / scale  # noqa: E731
+    # RoPE angles p * 10000^(-2i/hd); the model keeps these frequencies in a float32 buffer (as LLaMA does), ~1e-8
+    # relative off the float64 values, so read them from it: the comparison is about nGPT's wiring, not the buffer.
+    inv_freq = model.model.embed_positions.inv_freq.tolist()
+    assert inv_freq == pytest.approx([10000.0 ** (-2 * i / hd) for i in range(hd // 2)], rel=1e-6)
+    T = ids.shape[1]
+    angles = torch.tensor([[p * f for f in inv_freq] for p in range(T)], dtype=torch.float64)
+    angles = torch.cat([angles, angles], -1)
+    rope = lambda x: x * angles.cos() + torch.cat([-x[..., hd // 2:], x[..., :hd // 2]], -1) * angles.sin()  # noqa
+    h = model.model.embed_tokens.weight[ids]  # (B, T, d), unit rows
+    for block in model.model.layers:
+        attn = block.self_attn
+        s_qk = scaled(attn.qk_scale.s_bias, 1.0, base)  # (H, hd)
+        q, k, v = h @ attn.q_proj.weight.T, h @ attn.k_proj.weight.T, h @ attn.v_proj.weight.T
+        heads = []
+        for head in range(H):
+            cut = slice(head * hd, (head + 1) * hd)
+            qh = s_qk[head] * ref_unit(rope(q[..., cut]))
+            kh = s_qk[head] * ref_unit(rope(k[..., cut]))
+            scores = math.sqrt(hd) * qh @ kh.transpose(-1, -2)
+            scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+            heads.append(torch.softmax(scores, -1) @ v[..., cut])
+        h_a = ref_unit(torch.cat(heads, -1) @ attn.o_proj.weight.T)
+        alpha_a = scaled(block.attn_alpha.s_bias, 0.05, base).abs()
+        h = ref_unit(h + alpha_a * (h_a - h))
+        mlp = block.mlp
+        u = scaled(mlp.up_scale.s_bias, 1.0, 1.0) * (h @ mlp.up_proj.weight.T)
+        g = scaled(mlp.gate_scale.s_bias, 1.0, 1.0) * math.sqrt(d) * (h @ mlp.gate_proj.weight.T)
+        h_m = ref_unit((u * F.silu(g)) @ mlp.down_proj.weight.T)
+        alpha_m = scaled(block.mlp_alpha.s_bias, 0.05, base).abs()
+        h = ref_unit(h + alpha_m * (h_m - h))
+    s_z = scaled(model.logit_scale.s_bias, 1.0, base)
+    return s_z * (h @ model.lm_head.weight.T)
+
+
+def test_ngpt_matches_the_papers_equations_in_float64():
+    model = ngpt_randomize_(SkipNormForCausalLM(ngpt(num_hidden_layers=3)).double().eval())
+    ids = torch.randint(0, VOCAB, (2, 7))
+    out = model(ids, output_hidden_states=True)
+    torch.testing.assert_close(out.logits, ref_ngpt_logits(model, ids), rtol=1e-10, atol=1e-10)
+    for hidden in out.hidden_states:  # every hidden state lies on the unit sphere
+        torch.testing.assert_close(hidden.norm(dim=-1), torch.ones(2, 7, dtype=torch.float64), rtol=0, atol=1e-12)
+    sdpa = SkipNormForCausalLM._from_config(model.config, attn_implementation="sdpa").double().eval()
+    sdpa.load_state_dict(model.state_dict())
+    torch.testing.assert_close(sdpa(ids).logits, out.logits, rtol=1e-10, atol=1e-10)  # sdpa gets scale sqrt(d_k) too
+
+
+def test_ngpt_init_is_the_papers():
+    """Unit embeddings and matrix rows (columns of W_o, W_down), no norm layer, alpha = 0.05, s_qk = s_u = s_v = s_z =
+    1 with the paper's stored scales 1/sqrt(d) (alpha, s_qk, s_z) and 1 (s_u, s_v)."""
+    from hf_skipnorm.ngpt_skipnorm import ngpt_unit_weights
+
+    model = SkipNormForCausalLM(ngpt())
+    for name, weight, dim in ngpt_unit_weights(model):
+        torch.testing.assert_close(weight.norm(dim=dim), torch.ones(weight.shape[1 - dim % 2]), msg=name)
+    assert len(ngpt_unit_weights(model)) == 2 * 7 + 2
+    assert not [n for n, _ in model.named_parameters() if "norm" in n]
+    block = model.model.layers[1]
+    assert torch.allclose(block.attn_alpha(), torch.full((16,), 0.05)) and block.attn_alpha.scale == 0.25
+    assert torch.allclose(block.mlp_alpha(), torch.full((16,), 0.05))
+    assert torch.all(block.self_attn.qk_scale() == 1.0) and block.self_attn.qk_scale.scale == 0.25
+    assert torch.all(block.mlp.up_scale() == 1.0) and block.mlp.up_scale.scale == 1.0
+    assert torch.all(model.logit_scale.value() == 1.0) and model.logit_scale.scale == 0.25
+    assert block.self_attn.scaling == 2.0  # sqrt(head_dim = 4)
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()  # E_in, E_out separate
+
+
+def test_ngpt_weights_are_renormalized_through_the_trainer_and_its_scalings_never_decay(tmp_path):
+    from hf_skipnorm.ngpt_skipnorm import ngpt_unit_weights
+    from hf_skipnorm.ngpt_training import NGPTNormalizeCallback
+
+    ids = torch.randint(0, VOCAB, (8, 8))
+    dataset = [{"input_ids": row, "labels": row} for row in ids]
+
+    def train(callbacks, weight_decay=0.0):
+        torch.manual_seed(0)
+        model = SkipNormForCausalLM(ngpt())
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, learning_rate=3e-2, weight_decay=weight_decay,
+                                 per_device_train_batch_size=4, gradient_accumulation_steps=2, report_to=[],
+                                 use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True)
+        Trainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks).train()
+        return model, before
+
+    model, before = train([NGPTNormalizeCallback()])
+    for name, weight, dim in ngpt_unit_weights(model):
+        torch.testing.assert_close(weight.norm(dim=dim), torch.ones_like(weight.norm(dim=dim)), rtol=0, atol=1e-5,
+                                   msg=name)
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(moved) == len(before), set(before) - set(moved)  # every parameter trained, scalings included
+    control, _ = train([])  # the same run without the callback leaves the sphere: the callback is what keeps it
+    drift = max((w.norm(dim=d) - 1).abs().max().item() for _, w, d in ngpt_unit_weights(control))
+    assert drift > 1e-3, drift
+    with pytest.raises(ValueError, match="weight_decay=0.1"):
+        train([NGPTNormalizeCallback()], weight_decay=0.1)
+    with pytest.raises(ValueError, match="architecture='ngpt'"):
+        args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True,
+                                 save_strategy="no")
+        Trainer(model=SkipNormForCausalLM(tiny()), args=args, train_dataset=dataset,
+                callbacks=[NGPTNormalizeCallback()]).train()
+    # Should a user decay anyway (without the callback), the scalings are in the Trainer's no-decay group.
+    model = SkipNormForCausalLM(ngpt())
+    group_of = decay_groups(model, tmp_path)
+    for name, param in model.named_parameters():
+        assert group_of[id(param)] == (0.0 if name.endswith("s_bias") else 0.1), name
+    assert sum(name.endswith("s_bias") for name, _ in model.named_parameters()) == 2 * 5 + 1
+
+
+def test_ngpt_cache_checkpointing_and_save_load(tmp_path):
+    assert generation_matches(ngpt(pad_token_id=0), ngpt_randomize_)
+    assert checkpointed_gradients_match(ngpt(), ngpt_randomize_)
+    model = ngpt_randomize_(SkipNormForCausalLM(ngpt()))
+    model.save_pretrained(tmp_path)
+    loaded = SkipNormForCausalLM.from_pretrained(tmp_path)  # loaded weights are kept, not re-normalized or re-drawn
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert loaded.config.architecture == "ngpt"
+
+
+@pytest.mark.parametrize("fields,words", [
+    (dict(architecture="ngpt", tie_word_embeddings=False), ["norm_position='pre'", "no norm layers", "'none'"]),
+    (dict(architecture="ngpt", norm_position="none"), ["tie_word_embeddings=True", "E_input and E_output"]),
+    (dict(architecture="ngpt", norm_position="none", tie_word_embeddings=False, num_key_value_heads=2),
+     ["num_key_value_heads=2", "s_qk"]),
+    (dict(architecture="ngpt", norm_position="none", tie_word_embeddings=False, position_embedding="learned"),
+     ["position_embedding='learned'", "rope, none"]),
+    (dict(architecture="ngpt", norm_position="none", tie_word_embeddings=False, residual="laurel"),
+     ["residual='laurel'", "Norm(h + alpha (h_A - h))"]),
+    (dict(architecture="ngpt", norm_position="none", tie_word_embeddings=False, final_norm=True),
+     ["final_norm=True", "unit sphere"]),
+    (dict(architecture="ngpt", norm_position="none", tie_word_embeddings=False, ngpt_alpha_init=0.0),
+     ["ngpt_alpha_init=0.0"]),
+    (dict(architecture="gpt"), ["architecture='gpt'", "transformer, ngpt"]),
+])
+def test_ngpt_refuses_fields_it_would_otherwise_ignore(fields, words):
+    with pytest.raises(ValueError) as info:
+        tiny(**fields)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_ngpt_cells_of_the_grid_build_and_train_or_say_why():
+    """architecture='ngpt' across norm_position x residual x parallel_block (the catalogue's grid axes): the one cell
+    nGPT defines builds, trains (finite loss and gradients, float32 within 1e-5 of float64), every other cell is
+    refused with a ValueError naming the field."""
+    from hf_skipnorm import configuration_skipnorm as cfg
+
+    built, refused = [], 0
+    ids = torch.randint(0, VOCAB, (2, 6))
+    for position in cfg.NORM_POSITIONS:
+        for residual in cfg.RESIDUALS:
+            for parallel in (False, True):
+                try:
+                    config = tiny(architecture="ngpt", tie_word_embeddings=False, norm_position=position,
+                                  residual=residual, parallel_block=parallel)
+                except ValueError as error:
+                    assert "SkipNormConfig." in str(error) and "not valid" in str(error), str(error)
+                    refused += 1
+                    continue
+                model = SkipNormForCausalLM(config).double()
+                loss = model(ids, labels=ids).loss
+                loss.backward()
+                assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+                with torch.no_grad():
+                    single = model.float()(ids).logits
+                    double = model.double()(ids).logits
+                assert ((single.double() - double).norm() / double.norm()).item() < 1e-5
+                built.append((position, residual, parallel))
+    assert built == [("none", "add", False)] and refused == len(cfg.NORM_POSITIONS) * len(cfg.RESIDUALS) * 2 - 1

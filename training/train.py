@@ -36,6 +36,7 @@ from transformers import (  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 from hf_skipnorm import SkipNormConfig  # noqa: E402
+from hf_skipnorm.ngpt_training import NGPTNormalizeCallback  # noqa: E402
 from training import data  # noqa: E402
 from training.arguments import (  # noqa: E402
     DataArguments,
@@ -204,7 +205,8 @@ def main(argv=None, callbacks=()):
         eval_dataset=packed["validation"],
         processing_class=tokenizer,
         data_collator=collator,
-        callbacks=list(callbacks),
+        # nGPT renormalizes its weights after every optimizer step (arXiv 2410.01131): its callback comes with it.
+        callbacks=list(callbacks) + ([NGPTNormalizeCallback()] if config.architecture == "ngpt" else []),
         on_nonfinite=run_args.on_nonfinite,
         report_perplexity=True,
     )
