@@ -36,6 +36,7 @@ VARIANTS["hyper_static"] = {"residual": "hyper", "hyper_dynamic": False}
 VARIANTS["add@post"] = {"residual": "add", "norm_position": "post"}
 VARIANTS["laurel_rw"] = {"residual": "laurel", "laurel_variant": "rw"}  # "laurel" itself is the RW+LR default
 VARIANTS["laurel_lr"] = {"residual": "laurel", "laurel_variant": "lr"}
+VARIANTS["frac_static"] = {"residual": "frac", "hyper_dynamic": False}  # "frac" itself is dynamic (DFC)
 for residual in POST_LN_RESIDUALS:
     VARIANTS[residual]["norm_position"] = "post"
 

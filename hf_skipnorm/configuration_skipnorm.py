@@ -95,7 +95,7 @@ PARALLEL_RESIDUALS: tuple[str, ...] = (
 NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dyt", "derf", "none")
 RESIDUALS: tuple[str, ...] = (
     "add", "none", "scaled", "deepnorm", "admin", "rezero", "skipinit", "layerscale", "gated", "hyper", "mhc", "dense",
-    "orthogonal", "laurel",  # issue 15 (see validate_frontier_residuals)
+    "orthogonal", "laurel", "frac",  # issue 15 (see validate_frontier_residuals)
 )
 # Residuals that replace the single residual stream by several (hyper-connections) or by the history of block
 # outputs (DenseFormer): their blocks take and return a stream state, not (B, T, C) (modeling_skipnorm.BLOCK_CLASSES).
@@ -272,6 +272,11 @@ class SkipNormConfig(PreTrainedConfig):
             `rw_lr` ``alpha*F + beta*(x + B A x)``; initialized to the plain residual (``alpha = beta = 1``,
             ``B = 0``). The paper reports 2.5%-20% better downstream scores for 1B and 4B LLMs at +0.012% / +0.1%
             parameters.
+            `frac`: Frac-Connections (Zhu et al. 2025, arXiv 2503.14125): hyper-connections on `frac_rate` fractions of
+            the hidden state, ``h_in = Concat(Y^T H)``, ``H' = A^T H + B^T o Reshape(F(h_in))`` with
+            ``H = Reshape(h, (m, d/m))``, static or input-dependent (`hyper_dynamic`), initialized to the plain
+            residual; keeps hyper-connections' benefit without widening the stream (the paper trains up to a 7B MoE
+            on 3T tokens, beating residual connections). Needs placements without a norm after the skip.
         residual_alpha (`float` or `None`): constant on the skip path for `scaled` and `deepnorm`. `None` resolves to
             DeepNet's ``(2L)^(1/4)`` for `deepnorm` and to 1.0 otherwise; the resolved value is stored.
         branch_init_gain (`float` or `None`): when set, the branch weights (`v_proj`, `o_proj`, `gate_proj`,
@@ -285,8 +290,11 @@ class SkipNormConfig(PreTrainedConfig):
             schedule: 0.1 for ``L <= 18``, 1e-5 for ``L <= 24``, 1e-6 deeper (arXiv 2103.17239, Sec. 3.1).
         residual_streams (`int`, defaults to 4): the expansion rate ``n`` of `hyper` and `mhc` (both papers use 4).
         hyper_dynamic (`bool`, defaults to `True`): `hyper` with the input-dependent connections (DHC, the paper's
-            best) as well as the static ones; `False` gives static hyper-connections (SHC).
+            best) as well as the static ones; `False` gives static hyper-connections (SHC). The same for `frac`
+            (dynamic DFC or static SFC Frac-Connections).
         sinkhorn_iters (`int`, defaults to 20): Sinkhorn-Knopp iterations of `mhc` (the paper's ``t_max = 20``).
+        frac_rate (`int`, defaults to 4): the number ``m`` of fractions `frac` splits the hidden state into (each
+            ``hidden_size / m`` wide; Frac-Connections, arXiv 2503.14125, write the rate as ``n = 1/m``); our default.
         orthogonal_eps (`float`, defaults to 1e-6): the ``eps`` in `orthogonal`'s ``<x, x> + eps`` (the reference
             code's `residual_eps`, arXiv 2505.11881), so a zero stream projects nothing instead of dividing by 0.
         laurel_variant (`str`, defaults to `"rw_lr"`): which LAuReL (arXiv 2411.07501, Sec. 2) `laurel` builds:
@@ -417,6 +425,7 @@ class SkipNormConfig(PreTrainedConfig):
     laurel_rank: int = 16
     architecture: str = "transformer"
     ngpt_alpha_init: float = 0.05
+    frac_rate: int = 4
 
     def __post_init__(self, **kwargs):
         if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int):
@@ -715,6 +724,20 @@ class SkipNormConfig(PreTrainedConfig):
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= self.hidden_size:
             raise ValueError(f"SkipNormConfig.laurel_rank={rank!r} is not valid; expected an integer in [1, "
                              f"hidden_size={self.hidden_size}] (the rank r of LAuReL-LR's B A)")
+        frac = self.frac_rate
+        if isinstance(frac, bool) or not isinstance(frac, int) or frac < 1 or self.hidden_size % frac:
+            raise ValueError(f"SkipNormConfig.frac_rate={frac!r} is not valid; expected an integer >= 1 that divides "
+                             f"hidden_size={self.hidden_size} (Frac-Connections split the hidden state into that many "
+                             f"equal fractions)")
+        if self.residual == "frac":
+            for layer in range(self.num_hidden_layers):
+                for position, sub in zip(self.layer_norm_positions(layer), (0, 1)):
+                    if PLACEMENT_SLOTS[position][sub].post:
+                        raise ValueError(
+                            f"SkipNormConfig.norm_position={position!r} (block {layer}) is not valid with residual="
+                            f"'frac': Frac-Connections, like hyper-connections, write the sublayer output back through "
+                            f"their depth connection, leaving no sum for a norm after the skip; valid choices: "
+                            f"placements without a post norm, e.g. pre, sandwich, output, none")
         _check_choice("architecture", self.architecture, ARCHITECTURES)
         alpha = self.ngpt_alpha_init
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):

@@ -63,6 +63,7 @@ from .hyper_connections_skipnorm import (
 from .residuals_skipnorm import (
     GATE_BIAS_INIT,
     AdminResidual,
+    DynamicFracConnection,
     GatedResidual,
     LaurelLRResidual,
     LaurelRWLRResidual,
@@ -480,7 +481,8 @@ class SkipNormResiDualBlock(SkipNormBlock):
 
 class SkipNormHyperConnectionBlock(SkipNormBlock):
     """A block on ``n`` residual streams (B, T, n, C): hyper-connections (`hyper`, arXiv 2409.19606) or mHC (`mhc`,
-    arXiv 2512.24880). Per sublayer, with ``T(h) = N_out(F(N_in(h)))`` the sequential block's own sublayer::
+    arXiv 2512.24880); or on the ``m`` fractions of one stream (B, T, C): Frac-Connections (`frac`, arXiv 2503.14125,
+    whose `width` / `depth` reshape to fractions and back). Per sublayer, with ``T(h) = N_out(F(N_in(h)))`` the sequential block's own sublayer::
 
         h, mixed, w = connection.width(H)     (h = A_m^T H, mixed = A_r^T H, w = B)
         H = mixed + w^T T(h)                  (connection.depth)
@@ -560,7 +562,7 @@ def block_topology(config: SkipNormConfig, layer_idx: int) -> str:
         return attn_position
     if config.parallel_block:
         return "parallel"
-    if config.residual in ("hyper", "mhc"):  # the config refuses them with parallel / b2t / resi_dual blocks
+    if config.residual in ("hyper", "mhc", "frac"):  # the config refuses them with parallel / b2t / resi_dual blocks
         return "hyper"
     if config.residual == "dense":
         return "dense"
@@ -697,6 +699,7 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         | hyper-connections (SHC / DHC) | offsets 0: A_m = e_{k mod n}, A_r = I, B = 1; dynamic W = 0, s = 0.01 |
         | mHC | b_pre = e_{k mod n}, b_post = 0, b_res = I (logits); phi = 0; gating offsets 0 (alpha = 0.01) |
         | DenseFormer depth weights | offsets 0: the plain residual (weight 1 on the latest block output) |
+        | Frac-Connections (SFC / DFC) | offsets 0: Y = A = I, B = 1 (the plain residual); dynamic W = 0, s = 0.01 |
         | LAuReL alpha / beta offsets, B (`laurel_up`) | 0: alpha = beta = 1, W = I + B A = I (the plain residual); A
           (`laurel_down`) as every Linear |
         | rotary inv_freq | recomputed from the config (transformers' default) |
@@ -787,6 +790,10 @@ class SkipNormPreTrainedModel(PreTrainedModel):
                 init.zeros_(param)
         if isinstance(module, DepthWeightedAverage):
             init.zeros_(module.alpha_bias)
+        if isinstance(module, DynamicFracConnection):  # its static offsets are zeroed by the hyper-connection row
+            for param in (module.dynamic_width_proj.weight, module.dynamic_depth_proj.weight, module.width_scale_bias,
+                          module.depth_scale_bias):
+                init.zeros_(param)
         if isinstance(module, LaurelRWResidual):  # RW and RW+LR: alpha = beta = 1, the plain residual
             init.zeros_(module.alpha_bias)
             init.zeros_(module.beta_bias)

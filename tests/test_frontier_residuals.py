@@ -395,3 +395,87 @@ def test_ngpt_cells_of_the_grid_build_and_train_or_say_why():
                 assert ((single.double() - double).norm() / double.norm()).item() < 1e-5
                 built.append((position, residual, parallel))
     assert built == [("none", "add", False)] and refused == len(cfg.NORM_POSITIONS) * len(cfg.RESIDUALS) * 2 - 1
+
+
+# ---------------------------------------------------------------------------------------------- Frac-Connections
+def ref_frac_sublayer(module, x, branch_fn, dynamic, eps):
+    """Frac-Connections (arXiv 2503.14125) on one token at a time, fraction by fraction, from the connection matrix
+    [[0, B], [Y, A]]: H = Reshape(h, (m, d/m)); input fraction i = sum_j Y[j, i] H_j; output fraction i =
+    sum_j A[j, i] H_j + B_i T(input)_i. Dynamic: Y, A, B plus s * tanh(N(H_j) W) row by row (RMSNorm N, gain g)."""
+    m = module.num_streams
+    B_, T_, d = x.shape
+    w = d // m
+    H = x.reshape(B_, T_, m, w)
+    Y = torch.eye(m, dtype=x.dtype) + module.input_bias
+    A = torch.eye(m, dtype=x.dtype) + module.mixing_bias
+    Bw = 1.0 + module.output_bias
+    Y, A, Bw = Y.expand(B_, T_, m, m).clone(), A.expand(B_, T_, m, m).clone(), Bw.expand(B_, T_, m).clone()
+    if dynamic:
+        s_a, s_b = 0.01 + module.width_scale_bias, 0.01 + module.depth_scale_bias
+        g = module.dynamic_norm.weight
+        Wy, Wa = module.dynamic_width_proj.weight[:m], module.dynamic_width_proj.weight[m:]  # (m, w) each
+        Wb = module.dynamic_depth_proj.weight[0]  # (w,)
+        for j in range(m):
+            hj = H[:, :, j]
+            normed = g * hj / torch.sqrt((hj * hj).mean(-1, keepdim=True) + eps)
+            Y[:, :, j] += s_a * torch.tanh(normed @ Wy.T)
+            A[:, :, j] += s_a * torch.tanh(normed @ Wa.T)
+            Bw[:, :, j] += s_b * torch.tanh(normed @ Wb)
+    inputs = torch.stack([sum(Y[:, :, j, i, None] * H[:, :, j] for j in range(m)) for i in range(m)], 2)
+    y = branch_fn(inputs.reshape(B_, T_, d)).reshape(B_, T_, m, w)
+    out = torch.stack([sum(A[:, :, j, i, None] * H[:, :, j] for j in range(m)) + Bw[:, :, i, None] * y[:, :, i]
+                       for i in range(m)], 2)
+    return out.reshape(B_, T_, d)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("rate", [2, 4])
+def test_frac_connection_matches_the_papers_formula(dynamic, rate):
+    config = tiny(residual="frac", frac_rate=rate, hyper_dynamic=dynamic)
+    module = randomize_(build_residual(config, 1, "attn").double())
+    if dynamic:
+        with torch.no_grad():
+            module.dynamic_norm.weight.add_(1.0)
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    weight = torch.randn(16, 16, dtype=torch.float64) * 0.3
+    branch_fn = lambda u: torch.tanh(u @ weight.T)  # noqa: E731  (any sublayer T)
+    h_in, mixed, write = module.width(x)
+    out = module.depth(mixed, write, branch_fn(h_in), x.dtype)
+    torch.testing.assert_close(out, ref_frac_sublayer(module, x, branch_fn, dynamic, config.norm_eps),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_frac_starts_as_the_plain_residual_model_and_keeps_one_stream(dynamic):
+    frac = SkipNormModel(tiny(residual="frac", hyper_dynamic=dynamic)).eval()
+    plain = SkipNormModel(tiny()).eval()
+    missing, unexpected = plain.load_state_dict(frac.state_dict(), strict=False)
+    assert not missing and all("_residual." in key for key in unexpected)
+    ids = torch.randint(0, VOCAB, (2, 6))
+    out, ref = frac(ids, output_hidden_states=True), plain(ids, output_hidden_states=True)
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, rtol=0, atol=0)
+    assert all(h.shape == (2, 6, 16) for h in out.hidden_states)  # the state is the (B, T, d) stream itself
+
+
+def test_frac_cache_checkpointing_and_no_decay(tmp_path):
+    randomize = lambda m: randomize_(m, scale=0.2)  # noqa: E731
+    assert generation_matches(tiny(residual="frac", pad_token_id=0), randomize)
+    assert checkpointed_gradients_match(tiny(residual="frac"), randomize)
+    model = SkipNormForCausalLM(tiny(residual="frac"))
+    group_of = decay_groups(model, tmp_path)
+    for name, param in model.named_parameters():
+        if "_residual." in name:
+            decayed = name.endswith(("dynamic_width_proj.weight", "dynamic_depth_proj.weight"))
+            assert group_of[id(param)] == (0.1 if decayed else 0.0), name
+
+
+@pytest.mark.parametrize("fields,words", [
+    (dict(residual="frac", frac_rate=3), ["frac_rate=3", "divides hidden_size=16"]),
+    (dict(residual="frac", norm_position="post"), ["norm_position='post'", "residual='frac'"]),
+    (dict(residual="frac", parallel_block=True), ["residual='frac'", "parallel_block=True"]),
+])
+def test_frac_refusals_say_why(fields, words):
+    with pytest.raises(ValueError) as info:
+        tiny(**fields)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
