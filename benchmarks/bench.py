@@ -591,8 +591,97 @@ SUITES = ("baseline", "llama", "gpt2", "placements", "seqlen", "compile")
 NEEDS_SKIPNORM = {"llama", "gpt2", "placements", "compile", "seqlen"}
 
 
+def compile_child(base: str, metric: str, shape: Shape, env: Env, rounds: int, min_seconds: float,
+                  max_repeats: int) -> dict:
+    """Runs inside a fresh process with an empty inductor cache: the eager model `base` and its compiled twin, the
+    compiled one's first call (compilation included) timed first, then interleaved rounds of both."""
+    compiled = Candidate(f"{base}@compile", shape, env, compile_model=True)
+    eager = Candidate(base, shape, env)
+    compiled.warm_up(metric)
+    eager.warm_up(metric)
+    per_round = interleaved_rounds([eager, compiled], metric, rounds, min_seconds, max_repeats)
+    return {"eager": statistics.median(per_round[base]), "compiled": statistics.median(per_round[compiled.name]),
+            "first_call_s": compiled.first_call_seconds[metric], "eager_first_call_s": eager.first_call_seconds[metric]}
+
+
+def run_compile_child(base: str, metric: str, shape: Shape, env: Env, args) -> dict:
+    """One fresh Python process per compiled candidate and round, each with its own empty inductor (and Triton)
+    cache, so no model reuses kernels another one compiled: a shared cache let the second model of a process skip
+    most of its compilation, which made first-call times and sometimes the steady state incomparable."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-inductor-") as cache:
+        command = [
+            sys.executable, os.path.abspath(__file__), "--compile-child", base, "--metrics", metric,
+            "--shape-json", json.dumps(asdict(shape)), "--device", args.device, "--dtype", args.dtype,
+            "--threads", str(torch.get_num_threads()), "--clock", args.clock, "--sdpa-backend", args.sdpa_backend,
+            "--min-seconds", str(args.min_seconds), "--max-repeats", str(args.max_repeats),
+            "--child-rounds", str(args.child_rounds),
+        ]
+        child_env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"),
+                         TRITON_CACHE_DIR=os.path.join(cache, "triton"))
+        completed = subprocess.run(command, capture_output=True, text=True, env=child_env, timeout=1800)
+    if completed.returncode != 0:
+        raise RuntimeError(f"compile child for {base} ({metric}) failed:\n{completed.stderr[-2000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def run_compile_comparison(comparison: Comparison, shape: Shape, env: Env, args, log) -> dict:
+    """torch.compile vs eager, fairly: every round starts one fresh process per model (`run_compile_child`), in
+    alternating order (A B, then B A), each measuring its model eager and compiled side by side. Per round this
+    gives each model's speedup (compiled / eager, same process) and ours / reference for both modes (processes run
+    back to back); tables report median [min, max] over rounds, and each fresh compilation's first-call time."""
+    record = {"title": comparison.title, "shape": asdict(shape), "reference": comparison.reference, "candidates": {},
+              "refused": {}, "isolated": True}
+    bases = [comparison.reference] + [n for n in comparison.others if "@" not in n]
+    metrics = [m for m in comparison.metrics if not args.metrics or m in args.metrics.split(",")]
+    for metric in metrics:
+        per_round: dict[str, list[float]] = {}
+        first_calls: dict[str, list[float]] = {}
+        live = list(bases)
+        for round_index in range(args.rounds):
+            for base in (live if round_index % 2 == 0 else live[::-1]):
+                try:
+                    child = run_compile_child(base, metric, shape, env, args)
+                except Exception as error:  # noqa: BLE001 - a model that fails to compile is reported, not fatal
+                    if base == comparison.reference:
+                        raise
+                    record["refused"][f"{base}@compile"] = f"{metric}: {error}".splitlines()[0][:300]
+                    live.remove(base)
+                    continue
+                per_round.setdefault(base, []).append(child["eager"])
+                per_round.setdefault(f"{base}@compile", []).append(child["compiled"])
+                first_calls.setdefault(f"{base}@compile", []).append(child["first_call_s"])
+                log(f"  {metric} round {round_index + 1}: {base} eager {child['eager']:.0f} tok/s, compiled "
+                    f"{child['compiled']:.0f} tok/s, first compiled call {child['first_call_s']:.1f} s")
+        # rounds where a model was refused mid-way leave lists of unequal length: keep complete models only
+        per_round = {name: values for name, values in per_round.items() if len(values) == args.rounds}
+        record.setdefault("per_round", {})[metric] = per_round
+        for name, values in per_round.items():
+            reference = comparison.reference + ("@compile" if name.endswith("@compile") else "")
+            record["candidates"].setdefault(name, {})[metric] = {
+                "tokens_per_s": summarize(values),
+                "ratio_vs_reference": ratio_stats(per_round, name, reference) if reference in per_round else None,
+                "first_call_s": statistics.median(first_calls[name]) if name in first_calls else None,
+                "first_call_s_all": first_calls.get(name),
+            }
+    for base in bases:
+        model = candidate_builder(base)(shape, env)
+        for name in (base, f"{base}@compile"):
+            if name in record["candidates"]:
+                info = record["candidates"][name]
+                info["parameters"] = sum(p.numel() for p in model.parameters())
+                info["matmul_parameters"] = matmul_parameter_count(model)
+                info["train_flops_per_token"] = flops_per_token(info["matmul_parameters"], shape, training=True)
+                info["forward_flops_per_token"] = flops_per_token(info["matmul_parameters"], shape, training=False)
+        del model
+    return record
+
+
 def run_comparison(comparison: Comparison, shape: Shape, env: Env, args, log) -> dict:
     """Build, warm up and measure one comparison at one shape; returns a JSON-able record."""
+    if any(name.endswith("@compile") for name in comparison.others) and not args.shared_compile_process:
+        return run_compile_comparison(comparison, shape, env, args, log)
     record = {"title": comparison.title, "shape": asdict(shape), "reference": comparison.reference, "candidates": {}, "refused": {}}
     candidates: list[Candidate] = []
     for name in [comparison.reference] + comparison.others:
@@ -797,6 +886,18 @@ def markdown_for(record: dict, kind: str) -> list[str]:
                 )
         for name, why in record.get("refused", {}).items():
             lines.append(f"| {name} | - | - | - | refused: {why} | - |")
+        if record.get("isolated"):
+            others = sorted({n.removesuffix("@compile") for n in cands} - {ref})
+            lines += ["", "| ours / other, same round | metric | eager | compiled |", "|---|---|---|---|"]
+            for other in others:
+                for metric in ("train", "decode"):
+                    rounds = per_round.get(metric, {})
+                    if not all(n in rounds for n in (ref, other, f"{ref}@compile", f"{other}@compile")):
+                        continue
+                    lines.append(f"| {ref} / {other} | {metric} | {_ratio(ratio_stats(rounds, ref, other))} | "
+                                 f"{_ratio(ratio_stats(rounds, f'{ref}@compile', f'{other}@compile'))} |")
+            lines += ["", "Each model and round ran in a fresh process with its own empty inductor cache (first compiled "
+                      "call = compilation from scratch + one step); eager and compiled were interleaved inside it."]
         lines += ["", "Decode: eager uses the default dynamic cache; compiled uses a static cache and generate's compiled forward."]
     lines.append("")
     return lines
@@ -964,7 +1065,13 @@ def parse_args(argv=None):
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
                         help="print one table from result files of this script and fsdp_smoke.py, then exit")
+    parser.add_argument("--child-rounds", type=int, default=3,
+                        help="compile suite: interleaved eager/compiled rounds inside each fresh process")
+    parser.add_argument("--shared-compile-process", action="store_true",
+                        help="compile suite: old method, every model compiled in this one process with one shared "
+                             "inductor cache (unfair: later models reuse kernels); for comparison only")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--compile-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--shape-json", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.dtype is None:
@@ -972,7 +1079,7 @@ def parse_args(argv=None):
     if args.clock is None:
         args.clock = "cpu" if args.device == "cpu" and args.threads == 1 else "wall"
     if args.dry_run:
-        args.sizes, args.rounds, args.min_seconds, args.max_repeats = "tiny", 1, 0.0, 1
+        args.sizes, args.rounds, args.min_seconds, args.max_repeats, args.child_rounds = "tiny", 1, 0.0, 1, 1
         args.seq_lens = "32,64"
         args.compile_sizes = args.compile_sizes or "tiny"
     return args
@@ -993,6 +1100,11 @@ def main(argv=None) -> dict:
     if args.memory_child:
         shape = Shape(**json.loads(args.shape_json))
         print(json.dumps(memory_child(args.memory_child, shape, env)))
+        return {}
+    if args.compile_child:
+        shape = Shape(**json.loads(args.shape_json))
+        print(json.dumps(compile_child(args.compile_child, args.metrics, shape, env, args.child_rounds,
+                                       args.min_seconds, args.max_repeats)))
         return {}
 
     def log(message: str) -> None:

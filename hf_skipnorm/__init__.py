@@ -23,8 +23,6 @@ from .modeling_skipnorm import (
     SkipNormModel,
     SkipNormPreTrainedModel,
 )
-from .hub import export_for_hub
-from .convert import convert_from_hf, convert_to_hf
 
 __version__ = "0.1.0"
 
@@ -37,6 +35,25 @@ for _auto, _model in (
     (AutoModelForTokenClassification, SkipNormForTokenClassification),
 ):
     _auto.register(SkipNormConfig, _model, exist_ok=True)
+
+# Tools that are also command lines (`python -m hf_skipnorm.convert`) load on first use: importing them here would
+# put the module in sys.modules before runpy runs it, and runpy then warns on every run.
+_LAZY = {"export_for_hub": "hub", "convert_from_hf": "convert", "convert_to_hf": "convert"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "SkipNormConfig",

@@ -13,10 +13,19 @@ This module imports no torch so configs can be read and validated anywhere.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
+import warnings
 from typing import Any, NamedTuple
 
 from transformers.configuration_utils import PreTrainedConfig
+from transformers.generation.configuration_utils import GenerationConfig
+
+from .config_fields_skipnorm import (
+    FLOAT16_MAX, FLOAT16_TINY, FLOAT32_MAX, Bool, Check, Choice, Field, Float, Int, _is_number, choice_error, refuse,
+    rule, validate,
+)
 
 
 # --- The vocabulary of each axis. The registries in norms_skipnorm.py / modeling_skipnorm.py use exactly these
@@ -134,6 +143,33 @@ NGPT_REQUIRED_FIELDS: dict[str, tuple[Any, str]] = {
     "branch_init_gain": (None, "nGPT's matrices are normalized after init, so a branch init has no effect"),
 }
 NGPT_POSITION_EMBEDDINGS: tuple[str, ...] = ("rope", "none")  # learned positions would add an un-normalized vector
+PROBLEM_TYPES: tuple[str, ...] = ("regression", "single_label_classification", "multi_label_classification")
+
+# Keys transformers' own code acts on when a config carries them, for features SkipNorm does not implement: left as
+# silent attributes they change behaviour (DynamicCache reads sliding_window / layer_types and switches its layers
+# to sliding windows while our attention stays full: cached generation then differs from the full forward).
+UNIMPLEMENTED_KWARGS: dict[str, str] = {
+    "sliding_window": "SkipNorm does not implement sliding-window attention (transformers' DynamicCache would read it)",
+    "use_sliding_window": "SkipNorm does not implement sliding-window attention",
+    "max_window_layers": "SkipNorm does not implement sliding-window attention",
+    "layer_types": "SkipNorm does not implement per-layer attention types (transformers' DynamicCache would read it)",
+    "attention_chunk_size": "SkipNorm does not implement chunked attention (transformers' DynamicCache would read it)",
+    "kv_sharing_modes": "SkipNorm does not implement shared key/value layers (transformers' DynamicCache would read it)",
+    "num_kv_shared_layers": "SkipNorm does not implement shared key/value layers",
+    "per_layer_config": "SkipNorm does not implement heterogeneous per-layer configs",
+}
+# Keyword arguments transformers' PreTrainedConfig consumes that are not dataclass fields (never "unknown").
+TRANSFORMERS_KWARGS: frozenset[str] = frozenset({
+    "num_labels", "torch_dtype", "rope_theta", "rope_scaling", "attn_implementation", "experts_implementation",
+    "name_or_path", "_name_or_path", "_commit_hash", "output_attentions", "auto_map", "transformers_version",
+    "_attn_implementation_internal", "_experts_implementation_internal", "model_type",
+})
+
+
+def _is_default_rope(rope: Any) -> bool:
+    """Whether `rope_parameters` is what every config carries by default (set by us or by transformers)."""
+    return isinstance(rope, dict) and rope.get("rope_type", "default") == "default" and rope.get(
+        "rope_theta", 10000.0) == 10000.0 and set(rope) <= {"rope_type", "rope_theta", "partial_rotary_factor"}
 
 
 # --- Depth-dependent residual constants, as plain functions of the depth L (tests compare them with the papers). ---
@@ -156,20 +192,576 @@ def cait_layerscale_init(num_layers: int) -> float:
     return 1e-6
 
 
-def _choice_error(field: str, value: Any, choices: tuple[str, ...], why: str = "") -> ValueError:
-    reason = f" ({why})" if why else ""
-    return ValueError(f"SkipNormConfig.{field}={value!r} is not valid{reason}; valid choices: {', '.join(choices)}")
+_choice_error = choice_error  # the names earlier modules and branches use
 
 
 def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise _choice_error(field, value, choices)
+    Choice(choices).check(field, value, None, "")
+
+
+# --- Structured fields: one function each, used as `Check` rows below. ---
+def _transformers_activations() -> tuple[str, ...]:
+    """transformers' ACT2FN keys, the names `hidden_act` is looked up in (read lazily: that module imports torch)."""
+    try:
+        from transformers.activations import ACT2FN
+    except ImportError:  # no torch: nothing can build the model, so nothing to check the name against
+        return ()
+    return tuple(sorted(ACT2FN))
+
+
+def _check_hidden_act(name: str, value: Any, config: Any) -> None:
+    choices = _transformers_activations()
+    if not choices or (isinstance(value, str) and value in choices):
+        return
+    hint = ""
+    if isinstance(value, str) and value.lower().endswith("glu") and value.lower() != "glu":
+        # A GLU is a gate, not an activation (Shazeer 2020, arXiv 2002.05202): SwiGLU = gated MLP with SiLU.
+        act = {"swi": "silu", "ge": "gelu", "re": "relu"}.get(value.lower()[:-3], value.lower()[:-3])
+        hint = (f"a GLU is the gate, not the activation: {value!r} is mlp_type='gated' with hidden_act={act!r}"
+                if act in choices else "a GLU is the gate, set by mlp_type='gated'")
+    raise choice_error(name, value, choices, hint or "the names of transformers' ACT2FN")
+
+
+def _check_positions(name: str, value: Any, config: Any) -> None:
+    """A placement string, or a list with one placement per layer; the per-sublayer overrides may be None."""
+    if value is None and name != "norm_position":
+        return
+    if isinstance(value, str):
+        Choice(NORM_POSITIONS).check(name, value, config, "")
+        return
+    if not isinstance(value, list):
+        raise choice_error(name, value, NORM_POSITIONS, "expected a string or a list with one string per layer")
+    if len(value) != config.num_hidden_layers:
+        raise ValueError(
+            f"SkipNormConfig.{name}={value!r} is not valid: a per-layer list needs one value per layer "
+            f"(num_hidden_layers={config.num_hidden_layers}, got {len(value)}); valid choices per entry: "
+            f"{', '.join(NORM_POSITIONS)}"
+        )
+    for index, entry in enumerate(value):
+        if not isinstance(entry, str) or entry not in NORM_POSITIONS:
+            raise choice_error(f"{name}[{index}]", entry, NORM_POSITIONS)
+        if entry in WHOLE_STACK_PLACEMENTS:
+            raise ValueError(
+                f"SkipNormConfig.{name}[{index}]={entry!r} is not valid: {entry!r} describes a whole stack "
+                f"(set norm_position={entry!r}); inside a per-layer list use the placements it resolves "
+                f"to. Whole-stack values: {', '.join(WHOLE_STACK_PLACEMENTS)}"
+            )
+
+
+def _check_token_id(name: str, value: Any, config: Any) -> None:
+    """None or an index into the vocabulary; `eos_token_id` may be a list of them (several stop tokens)."""
+    values = value if isinstance(value, list) and name == "eos_token_id" else [value]
+    for entry in values:
+        if entry is None and not isinstance(value, list):
+            continue
+        if isinstance(entry, bool) or not isinstance(entry, int) or not 0 <= entry < config.vocab_size:
+            expected = f"None or an integer in [0, vocab_size={config.vocab_size})"
+            raise refuse(name, value, expected + (" or a list of such" if name == "eos_token_id" else ""),
+                         "a token id indexes the embedding and the logits")
+
+
+def _rope_types() -> tuple[str, ...]:
+    """"default" plus transformers' ROPE_INIT_FUNCTIONS keys, which the rotary embedding uses (read lazily: torch)."""
+    try:
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    except ImportError:
+        return ("default",)
+    return ("default",) + tuple(sorted(ROPE_INIT_FUNCTIONS))
+
+
+def _check_rope_parameters(name: str, value: Any, config: Any) -> None:
+    """With RoPE: a dict naming a known rope_type and a finite rope_theta > 0. Without RoPE: None (nothing reads it)."""
+    if config.position_embedding != "rope":
+        if value is not None:
+            raise ValueError(
+                f"SkipNormConfig.rope_parameters={value!r} is not valid with position_embedding="
+                f"{config.position_embedding!r}: only RoPE reads it, so it would be ignored; valid choices: None, or "
+                f"position_embedding='rope'"
+            )
+        return
+    if not isinstance(value, dict):
+        raise refuse(name, value, "a dict such as {'rope_type': 'default', 'rope_theta': 10000.0}")
+    Choice(_rope_types()).check(f"{name}['rope_type']", value.get("rope_type"), config, "")
+    Float(0.0, FLOAT32_MAX, open_low=True).check(f"{name}['rope_theta']", value.get("rope_theta"), config,
+                                                 "the RoPE base; angles are positions / theta^(2i/d)")
+    for key, entry in value.items():  # factors, frequencies, lengths: finite numbers (longrope: lists of them)
+        entries = entry if isinstance(entry, list) else [entry]
+        if key not in ("rope_type", "type") and not all(
+                entry is None or isinstance(e, bool) or (_is_number(e) and math.isfinite(e)) for e in entries):
+            raise refuse(f"{name}[{key!r}]", entry, "a finite number (or a list of them)", "a RoPE scaling parameter")
+    if value.get("partial_rotary_factor", config.partial_rotary_factor) != config.partial_rotary_factor:
+        raise ValueError(
+            f"SkipNormConfig.rope_parameters['partial_rotary_factor']={value['partial_rotary_factor']!r} is not valid "
+            f"with partial_rotary_factor={config.partial_rotary_factor!r}: the rotary embedding reads the field; "
+            f"give one value"
+        )
+
+
+def _check_admin_omegas(name: str, value: Any, config: Any) -> None:
+    if value is None:
+        return
+    expected = 2 * config.num_hidden_layers
+    if not isinstance(value, list) or len(value) != expected or any(
+            not _is_number(w) or not math.isfinite(w) or not 0 < w <= FLOAT16_MAX for w in value):
+        raise ValueError(
+            f"SkipNormConfig.{name}={value!r} is not valid; expected None or a list of {expected} finite floats > 0 "
+            f"(one per sublayer: 2 * num_hidden_layers={config.num_hidden_layers})"
+        )
+
+
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _check_dtype(name: str, value: Any, config: Any) -> None:
+    """transformers' `dtype`: None, a floating dtype name, or that torch.dtype (checked by name: no torch import)."""
+    if value is None:
+        return
+    label = value if isinstance(value, str) else str(value).removeprefix("torch.")
+    if isinstance(value, str) or (type(value).__module__ == "torch" and type(value).__name__ == "dtype"):
+        if label in _FLOAT_DTYPES:
+            return
+    raise choice_error(name, value, _FLOAT_DTYPES + ("None",), "the dtype the weights are stored and loaded in")
+
+
+def _check_labels(name: str, value: Any, config: Any) -> None:
+    ids = value if name == "id2label" and isinstance(value, dict) else {}
+    if (value is not None and not isinstance(value, dict)) or not all(
+            (isinstance(k, int) and not isinstance(k, bool)) or (isinstance(k, str) and k.isdigit()) for k in ids):
+        raise refuse(name, value, "None or a dict (id2label: {0: 'NEG', 1: 'POS'}, integer keys; label2id the inverse)")
+
+
+def _check_str_list(name: str, value: Any, config: Any) -> None:
+    if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+        raise refuse(name, value, "None or a list of class names")
+
+
+def _check_version(name: str, value: Any, config: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise refuse(name, value, "None or a version string such as '5.24.0'")
+
+
+# Sizes are bounded so that a typo (10**12) fails here, before a loop over layers or an allocation hangs; each bound
+# leaves a wide margin over the largest published model.
+MAX_LAYERS = 10_000  # DeepNet trains 1,000 layers (arXiv 2203.00555); validation loops over layers
+MAX_WIDTH = 2**16  # PaLM 540B: d = 18,432 (arXiv 2204.02311)
+MAX_VOCAB = 2**24  # Gemma 3: 262,144 tokens
+MAX_POSITIONS = 2**24  # Llama 4 Scout: 10M context
+MAX_SINKHORN_ITERS = 1_000  # mHC uses t_max = 20 (arXiv 2512.24880); every forward runs them all
+MAX_STREAMS = 64  # hyper-connections use n = 2..8 (arXiv 2409.19606); the streams multiply activation memory
+
+# Multipliers and init gains are applied in the activation dtype: float16's largest finite value bounds them.
+def _check_divisor_of_width(name: str, value: Any, config: Any) -> None:
+    """`laurel_rank` / `frac_rate`: an integer >= 1; where its residual uses it, at most hidden_size (a rank of a
+    d x d map) or a divisor of it (a number of equal fractions of d)."""
+    fractions = name == "frac_rate"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise refuse(name, value, "an integer >= 1")
+    if config.residual != ("frac" if fractions else "laurel") or (not fractions and config.laurel_variant == "rw"):
+        return  # bounded by the width only where it is used: a field of an unused residual must not refuse a model
+    d = config.hidden_size
+    if not value <= d or (fractions and d % value):
+        what = ("an integer >= 1 that divides hidden_size={d} (Frac-Connections split the hidden state into that many "
+                "equal fractions)" if fractions else "an integer in [1, hidden_size={d}] (the rank r of LAuReL-LR's B A)")
+        raise refuse(name, value, what.format(d=d))
+
+
+_SCALE = "a constant multiplied into activations or weights, so it must stay finite in float16 (max 65504)"
+_POSITIVE_SCALE = Float(0.0, FLOAT16_MAX, open_low=True)
+_OPT_POSITIVE_SCALE = Float(0.0, FLOAT16_MAX, open_low=True, optional=True)
+_SOFTCAP = Float(FLOAT16_TINY, FLOAT32_MAX, optional=True)
+_SOFTCAP_WHY = ("c * tanh(x / c) divides by c: below float16's smallest normal (6.1e-05) c flushes to 0 and the "
+                "logits become NaN")
+
+# ================================================================================================== THE FIELD TABLE
+# One row per field: Field(name, kind and range, why the range, citation). Read by config_fields_skipnorm.validate,
+# in this order (a row may read fields of earlier rows: the token ids read vocab_size). To add a field: declare it on
+# SkipNormConfig with its docstring line, then add its row here (see config_fields_skipnorm's docstring).
+FIELDS: tuple[Field, ...] = (
+    # --- sizes (bounded first: the rules below loop over layers) ---
+    Field("vocab_size", Int(1, MAX_VOCAB), "embedding rows", "LlamaConfig"),
+    Field("hidden_size", Int(1, MAX_WIDTH), "the residual stream width", "LlamaConfig"),
+    Field("num_hidden_layers", Int(1, MAX_LAYERS), "blocks; validation loops over them", "LlamaConfig"),
+    Field("num_attention_heads", Int(1, MAX_WIDTH), "query heads", "LlamaConfig"),
+    Field("num_key_value_heads", Int(1, MAX_WIDTH), "key/value heads", "GQA, arXiv 2305.13245"),
+    Field("head_dim", Int(1, MAX_WIDTH), "hidden_size must be divisible by num_attention_heads, or set head_dim",
+          "LlamaConfig"),
+    Field("intermediate_size", Int(1, 8 * MAX_WIDTH), "the MLP width", "LlamaConfig"),
+    Field("max_position_embeddings", Int(1, MAX_POSITIONS), "the longest sequence", "LlamaConfig"),
+    Field("type_vocab_size", Int(0, 2**16), "token types; 0 = no token-type embedding", "BERT, arXiv 1810.04805"),
+    # --- transformers-standard values ---
+    Field("hidden_act", Check(_check_hidden_act), "looked up in transformers' ACT2FN", "transformers.activations"),
+    Field("initializer_range", Float(0.0, 1.0), "an init std; published ones are 0.02 and below", "GPT-2, BERT"),
+    Field("use_cache", Bool(), "", "transformers"),
+    Field("tie_word_embeddings", Bool(), "", "transformers"),
+    Field("attention_bias", Bool(), "", "LlamaConfig"),
+    Field("mlp_bias", Bool(), "", "LlamaConfig"),
+    Field("attention_dropout", Float(0.0, 1.0, open_high=True), "a drop probability", "LlamaConfig"),
+    Field("hidden_dropout", Float(0.0, 1.0, open_high=True), "a drop probability", "BERT"),
+    Field("pad_token_id", Check(_check_token_id), "", "transformers"),
+    Field("bos_token_id", Check(_check_token_id), "", "transformers"),
+    Field("eos_token_id", Check(_check_token_id), "", "transformers"),
+    # --- architecture ---
+    Field("position_embedding", Choice(POSITION_EMBEDDINGS), "", "RoFormer arXiv 2104.09864; GPT-2; NoPE"),
+    Field("rope_parameters", Check(_check_rope_parameters), "", "transformers' RoPE utilities"),
+    Field("partial_rotary_factor", Float(0.0, 1.0, open_low=True), "a fraction of each head's dims", "GPT-NeoX"),
+    Field("mlp_type", Choice(MLP_TYPES), "", "arXiv 2002.05202"),
+    Field("is_causal", Bool(), "", "transformers"),
+    Field("classifier_pooling", Choice(CLASSIFIER_POOLINGS, optional=True), "", "transformers heads"),
+    Field("embedding_multiplier", _POSITIVE_SCALE, _SCALE, "Gemma: sqrt(hidden_size)"),
+    Field("attention_multiplier", _OPT_POSITIVE_SCALE, _SCALE, "Vaswani 2017; Gemma 2"),
+    Field("attn_logit_softcapping", _SOFTCAP, _SOFTCAP_WHY, "Gemma 2, arXiv 2408.00118"),
+    Field("final_logit_softcapping", _SOFTCAP, _SOFTCAP_WHY, "Gemma 2, arXiv 2408.00118"),
+    Field("lm_head_bias", Bool(), "", "Phi"),
+    # --- the three axes ---
+    Field("mix_ratio", Float(0.0, 1.0), "a fraction of the layers", "Mix-LN, arXiv 2412.13795"),
+    Field("norm_position", Check(_check_positions), "", "see the docstring"),
+    Field("attn_norm_position", Check(_check_positions), "", "see the docstring"),
+    Field("mlp_norm_position", Check(_check_positions), "", "see the docstring"),
+    Field("norm_type", Choice(NORM_TYPES), "", "see the docstring"),
+    Field("norm_eps", Float(0.0, 1.0), "a floor under a variance or norm", "LLaMA 1e-6, BERT 1e-12"),
+    Field("norm_bias", Bool(), "", "OLMo"),
+    Field("norm_unit_offset", Bool(), "", "Gemma"),
+    Field("residual", Choice(RESIDUALS), "", "see the docstring"),
+    Field("residual_alpha", Float(-FLOAT16_MAX, FLOAT16_MAX, optional=True), _SCALE, "Granite; DeepNet"),
+    Field("branch_multiplier", Float(-FLOAT16_MAX, FLOAT16_MAX), _SCALE, "MiniCPM"),
+    Field("embedding_norm", Bool(), "", "BERT; Peri-LN arXiv 2502.02732"),
+    Field("final_norm", Bool(optional=True), "", "see the docstring"),
+    Field("branch_init", Choice(BRANCH_INITS), "", "GPT-2; SkipInit arXiv 2002.10444"),
+    # --- the norm catalogue ---
+    Field("qk_norm", Choice(QK_NORMS), "", "Qwen3; OLMo 2 arXiv 2501.00656"),
+    Field("norm_depth_scaling", Bool(), "", "arXiv 2502.05795"),
+    Field("parallel_block", Bool(), "", "GPT-J, PaLM"),
+    Field("parallel_shared_norm", Bool(), "", "GPT-J"),
+    Field("dyt_alpha_init", _POSITIVE_SCALE, _SCALE, "DyT, arXiv 2503.10622"),
+    Field("dyt_attn_alpha_init", _OPT_POSITIVE_SCALE, _SCALE, "DyT, arXiv 2503.10622"),
+    Field("derf_alpha_init", _POSITIVE_SCALE, _SCALE, "Derf, arXiv 2512.10938"),
+    # --- the residual catalogue ---
+    Field("branch_init_gain", _OPT_POSITIVE_SCALE, _SCALE, "DeepNet, arXiv 2203.00555"),
+    Field("admin_omegas", Check(_check_admin_omegas), "", "Admin, arXiv 2004.08249"),
+    Field("layerscale_init", _OPT_POSITIVE_SCALE, _SCALE, "CaiT, arXiv 2103.17239"),
+    Field("residual_streams", Int(1, MAX_STREAMS), "streams multiply activation memory", "arXiv 2409.19606"),
+    Field("hyper_dynamic", Bool(), "", "arXiv 2409.19606"),
+    Field("sinkhorn_iters", Int(1, MAX_SINKHORN_ITERS), "every forward runs them all; the paper uses 20",
+          "mHC, arXiv 2512.24880"),
+    # --- the residual frontier (issue 15) ---
+    Field("orthogonal_eps", Float(0.0, 1.0, open_low=True), "a floor under <x, x> so a zero stream projects nothing",
+          "Orthogonal Residual Update, arXiv 2505.11881 (reference code 1e-6)"),
+    Field("laurel_variant", Choice(LAUREL_VARIANTS), "", "LAuReL, arXiv 2411.07501, Sec. 2"),
+    Field("laurel_rank", Check(_check_divisor_of_width), "", "LAuReL-LR, arXiv 2411.07501"),
+    Field("frac_rate", Check(_check_divisor_of_width), "", "Frac-Connections, arXiv 2503.14125"),
+    Field("architecture", Choice(ARCHITECTURES), "", "nGPT, arXiv 2410.01131"),
+    Field("ngpt_alpha_init", _POSITIVE_SCALE, _SCALE, "nGPT, arXiv 2410.01131 (0.05)"),
+    # --- fields of transformers' PreTrainedConfig that its code reads from ours ---
+    Field("output_attentions", Bool(), "", "transformers"),
+    Field("output_hidden_states", Bool(optional=True), "", "transformers"),
+    Field("return_dict", Bool(optional=True), "", "transformers"),
+    Field("dtype", Check(_check_dtype), "", "transformers"),
+    Field("chunk_size_feed_forward", Int(0, 0), "feed-forward chunking is not implemented", "transformers"),
+    Field("is_encoder_decoder", Bool(), "", "transformers"),
+    Field("id2label", Check(_check_labels), "", "transformers"),
+    Field("label2id", Check(_check_labels), "", "transformers"),
+    Field("problem_type", Choice(PROBLEM_TYPES, optional=True), "", "transformers"),
+    Field("architectures", Check(_check_str_list), "", "transformers"),
+    Field("transformers_version", Check(_check_version), "", "transformers"),
+)
+
+
+def layers_of(config: Any) -> list[tuple[str, str]]:
+    """(attention, MLP) placement of every layer, resolved; only called after num_hidden_layers is bounded."""
+    return [config.layer_norm_positions(i) for i in range(config.num_hidden_layers)]
+
+
+# ================================================================================================== CROSS-FIELD RULES
+# One function per rule, registered with @rule and run in this order after every row passed. Each raises a ValueError
+# naming every field involved, their values and the valid choices. To add one, write it beside its siblings here.
+
+# --- attention shape ---
+@rule
+def kv_heads_divide_heads(c: Any, layers: list) -> None:
+    if c.num_attention_heads % c.num_key_value_heads != 0:
+        raise ValueError(
+            f"SkipNormConfig.num_key_value_heads={c.num_key_value_heads} is not valid; it must divide "
+            f"num_attention_heads={c.num_attention_heads}"
+        )
+
+
+@rule
+def rope_rotates_an_even_number_of_dims(c: Any, layers: list) -> None:
+    if c.position_embedding == "rope":
+        rotary_dim = int(c.head_dim * c.partial_rotary_factor)
+        if rotary_dim % 2 != 0 or rotary_dim == 0:
+            raise ValueError(
+                f"SkipNormConfig.partial_rotary_factor={c.partial_rotary_factor!r} is not valid with "
+                f"head_dim={c.head_dim}: RoPE needs an even, non-zero number of rotated dims (got {rotary_dim})"
+            )
+
+
+# --- the norm vocabulary (NORM_TYPES, UNIT_OFFSET_NORM_TYPES) ---
+# Norms that divide by a statistic of their input: with norm_eps=0, an all-zero input (a zero padding embedding,
+# a rezero branch at init) is 0/0. DyT and Derf have no statistic; "none" is the identity.
+NORM_TYPES_DIVIDING: tuple[str, ...] = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm")
+
+
+@rule
+def norm_eps_positive_where_norms_divide(c: Any, layers: list) -> None:
+    if c.norm_eps == 0 and c.norm_type in NORM_TYPES_DIVIDING:
+        raise ValueError(
+            f"SkipNormConfig.norm_eps=0 is not valid with norm_type={c.norm_type!r}: it divides by a statistic of "
+            f"its input, and an all-zero input (a zero padding embedding) gives 0/0 = NaN; expected norm_eps > 0 "
+            f"(LLaMA 1e-6), or a norm type without a statistic: dyt, derf, none"
+        )
+
+
+@rule
+def unit_offset_needs_a_gain(c: Any, layers: list) -> None:
+    if c.norm_unit_offset and c.norm_type not in UNIT_OFFSET_NORM_TYPES:
+        raise ValueError(
+            f"SkipNormConfig.norm_unit_offset=True is not valid with norm_type={c.norm_type!r}: it has no "
+            f"per-channel gain to store as 1 + w; norm types with one: {', '.join(UNIT_OFFSET_NORM_TYPES)}"
+        )
+
+
+# --- placements (PLACEMENT_SLOTS, WHOLE_STACK_PLACEMENTS, BLOCK_PLACEMENTS) ---
+@rule
+def whole_stack_placements_fix_both_sublayers(c: Any, layers: list) -> None:
+    overrides = {f: getattr(c, f) for f in ("attn_norm_position", "mlp_norm_position") if getattr(c, f) is not None}
+    for field, value in overrides.items():
+        if value in WHOLE_STACK_PLACEMENTS:
+            raise ValueError(
+                f"SkipNormConfig.{field}={value!r} is not valid: {value!r} describes a whole stack, both sublayers; "
+                f"set norm_position={value!r} and leave the per-sublayer overrides None"
+            )
+    if c.norm_position in WHOLE_STACK_PLACEMENTS and overrides:
+        raise ValueError(
+            f"SkipNormConfig.norm_position={c.norm_position!r} is not valid with per-sublayer overrides "
+            f"{overrides!r}: it fixes both sublayers of every block; leave attn_norm_position/mlp_norm_position None"
+        )
+
+
+@rule
+def rewired_blocks_keep_both_sublayers_and_plain_sums(c: Any, layers: list) -> None:
+    for layer, (attn, mlp) in enumerate(layers):
+        if (attn in BLOCK_PLACEMENTS or mlp in BLOCK_PLACEMENTS) and attn != mlp:
+            raise ValueError(
+                f"SkipNormConfig.norm_position: block {layer} mixes {attn!r} (attention) with {mlp!r} (MLP), which is "
+                f"not valid: {', '.join(BLOCK_PLACEMENTS)} wire both sublayers of a block together"
+            )
+    rewired = {position for pair in layers for position in pair} & set(BLOCK_PLACEMENTS)
+    if rewired and c.residual != "add":
+        raise ValueError(
+            f"SkipNormConfig.residual={c.residual!r} is not valid with norm_position using {sorted(rewired)}: "
+            f"B2T and ResiDual define their own skip paths as plain sums; valid choices: add"
+        )
+    if c.norm_position == "resi_dual" and c.final_norm:
+        raise ValueError(
+            "SkipNormConfig.final_norm=True is not valid with norm_position='resi_dual': the output x_L + N(d_L) "
+            "already ends with ResiDual's own norm; valid choices: None or False"
+        )
+
+
+@rule
+def hybrid_norm_already_normalizes_qk(c: Any, layers: list) -> None:
+    if c.qk_norm != "none" and any(PLACEMENT_SLOTS[attn][0].qkv for attn, _ in layers):
+        raise ValueError(
+            f"SkipNormConfig.qk_norm={c.qk_norm!r} is not valid with a HybridNorm placement "
+            f"(norm_position={c.norm_position!r}): HybridNorm already normalizes Q, K and V per head; "
+            f"valid choices: none"
+        )
+
+
+@rule
+def parallel_block_has_one_skip(c: Any, layers: list) -> None:
+    if c.parallel_shared_norm and not c.parallel_block:
+        raise ValueError(
+            "SkipNormConfig.parallel_shared_norm=True is not valid with parallel_block=False: there is no second "
+            "branch to share the input norm with; set parallel_block=True"
+        )
+    if not c.parallel_block:
+        return
+    valid = [p for p, slots in PLACEMENT_SLOTS.items()
+             if slots and not slots[0].post and not slots[1].post and p not in BLOCK_PLACEMENTS]
+    for layer, (attn, mlp) in enumerate(layers):
+        bad = [p for p in (attn, mlp) if p in BLOCK_PLACEMENTS or PLACEMENT_SLOTS[p][0].post or PLACEMENT_SLOTS[p][1].post]
+        if bad:
+            raise ValueError(
+                f"SkipNormConfig.parallel_block=True is not valid with placement {bad[0]!r} (block {layer}): a "
+                f"parallel block sums both branches onto one skip, so a norm after each sublayer's skip "
+                f"(post, pre_post, mix's post blocks, hybrid, b2t, resi_dual) has no place; valid placements: "
+                f"{', '.join(valid)}"
+            )
+        if c.parallel_shared_norm and PLACEMENT_SLOTS[attn][0].pre != PLACEMENT_SLOTS[mlp][1].pre:
+            raise ValueError(
+                f"SkipNormConfig.parallel_shared_norm=True is not valid with block {layer}'s placements "
+                f"{attn!r} / {mlp!r}: one has an input norm and the other not, so there is nothing to share"
+            )
+    if c.residual not in PARALLEL_RESIDUALS:
+        raise ValueError(
+            f"SkipNormConfig.residual={c.residual!r} is not valid with parallel_block=True: a parallel block "
+            f"combines one skip with the sum of both branches; valid choices: "
+            f"{', '.join(r for r in PARALLEL_RESIDUALS if r in RESIDUALS)}"
+        )
+
+
+@rule
+def depth_scaling_needs_input_norms(c: Any, layers: list) -> None:
+    if not c.norm_depth_scaling:
+        return
+    has_input_norm = any(PLACEMENT_SLOTS[attn][0].pre or PLACEMENT_SLOTS[mlp][1].pre for attn, mlp in layers)
+    if not has_input_norm or c.norm_type == "none":
+        raise ValueError(
+            f"SkipNormConfig.norm_depth_scaling=True is not valid with norm_position={c.norm_position!r}, "
+            f"norm_type={c.norm_type!r}: LayerNorm Scaling scales the output of input norms N_in, and this "
+            f"model has none; use a placement with an input norm (pre, sandwich, peri, subln, normformer, mix)"
+        )
+    if c.branch_init == "scaled_depth":
+        raise ValueError(
+            "SkipNormConfig.branch_init='scaled_depth' is not valid with norm_depth_scaling=True: LayerNorm "
+            "Scaling (arXiv 2502.05795) replaces depth-scaled init, which would shrink deep branches twice; "
+            "valid choices: normal, zero"
+        )
+
+
+# --- residuals (RESIDUALS, POST_LN_RESIDUALS, STREAM_RESIDUALS) ---
+@rule
+def one_branch_init_rescaling(c: Any, layers: list) -> None:
+    if "subln" in {p for pair in layers for p in pair} and c.residual == "deepnorm":
+        raise ValueError(
+            "SkipNormConfig.residual='deepnorm' is not valid with norm_position 'subln': DeepNet and Magneto both "
+            "rescale the init of the same branch weights (beta vs gamma); pick one"
+        )
+    if c.branch_init_gain is not None and c.branch_init != "normal":
+        raise ValueError(
+            f"SkipNormConfig.branch_init={c.branch_init!r} is not valid with branch_init_gain="
+            f"{c.branch_init_gain!r}: both set the init of the branch output projections; valid choices: normal"
+        )
+
+
+@rule
+def admin_omegas_only_for_admin(c: Any, layers: list) -> None:
+    if c.admin_omegas is not None and c.residual != "admin":
+        raise ValueError(
+            f"SkipNormConfig.admin_omegas is not valid with residual={c.residual!r}: only Admin uses them; "
+            f"valid choices: residual='admin' or admin_omegas=None"
+        )
+
+
+@rule
+def post_ln_residuals_need_post_ln(c: Any, layers: list) -> None:
+    if c.residual in POST_LN_RESIDUALS:
+        off = sorted({p for pair in layers for p in pair} - {"post"})
+        if off:
+            raise ValueError(
+                f"SkipNormConfig.residual={c.residual!r} is not valid with placements {off}: its formula "
+                f"N(w*x + F(x)) and its constants are for post-LN; valid choices: norm_position='post' (no "
+                f"per-sublayer overrides)"
+            )
+
+
+@rule
+def stream_residuals_need_the_sequential_block(c: Any, layers: list) -> None:
+    if c.residual in STREAM_RESIDUALS and c.parallel_block:
+        raise ValueError(
+            f"SkipNormConfig.residual={c.residual!r} is not valid with parallel_block=True: its blocks wire "
+            f"attention then MLP on a stream state; valid choices with a parallel block: add, none, scaled"
+        )
+    if c.residual in ("hyper", "mhc"):
+        for layer, (attn, mlp) in enumerate(layers):
+            bad = [p for p, sub in ((attn, 0), (mlp, 1)) if PLACEMENT_SLOTS[p][sub].post]
+            if bad:
+                raise ValueError(
+                    f"SkipNormConfig.norm_position={bad[0]!r} (block {layer}) is not valid with residual="
+                    f"{c.residual!r}: hyper-connections mix several streams after each sublayer, so a norm "
+                    f"after the skip has no single stream to normalize; valid choices: placements without a "
+                    f"post norm, e.g. pre, sandwich, output, none"
+                )
+
+
+# --- the residual frontier (issue 15: ORTHOGONAL, LAUREL, FRAC, NGPT_REQUIRED_FIELDS) ---
+@rule
+def frac_connections_need_no_post_norm(c: Any, layers: list) -> None:
+    if c.residual != "frac":
+        return
+    for layer, (attn, mlp) in enumerate(layers):
+        bad = [p for p, sub in ((attn, 0), (mlp, 1)) if PLACEMENT_SLOTS[p][sub].post]
+        if bad:
+            raise ValueError(
+                f"SkipNormConfig.norm_position={bad[0]!r} (block {layer}) is not valid with residual='frac': "
+                f"Frac-Connections, like hyper-connections, write the sublayer output back through their depth "
+                f"connection, leaving no sum for a norm after the skip; valid choices: placements without a post "
+                f"norm, e.g. pre, sandwich, output, none"
+            )
+
+
+@rule
+def ngpt_fixes_its_fields(c: Any, layers: list) -> None:
+    """nGPT replaces the block, the embeddings and the logits: every field it would otherwise ignore must say so."""
+    if c.architecture != "ngpt":
+        return
+    for field, (required, why) in NGPT_REQUIRED_FIELDS.items():
+        value, accepted = getattr(c, field), required if isinstance(required, tuple) else (required,)
+        # bool is an int subclass: False must not pass for 0.0, nor 1 for True
+        if not any(value == ok and isinstance(value, bool) == isinstance(ok, bool) for ok in accepted):
+            raise ValueError(f"SkipNormConfig.{field}={value!r} is not valid with architecture='ngpt': {why}; "
+                             f"valid choices: {', '.join(map(repr, accepted))}")
+    if c.position_embedding not in NGPT_POSITION_EMBEDDINGS:
+        raise ValueError(
+            f"SkipNormConfig.position_embedding={c.position_embedding!r} is not valid with architecture='ngpt': "
+            f"learned positions add an un-normalized vector to the unit-norm embeddings (the paper uses RoPE); "
+            f"valid choices: {', '.join(NGPT_POSITION_EMBEDDINGS)}")
+    if c.num_key_value_heads != c.num_attention_heads:
+        raise ValueError(
+            f"SkipNormConfig.num_key_value_heads={c.num_key_value_heads} is not valid with architecture='ngpt': the "
+            f"paper's one s_qk scales q and k of every head alike, which grouped-query attention's fewer key heads "
+            f"cannot share; valid choices: num_attention_heads={c.num_attention_heads}")
+
+
+# --- what transformers reads from our config ---
+@rule
+def decoder_or_encoder_only(c: Any, layers: list) -> None:
+    if c.is_encoder_decoder:
+        raise ValueError(
+            "SkipNormConfig.is_encoder_decoder=True is not valid: SkipNorm builds one stack, a decoder (is_causal=True) "
+            "or an encoder (is_causal=False); valid choices: False"
+        )
+
+
+@rule
+def output_attentions_needs_eager_attention(c: Any, layers: list) -> None:
+    if c.output_attentions and c._attn_implementation not in (None, "eager"):
+        raise ValueError(
+            f"SkipNormConfig.output_attentions=True is not valid with attn_implementation="
+            f"{c._attn_implementation!r}: only eager attention returns the attention weights; valid choices: "
+            f"attn_implementation='eager'"
+        )
+
+
+@rule
+def transformers_save_checks_pass(c: Any, layers: list) -> None:
+    """transformers runs its own class validators in `save_pretrained`: run them now, so a config that constructs
+    also saves (its `validate_rope` is what refused a NoPE head_dim of 5 at save time)."""
+    for validator in type(c).__class_validators__:
+        try:
+            validator(c)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"SkipNormConfig is not valid for transformers' {validator.__name__} (save_pretrained runs it): {error}"
+            ) from error
+
 
 
 class SkipNormConfig(PreTrainedConfig):
     r"""Configuration of a SkipNorm transformer.
 
-    Standard fields follow transformers' names and meanings (see `LlamaConfig`). The SkipNorm-specific fields:
+    Standard fields follow transformers' names and meanings (`LlamaConfig`, Touvron et al. 2023, arXiv 2302.13971):
+    `vocab_size` (embedding rows), `hidden_size` (the residual stream width d), `intermediate_size` (the MLP width;
+    `None`: 4d for plain MLPs, LLaMA's 8d/3 rounded up to 64 for gated ones), `num_hidden_layers` (blocks L),
+    `num_attention_heads`, `num_key_value_heads` (`None`: multi-head; fewer: grouped-query, arXiv 2305.13245),
+    `head_dim` (`None`: d / heads), `hidden_act` (a key of transformers' ACT2FN; a GLU is `mlp_type="gated"`),
+    `max_position_embeddings`, `initializer_range` (the init std, GPT-2's 0.02), `use_cache`, `pad_token_id` /
+    `bos_token_id` / `eos_token_id` (ids in the vocabulary; `eos_token_id` may be a list), `tie_word_embeddings`
+    (Press & Wolf 2017, arXiv 1608.05859), `rope_parameters` (transformers' RoPE dict; `None` without RoPE),
+    `attention_bias` / `mlp_bias` (biases of the projections, Qwen2 / GPT-2), `attention_dropout` / `hidden_dropout`
+    (Srivastava et al. 2014). Every field's type and range, with the reason for the range, is a row of `FIELDS`.
 
     Args:
         norm_position (`str` or `list[str]`, defaults to `"pre"`):
@@ -428,6 +1020,7 @@ class SkipNormConfig(PreTrainedConfig):
     frac_rate: int = 4
 
     def __post_init__(self, **kwargs):
+        self._screen_kwargs(kwargs)
         if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int):
             if self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads == 0:
                 self.head_dim = self.hidden_size // self.num_attention_heads
@@ -439,212 +1032,92 @@ class SkipNormConfig(PreTrainedConfig):
                 self.intermediate_size = 64 * math.ceil(int(8 * self.hidden_size / 3) / 64)
             else:
                 self.intermediate_size = 4 * self.hidden_size
-        if self.rope_parameters is None:
-            self.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+        if self.rope_parameters is None and kwargs.get("rope_scaling") is None:
+            # transformers fills a missing rope_theta with setdefault, so a rope_theta kwarg must go in here
+            self.rope_parameters = {"rope_type": "default", "rope_theta": kwargs.pop("rope_theta", 10000.0)}
         if isinstance(self.norm_position, tuple):
             self.norm_position = list(self.norm_position)
         if self.norm_position == "peri":
             self.embedding_norm = True  # Peri-LN normalizes the embedding output too (arXiv 2502.02732)
         self.resolve_residual_constants()
         super().__post_init__(**kwargs)
+        if self.position_embedding != "rope" and _is_default_rope(self.rope_parameters):
+            self.rope_parameters = None  # nothing reads it; kept, transformers' save-time RoPE checks would judge it
+        if self.output_attentions and self._attn_implementation is None:
+            self._attn_implementation = "eager"  # what transformers' output_attentions setter does; only eager returns them
         self.validate_skipnorm()
+
+    def _screen_kwargs(self, kwargs: dict) -> None:
+        """Keys that are not fields: refuse the ones transformers would act on and we do not implement, refuse values
+        transformers would crash on or drop, and warn about near-misses of our fields (a typo leaves the default)."""
+        for key, why in UNIMPLEMENTED_KWARGS.items():
+            if kwargs.get(key) not in (None, False):
+                raise ValueError(f"SkipNormConfig.{key}={kwargs[key]!r} is not valid: {why}; valid choices: None (omit it)")
+        defaults = GenerationConfig._get_default_generation_params()
+        for key in sorted(set(kwargs) & set(defaults) - {"use_cache"}):
+            if kwargs[key] != defaults[key]:
+                raise ValueError(
+                    f"SkipNormConfig.{key}={kwargs[key]!r} is not valid: a generation parameter belongs in "
+                    f"model.generation_config (GenerationConfig), not the model config (transformers drops it here "
+                    f"and refuses it in save_pretrained)"
+                )
+        if "num_labels" in kwargs:
+            Int(1, 2**20).check("num_labels", kwargs["num_labels"], self, "classes of a classification head")
+        rope = self.rope_parameters
+        if rope is not None and not isinstance(rope, dict):
+            raise refuse("rope_parameters", rope, "None or a dict such as {'rope_type': 'default', 'rope_theta': 10000.0}")
+        for key in ("rope_scaling", "rope_theta"):  # transformers' legacy spellings of rope_parameters entries
+            if kwargs.get(key) is not None and rope is not None:
+                theirs = kwargs[key] if key == "rope_scaling" else {"rope_theta": kwargs[key]}
+                if not isinstance(theirs, dict) or any(rope.get(k, v) != v for k, v in theirs.items()):
+                    raise ValueError(
+                        f"SkipNormConfig.{key}={kwargs[key]!r} is not valid with rope_parameters={rope!r}: two values "
+                        f"for one RoPE setting (transformers would keep one silently); give rope_parameters only"
+                    )
+        Check(_check_labels).check("id2label", self.id2label, self, "")  # transformers converts its keys with int()
+        Check(_check_dtype).check("torch_dtype", kwargs.get("torch_dtype"), self, "")
+        Check(_check_dtype).check("dtype", self.dtype, self, "")
+        Bool().check("output_attentions", kwargs.get("output_attentions", False), self, "")
+        known = {f.name for f in dataclasses.fields(self)} | TRANSFORMERS_KWARGS | set(defaults)
+        for key in sorted(set(kwargs) - known):
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+            if close:
+                warnings.warn(
+                    f"SkipNormConfig got an unknown key {key}={kwargs[key]!r}; did you mean {close[0]}? It is stored "
+                    f"as an attribute that nothing reads, so {close[0]} keeps {getattr(self, close[0], None)!r}",
+                    UserWarning, stacklevel=4,
+                )
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file) -> dict:
+        """transformers' reader, refusing a file that holds valid JSON but not an object (a list, a number)."""
+        config_dict = super()._dict_from_json_file(json_file)
+        if not isinstance(config_dict, dict):
+            raise ValueError(
+                f"{json_file} is not a valid SkipNormConfig file: it holds a JSON {type(config_dict).__name__}, "
+                f"expected a JSON object of config fields"
+            )
+        return config_dict
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' reader sets keyword overrides (`from_pretrained(path, norm_eps=...)`) with `setattr` after
+        construction, which skips validation; fields given as keywords join the dict instead (issue 13, loading),
+        so the constructor validates the config that is actually built."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"dtype", "torch_dtype"}  # transformers' "auto" handling
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in fields}
+        return super().from_dict({**config_dict, **overrides}, **kwargs)
 
     # ------------------------------------------------------------------ validation
     def validate_skipnorm(self) -> None:
-        """Check every field; raise ValueError naming the field, the value and the valid choices."""
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"SkipNormConfig.{name}={value!r} is not valid; expected a positive integer")
-        for name in ("num_key_value_heads", "head_dim", "intermediate_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(
-                    f"SkipNormConfig.{name}={value!r} is not valid; expected a positive integer"
-                    + (" (hidden_size must be divisible by num_attention_heads, or set head_dim)" if name == "head_dim" else "")
-                )
-        if self.num_attention_heads % self.num_key_value_heads != 0:
-            raise ValueError(
-                f"SkipNormConfig.num_key_value_heads={self.num_key_value_heads} is not valid; it must divide "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
-        if isinstance(self.type_vocab_size, bool) or not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
-            raise ValueError(f"SkipNormConfig.type_vocab_size={self.type_vocab_size!r} is not valid; expected an integer >= 0")
-        for name in ("attention_dropout", "hidden_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"SkipNormConfig.{name}={value!r} is not valid; expected a float in [0, 1)")
-        for name in ("norm_eps", "initializer_range"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"SkipNormConfig.{name}={value!r} is not valid; expected a float >= 0")
-        for name in ("residual_alpha", "branch_multiplier"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"SkipNormConfig.{name}={value!r} is not valid; expected a finite float")
-        for name in ("embedding_multiplier", "attention_multiplier", "attn_logit_softcapping",
-                     "final_logit_softcapping"):
-            value = getattr(self, name)
-            if value is None and name != "embedding_multiplier":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(
-                    f"SkipNormConfig.{name}={value!r} is not valid; expected a finite float > 0"
-                    + ("" if name == "embedding_multiplier" else " or None")
-                )
-        for name in ("norm_bias", "norm_unit_offset", "embedding_norm", "is_causal", "tie_word_embeddings",
-                     "attention_bias", "mlp_bias", "lm_head_bias"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ValueError(f"SkipNormConfig.{name}={value!r} is not valid; expected True or False")
-        if self.final_norm is not None and not isinstance(self.final_norm, bool):
-            raise ValueError(f"SkipNormConfig.final_norm={self.final_norm!r} is not valid; expected True, False or None")
-        if not isinstance(self.partial_rotary_factor, (int, float)) or not 0.0 < self.partial_rotary_factor <= 1.0:
-            raise ValueError(
-                f"SkipNormConfig.partial_rotary_factor={self.partial_rotary_factor!r} is not valid; expected 0 < f <= 1"
-            )
-        if self.position_embedding == "rope":
-            rotary_dim = int(self.head_dim * self.partial_rotary_factor)
-            if rotary_dim % 2 != 0 or rotary_dim == 0:
-                raise ValueError(
-                    f"SkipNormConfig.partial_rotary_factor={self.partial_rotary_factor!r} is not valid with "
-                    f"head_dim={self.head_dim}: RoPE needs an even, non-zero number of rotated dims (got {rotary_dim})"
-                )
-        _check_choice("norm_type", self.norm_type, NORM_TYPES)
-        _check_choice("residual", self.residual, RESIDUALS)
-        _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
-        _check_choice("mlp_type", self.mlp_type, MLP_TYPES)
-        _check_choice("branch_init", self.branch_init, BRANCH_INITS)
-        if self.classifier_pooling is not None:
-            _check_choice("classifier_pooling", self.classifier_pooling, CLASSIFIER_POOLINGS)
-        self._check_positions("norm_position", self.norm_position, allow_none=False)
-        self._check_positions("attn_norm_position", self.attn_norm_position, allow_none=True)
-        self._check_positions("mlp_norm_position", self.mlp_norm_position, allow_none=True)
-        self.validate_norm_catalogue()
-        self.validate_residual_catalogue()
-        self.validate_frontier_residuals()
-
-    def validate_norm_catalogue(self) -> None:
-        """Cross-field checks of the norm catalogue: refuse combinations that do not mean anything, saying why."""
-        _check_choice("qk_norm", self.qk_norm, QK_NORMS)
-        for name in ("norm_depth_scaling", "parallel_block", "parallel_shared_norm"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"SkipNormConfig.{name}={getattr(self, name)!r} is not valid; expected True or False")
-        if isinstance(self.mix_ratio, bool) or not isinstance(self.mix_ratio, (int, float)) or not 0.0 <= self.mix_ratio <= 1.0:
-            raise ValueError(f"SkipNormConfig.mix_ratio={self.mix_ratio!r} is not valid; expected a float in [0, 1]")
-        for name in ("dyt_alpha_init", "dyt_attn_alpha_init", "derf_alpha_init"):
-            value = getattr(self, name)
-            if value is None and name == "dyt_attn_alpha_init":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"SkipNormConfig.{name}={value!r} is not valid; expected a finite float > 0")
-        if self.norm_unit_offset and self.norm_type not in UNIT_OFFSET_NORM_TYPES:
-            raise ValueError(
-                f"SkipNormConfig.norm_unit_offset=True is not valid with norm_type={self.norm_type!r}: it has no "
-                f"per-channel gain to store as 1 + w; norm types with one: {', '.join(UNIT_OFFSET_NORM_TYPES)}"
-            )
-
-        # Whole-stack placements: one string for the stack, no per-layer lists, no per-sublayer overrides.
-        for field in ("norm_position", "attn_norm_position", "mlp_norm_position"):
-            value = getattr(self, field)
-            if isinstance(value, list):
-                for index, entry in enumerate(value):
-                    if entry in WHOLE_STACK_PLACEMENTS:
-                        raise ValueError(
-                            f"SkipNormConfig.{field}[{index}]={entry!r} is not valid: {entry!r} describes a whole stack "
-                            f"(set norm_position={entry!r}); inside a per-layer list use the placements it resolves "
-                            f"to. Whole-stack values: {', '.join(WHOLE_STACK_PLACEMENTS)}"
-                        )
-        overrides = {f: getattr(self, f) for f in ("attn_norm_position", "mlp_norm_position") if getattr(self, f) is not None}
-        for field, value in overrides.items():
-            if value in WHOLE_STACK_PLACEMENTS:
-                raise ValueError(
-                    f"SkipNormConfig.{field}={value!r} is not valid: {value!r} describes a whole stack, both sublayers; "
-                    f"set norm_position={value!r} and leave the per-sublayer overrides None"
-                )
-        if self.norm_position in WHOLE_STACK_PLACEMENTS and overrides:
-            raise ValueError(
-                f"SkipNormConfig.norm_position={self.norm_position!r} is not valid with per-sublayer overrides "
-                f"{overrides!r}: it fixes both sublayers of every block; leave attn_norm_position/mlp_norm_position None"
-            )
-
-        layers = [self.layer_norm_positions(i) for i in range(self.num_hidden_layers)]
-        for layer, (attn, mlp) in enumerate(layers):
-            if (attn in BLOCK_PLACEMENTS or mlp in BLOCK_PLACEMENTS) and attn != mlp:
-                raise ValueError(
-                    f"SkipNormConfig.norm_position: block {layer} mixes {attn!r} (attention) with {mlp!r} (MLP), which is "
-                    f"not valid: {', '.join(BLOCK_PLACEMENTS)} wire both sublayers of a block together"
-                )
-        used = {position for pair in layers for position in pair}
-        rewired = used & set(BLOCK_PLACEMENTS)
-        if rewired and self.residual != "add":
-            raise ValueError(
-                f"SkipNormConfig.residual={self.residual!r} is not valid with norm_position using {sorted(rewired)}: "
-                f"B2T and ResiDual define their own skip paths as plain sums; valid choices: add"
-            )
-        if self.norm_position == "resi_dual" and self.final_norm:
-            raise ValueError(
-                "SkipNormConfig.final_norm=True is not valid with norm_position='resi_dual': the output x_L + N(d_L) "
-                "already ends with ResiDual's own norm; valid choices: None or False"
-            )
-
-        if self.qk_norm != "none" and any(PLACEMENT_SLOTS[attn][0].qkv for attn, _ in layers):
-            raise ValueError(
-                f"SkipNormConfig.qk_norm={self.qk_norm!r} is not valid with a HybridNorm placement "
-                f"(norm_position={self.norm_position!r}): HybridNorm already normalizes Q, K and V per head; "
-                f"valid choices: none"
-            )
-        if self.parallel_shared_norm and not self.parallel_block:
-            raise ValueError(
-                "SkipNormConfig.parallel_shared_norm=True is not valid with parallel_block=False: there is no second "
-                "branch to share the input norm with; set parallel_block=True"
-            )
-        if self.parallel_block:
-            for layer, (attn, mlp) in enumerate(layers):
-                bad = [p for p in (attn, mlp) if p in BLOCK_PLACEMENTS or PLACEMENT_SLOTS[p][0].post or PLACEMENT_SLOTS[p][1].post]
-                if bad:
-                    raise ValueError(
-                        f"SkipNormConfig.parallel_block=True is not valid with placement {bad[0]!r} (block {layer}): a "
-                        f"parallel block sums both branches onto one skip, so a norm after each sublayer's skip "
-                        f"(post, pre_post, mix's post blocks, hybrid, b2t, resi_dual) has no place; valid placements: "
-                        f"{', '.join(p for p, slots in PLACEMENT_SLOTS.items() if slots and not slots[0].post and not slots[1].post and p not in BLOCK_PLACEMENTS)}"
-                    )
-                if self.parallel_shared_norm and PLACEMENT_SLOTS[attn][0].pre != PLACEMENT_SLOTS[mlp][1].pre:
-                    raise ValueError(
-                        f"SkipNormConfig.parallel_shared_norm=True is not valid with block {layer}'s placements "
-                        f"{attn!r} / {mlp!r}: one has an input norm and the other not, so there is nothing to share"
-                    )
-            if self.residual not in PARALLEL_RESIDUALS:
-                raise ValueError(
-                    f"SkipNormConfig.residual={self.residual!r} is not valid with parallel_block=True: a parallel block "
-                    f"combines one skip with the sum of both branches; valid choices: "
-                    f"{', '.join(r for r in PARALLEL_RESIDUALS if r in RESIDUALS)}"
-                )
-        if self.norm_depth_scaling:
-            has_input_norm = any(PLACEMENT_SLOTS[attn][0].pre or PLACEMENT_SLOTS[mlp][1].pre for attn, mlp in layers)
-            if not has_input_norm or self.norm_type == "none":
-                raise ValueError(
-                    f"SkipNormConfig.norm_depth_scaling=True is not valid with norm_position={self.norm_position!r}, "
-                    f"norm_type={self.norm_type!r}: LayerNorm Scaling scales the output of input norms N_in, and this "
-                    f"model has none; use a placement with an input norm (pre, sandwich, peri, subln, normformer, mix)"
-                )
-            if self.branch_init == "scaled_depth":
-                raise ValueError(
-                    "SkipNormConfig.branch_init='scaled_depth' is not valid with norm_depth_scaling=True: LayerNorm "
-                    "Scaling (arXiv 2502.05795) replaces depth-scaled init, which would shrink deep branches twice; "
-                    "valid choices: normal, zero"
-                )
-        if "subln" in used and self.residual == "deepnorm":
-            raise ValueError(
-                "SkipNormConfig.residual='deepnorm' is not valid with norm_position 'subln': DeepNet and Magneto both "
-                "rescale the init of the same branch weights (beta vs gamma); pick one"
-            )
+        """Check every row of FIELDS, then every @rule; raise ValueError naming the field, the value and the choices."""
+        validate(self, FIELDS, layers_of)
 
     def resolve_residual_constants(self) -> None:
         """Fill the residual constants left `None` from the depth, so the saved config states the values used."""
         depth = self.num_hidden_layers
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth <= 0:
-            return  # validate_skipnorm names the bad num_hidden_layers
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 0 < depth <= MAX_LAYERS:
+            return  # the num_hidden_layers row names it
         if self.residual_alpha is None:
             self.residual_alpha = deepnet_alpha(depth) if self.residual == "deepnorm" else 1.0
         if self.branch_init_gain is None and self.residual == "deepnorm":
@@ -653,133 +1126,6 @@ class SkipNormConfig(PreTrainedConfig):
             self.layerscale_init = cait_layerscale_init(depth)
         if isinstance(self.admin_omegas, tuple):
             self.admin_omegas = list(self.admin_omegas)
-
-    def validate_residual_catalogue(self) -> None:
-        """Cross-field checks of the residual catalogue: refuse combinations that do not mean anything, saying why."""
-        for name in ("branch_init_gain", "layerscale_init"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value) or value <= 0):
-                raise ValueError(f"SkipNormConfig.{name}={value!r} is not valid; expected None or a finite float > 0")
-        for name in ("residual_streams", "sinkhorn_iters"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"SkipNormConfig.{name}={value!r} is not valid; expected an integer >= 1")
-        if not isinstance(self.hyper_dynamic, bool):
-            raise ValueError(f"SkipNormConfig.hyper_dynamic={self.hyper_dynamic!r} is not valid; expected True or False")
-        if self.admin_omegas is not None:
-            expected = 2 * self.num_hidden_layers
-            if not isinstance(self.admin_omegas, list) or len(self.admin_omegas) != expected or any(
-                isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0
-                for w in self.admin_omegas
-            ):
-                raise ValueError(
-                    f"SkipNormConfig.admin_omegas={self.admin_omegas!r} is not valid; expected None or a list of "
-                    f"{expected} finite floats > 0 (one per sublayer: 2 * num_hidden_layers={self.num_hidden_layers})"
-                )
-            if self.residual != "admin":
-                raise ValueError(
-                    f"SkipNormConfig.admin_omegas is not valid with residual={self.residual!r}: only Admin uses them; "
-                    f"valid choices: residual='admin' or admin_omegas=None"
-                )
-        if self.branch_init_gain is not None and self.branch_init != "normal":
-            raise ValueError(
-                f"SkipNormConfig.branch_init={self.branch_init!r} is not valid with branch_init_gain="
-                f"{self.branch_init_gain!r}: both set the init of the branch output projections; valid choices: normal"
-            )
-
-        layers = [self.layer_norm_positions(i) for i in range(self.num_hidden_layers)]
-        if self.residual in POST_LN_RESIDUALS:
-            off = sorted({p for pair in layers for p in pair} - {"post"})
-            if off:
-                raise ValueError(
-                    f"SkipNormConfig.residual={self.residual!r} is not valid with placements {off}: its formula "
-                    f"N(w*x + F(x)) and its constants are for post-LN; valid choices: norm_position='post' (no "
-                    f"per-sublayer overrides)"
-                )
-        if self.residual in STREAM_RESIDUALS and self.parallel_block:
-            raise ValueError(
-                f"SkipNormConfig.residual={self.residual!r} is not valid with parallel_block=True: its blocks wire "
-                f"attention then MLP on a stream state; valid choices with a parallel block: add, none, scaled"
-            )
-        if self.residual in ("hyper", "mhc"):
-            for layer, (attn, mlp) in enumerate(layers):
-                bad = [p for p, sub in ((attn, 0), (mlp, 1)) if PLACEMENT_SLOTS[p][sub].post]
-                if bad:
-                    raise ValueError(
-                        f"SkipNormConfig.norm_position={bad[0]!r} (block {layer}) is not valid with residual="
-                        f"{self.residual!r}: hyper-connections mix several streams after each sublayer, so a norm "
-                        f"after the skip has no single stream to normalize; valid choices: placements without a "
-                        f"post norm, e.g. pre, sandwich, output, none"
-                    )
-
-    def validate_frontier_residuals(self) -> None:
-        """Issue 15's fields: orthogonal updates, LAuReL and nGPT; refuse what does not mean anything, saying why."""
-        if isinstance(self.orthogonal_eps, bool) or not isinstance(self.orthogonal_eps, (int, float)) or not (
-                math.isfinite(self.orthogonal_eps) and self.orthogonal_eps > 0):
-            raise ValueError(f"SkipNormConfig.orthogonal_eps={self.orthogonal_eps!r} is not valid; expected a finite "
-                             f"float > 0 (the reference code's 1e-6)")
-        _check_choice("laurel_variant", self.laurel_variant, LAUREL_VARIANTS)
-        rank = self.laurel_rank
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= self.hidden_size:
-            raise ValueError(f"SkipNormConfig.laurel_rank={rank!r} is not valid; expected an integer in [1, "
-                             f"hidden_size={self.hidden_size}] (the rank r of LAuReL-LR's B A)")
-        frac = self.frac_rate
-        if isinstance(frac, bool) or not isinstance(frac, int) or frac < 1 or self.hidden_size % frac:
-            raise ValueError(f"SkipNormConfig.frac_rate={frac!r} is not valid; expected an integer >= 1 that divides "
-                             f"hidden_size={self.hidden_size} (Frac-Connections split the hidden state into that many "
-                             f"equal fractions)")
-        if self.residual == "frac":
-            for layer in range(self.num_hidden_layers):
-                for position, sub in zip(self.layer_norm_positions(layer), (0, 1)):
-                    if PLACEMENT_SLOTS[position][sub].post:
-                        raise ValueError(
-                            f"SkipNormConfig.norm_position={position!r} (block {layer}) is not valid with residual="
-                            f"'frac': Frac-Connections, like hyper-connections, write the sublayer output back through "
-                            f"their depth connection, leaving no sum for a norm after the skip; valid choices: "
-                            f"placements without a post norm, e.g. pre, sandwich, output, none")
-        _check_choice("architecture", self.architecture, ARCHITECTURES)
-        alpha = self.ngpt_alpha_init
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"SkipNormConfig.ngpt_alpha_init={alpha!r} is not valid; expected a finite float > 0 "
-                             f"(the paper's 0.05)")
-        if self.architecture != "ngpt":
-            return
-        for field, (required, why) in NGPT_REQUIRED_FIELDS.items():
-            value, accepted = getattr(self, field), required if isinstance(required, tuple) else (required,)
-            # bool is an int subclass: False must not pass for 0.0, nor 1 for True
-            if not any(value == ok and isinstance(value, bool) == isinstance(ok, bool) for ok in accepted):
-                raise ValueError(f"SkipNormConfig.{field}={value!r} is not valid with architecture='ngpt': {why}; "
-                                 f"valid choices: {', '.join(map(repr, accepted))}")
-        if self.position_embedding not in NGPT_POSITION_EMBEDDINGS:
-            raise ValueError(
-                f"SkipNormConfig.position_embedding={self.position_embedding!r} is not valid with architecture='ngpt':"
-                f" learned positions add an un-normalized vector to the unit-norm embeddings (the paper uses RoPE); "
-                f"valid choices: {', '.join(NGPT_POSITION_EMBEDDINGS)}")
-        if self.num_key_value_heads != self.num_attention_heads:
-            raise ValueError(
-                f"SkipNormConfig.num_key_value_heads={self.num_key_value_heads} is not valid with architecture='ngpt': "
-                f"the paper's one s_qk scales q and k of every head alike, which grouped-query attention's fewer key "
-                f"heads cannot share; valid choices: num_attention_heads={self.num_attention_heads}")
-
-    def _check_positions(self, field: str, value: Any, allow_none: bool) -> None:
-        if value is None and allow_none:
-            return
-        if isinstance(value, str):
-            _check_choice(field, value, NORM_POSITIONS)
-            return
-        if isinstance(value, list):
-            if len(value) != self.num_hidden_layers:
-                raise ValueError(
-                    f"SkipNormConfig.{field}={value!r} is not valid: a per-layer list needs one value per layer "
-                    f"(num_hidden_layers={self.num_hidden_layers}, got {len(value)}); valid choices per entry: "
-                    f"{', '.join(NORM_POSITIONS)}"
-                )
-            for index, entry in enumerate(value):
-                if not isinstance(entry, str) or entry not in NORM_POSITIONS:
-                    raise _choice_error(f"{field}[{index}]", entry, NORM_POSITIONS)
-            return
-        raise _choice_error(field, value, NORM_POSITIONS, "expected a string or a list with one string per layer")
 
     # ------------------------------------------------------------------ resolved views
     @staticmethod

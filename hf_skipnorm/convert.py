@@ -24,6 +24,7 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterable
 from copy import deepcopy
 from dataclasses import dataclass
@@ -630,7 +631,7 @@ def config_from_hf(hf_config: Any) -> SkipNormConfig:
 
 
 def _apply(rules: list[WeightRule], source: dict[str, torch.Tensor], forward: bool, what: str,
-           allow_unused: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+           allow_unused: Iterable[str] = (), progress: bool = False) -> dict[str, torch.Tensor]:
     """Run every rule over `source`; missing source keys and unused source keys raise, listing the keys."""
     allow_unused = tuple(allow_unused)
     needed = [k for r in rules for k in (r.hf if forward else r.ours)]
@@ -643,6 +644,10 @@ def _apply(rules: list[WeightRule], source: dict[str, torch.Tensor], forward: bo
         hint = " (pass allow_unused=(prefix, ...) to drop weights SkipNorm has no place for, e.g. BERT's 'pooler.')"
         raise ValueError(f"unexpected weights in the {what} state dict, not representable in the target: {unexpected}{hint}")
     out: dict[str, torch.Tensor] = {}
+    if progress:  # per-tensor bar with the time left, on stderr (the CLI on large folders)
+        from tqdm.auto import tqdm
+
+        rules = tqdm(rules, desc="Converting tensors", unit="rule", file=sys.stderr)
     for rule in rules:
         keys_in, keys_out = (rule.hf, rule.ours) if forward else (rule.ours, rule.hf)
         tensors = (rule.to_ours if forward else rule.to_hf)([source[k] for k in keys_in])
@@ -669,12 +674,13 @@ def _build(model_class: type[PreTrainedModel], config: Any, state_dict: dict[str
 
 
 def convert_state_dict_from_hf(
-    hf_class_name: str, hf_config: Any, state_dict: dict[str, torch.Tensor], allow_unused: Iterable[str] = ()
+    hf_class_name: str, hf_config: Any, state_dict: dict[str, torch.Tensor], allow_unused: Iterable[str] = (),
+    progress: bool = False,
 ) -> tuple[type[PreTrainedModel], SkipNormConfig, dict[str, torch.Tensor]]:
     """(SkipNorm class, config, state dict) for a transformers class name, its config and its state dict."""
     arch, head = _find_head(hf_class_name)
     config = config_from_hf(hf_config)
-    state = _apply(arch.rules(config, head), state_dict, True, hf_class_name, allow_unused)
+    state = _apply(arch.rules(config, head), state_dict, True, hf_class_name, allow_unused, progress)
     return head.ours, config, state
 
 
@@ -692,7 +698,8 @@ def _detached_state(model: PreTrainedModel, copy: bool) -> dict[str, torch.Tenso
     return state
 
 
-def convert_from_hf(model: PreTrainedModel, allow_unused: Iterable[str] = (), copy: bool = True) -> PreTrainedModel:
+def convert_from_hf(model: PreTrainedModel, allow_unused: Iterable[str] = (), copy: bool = True,
+                    progress: bool = False) -> PreTrainedModel:
     """The SkipNorm model (same head type) computing exactly what the transformers `model` computes.
 
     Args:
@@ -702,13 +709,15 @@ def convert_from_hf(model: PreTrainedModel, allow_unused: Iterable[str] = (), co
             whose pooler has no SkipNorm counterpart). Any other unrepresentable weight raises, listing the keys.
         copy: clone the weights (default) so the two models do not share storage; `False` saves memory when the
             source is discarded right after (the CLI does this).
+        progress: show a per-tensor progress bar with the time left on stderr (the CLI does this).
 
     Raises:
         UnsupportedFeatureError (a ValueError): the source uses a feature SkipNorm cannot compute; the message names it.
         ValueError: missing or unexpected weights, with the keys listed.
     """
     state = _detached_state(model, copy)
-    model_class, config, converted = convert_state_dict_from_hf(type(model).__name__, model.config, state, allow_unused)
+    model_class, config, converted = convert_state_dict_from_hf(type(model).__name__, model.config, state, allow_unused,
+                                                                progress)
     ours = _build(model_class, config, converted)
     generation_config = getattr(model, "generation_config", None)
     if generation_config is not None and getattr(ours, "generation_config", None) is not None:
@@ -802,14 +811,46 @@ def load_hf_model(source: str | Path, cache_dir: str | Path | None = None) -> Pr
     return model
 
 
+class _Stages:
+    """`[convert 1/3] loading 1.2 GB ...` lines on stderr with the elapsed time and, once a first stage has run, an
+    estimate of the time left from its measured throughput (bytes per second of the source weights)."""
+
+    def __init__(self, total_bytes: int, enabled: bool):
+        self.total_bytes, self.enabled = total_bytes, enabled
+        self.start = time.perf_counter()
+        self.load_seconds: float | None = None
+
+    def begin(self, index: int, what: str) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        line = f"[convert {index}/3] {what} (elapsed {elapsed:.1f} s"
+        if self.load_seconds is not None:
+            # Converting is a reshuffle of what was read and writing moves the same bytes: each costs about the load.
+            line += f", about {self.load_seconds * (4 - index):.0f} s left"
+        print(line + ")", file=sys.stderr, flush=True)
+
+    def loaded(self) -> None:
+        self.load_seconds = max(time.perf_counter() - self.start, 1e-3)
+
+
 def convert_folder(source: str | Path, destination: str | Path, allow_unused: Iterable[str] = (),
-                   cache_dir: str | Path | None = None) -> PreTrainedModel:
-    """Convert a checkpoint folder (or cached Hub id) into a SkipNorm folder: config, safetensors, tokenizer files."""
+                   cache_dir: str | Path | None = None, progress: bool = False) -> PreTrainedModel:
+    """Convert a checkpoint folder (or cached Hub id) into a SkipNorm folder: config, safetensors, tokenizer files.
+
+    `progress` reports each stage (load, convert, write) on stderr with the time left, and a per-tensor bar."""
     folder = _resolve_source(source, cache_dir)
+    weight_files = sorted(folder.glob("*.safetensors"))
+    total = sum(path.stat().st_size for path in weight_files)
+    stages = _Stages(total, progress)
+    stages.begin(1, f"loading {len(weight_files)} safetensors file(s), {total / 1e9:.2f} GB, from {folder}")
     hf_model = load_hf_model(folder)
-    ours = convert_from_hf(hf_model, allow_unused=allow_unused, copy=False)
+    stages.loaded()
+    stages.begin(2, f"converting {type(hf_model).__name__}")
+    ours = convert_from_hf(hf_model, allow_unused=allow_unused, copy=False, progress=progress)
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
+    stages.begin(3, f"writing {destination}")
     ours.save_pretrained(destination, safe_serialization=True)
     for name in TOKENIZER_FILES:
         if (folder / name).is_file() and not (name == "generation_config.json" and (destination / name).exists()):
@@ -827,9 +868,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-unused", action="append", default=[], metavar="PREFIX",
                         help="drop source weights under PREFIX that SkipNorm has no place for (e.g. 'pooler.')")
     parser.add_argument("--cache-dir", default=None, help="Hugging Face cache to look a Hub id up in (default: HF's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     try:
-        ours = convert_folder(args.source, args.destination, args.allow_unused, args.cache_dir)
+        ours = convert_folder(args.source, args.destination, args.allow_unused, args.cache_dir,
+                              progress=not args.quiet)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -469,47 +469,65 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+# The panels of `plot_profiles`: (key in a profile row, panel title, y-axis label, log scale).
+PLOT_PANELS = (
+    ("stream_norm", "residual-stream norm", "mean token norm |h|", True),
+    ("token_cosine", "token similarity (rank collapse at 1)", "mean pairwise cosine", False),
+    ("branch_ratio", "branch output relative to the stream", "|branch| / |x|", True),
+    ("grad_norm/mlp", "gradient norm of the MLP weights", "||dL/dW_mlp||", True),
+)
+
+
 def plot_profiles(profiles: dict[str, dict], path: str, title: str = "") -> str:
-    """One PNG with four panels (stream norm, token cosine, branch ratio, MLP gradient norm) by depth,
-    one line per labelled `profile` result."""
+    """One PNG with four panels (stream norm, token cosine, branch ratio, MLP gradient norm) by block, one colour
+    per labelled `profile` result. Blocks are numbered from 0 as in `format_table`; "emb" is the embedding output."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-    panels = (
-        ("stream_norm", "stream norm |h_l|", True),
-        ("token_cosine", "mean token cosine", False),
-        ("branch_ratio", "branch / stream (attn -, mlp --)", True),
-        ("grad_norm/mlp", "grad norm, MLP weights", True),
-    )
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for axis, (key, label, log_scale) in zip(axes, panels):
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    num_blocks = max((len(result["layers"]) for result in profiles.values()), default=0)
+    for axis, (key, panel_title, y_label, log_scale) in zip(axes.flat, PLOT_PANELS):
         for index, (name, result) in enumerate(profiles.items()):
             color = f"C{index % 10}"
             layers = result["layers"]
             if key == "branch_ratio":
                 for branch, style in (("attn", "-"), ("mlp", "--")):
-                    xs = [r["layer"] + 1 for r in layers if f"branch_ratio/{branch}" in r]
+                    xs = [r["layer"] for r in layers if f"branch_ratio/{branch}" in r]
                     ys = [r[f"branch_ratio/{branch}"] for r in layers if f"branch_ratio/{branch}" in r]
-                    axis.plot(xs, ys, style, color=color, label=name if branch == "attn" else None)
+                    if xs:
+                        axis.plot(xs, ys, style, marker="o", markersize=3, color=color, label=f"{name}: {branch}")
                 continue
-            xs = [r["layer"] + 1 for r in layers if key in r]
+            xs = [r["layer"] for r in layers if key in r]
             ys = [r[key] for r in layers if key in r]
-            if key in result.get("embedding", {}):  # depth 0 = the embedding output
-                xs, ys = [0] + xs, [result["embedding"][key]] + ys
-            axis.plot(xs, ys, "-o", markersize=2.5, color=color, label=name)
-        axis.set_xlabel("block (0 = embeddings)")
-        axis.set_title(label, fontsize=9)
+            if key in result.get("embedding", {}):  # the embedding output, left of block 0 as in the table
+                xs, ys = [-1] + xs, [result["embedding"][key]] + ys
+            axis.plot(xs, ys, "-o", markersize=3, color=color, label=name)
+        axis.set_title(panel_title, fontsize=12)
+        axis.set_xlabel("block (emb = embedding output)", fontsize=11)
+        axis.set_ylabel(y_label, fontsize=11)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(num_blocks + 1, 12)))
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: "emb" if value == -1 else f"{value:.0f}"))
+        axis.set_xlim(-1.4, max(num_blocks - 1, 0) + 0.4)
+        axis.tick_params(labelsize=10)
         if log_scale:
             axis.set_yscale("log")
+            # Plain numbers on every labelled tick: within one decade matplotlib otherwise labels minor ticks 1.2x10^-1.
+            plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+            axis.yaxis.set_major_formatter(plain)
+            low, high = axis.get_ylim()
+            axis.yaxis.set_minor_formatter(plain if 0 < low and high / low < 10 else NullFormatter())
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+        if key == "branch_ratio" or (axis is axes.flat[0] and len(profiles) > 1):
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=10)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

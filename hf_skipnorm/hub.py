@@ -29,19 +29,17 @@ from collections.abc import Iterable
 import torch
 
 from .loading_skipnorm import pickle_weight_files
+from .modeling_skipnorm import AUTO_MAP_HEADS
 
 PACKAGE = "hf_skipnorm"
 # Absolute imports the exported code may use: the standard library plus what every transformers user has.
 ALLOWED_THIRD_PARTY: frozenset[str] = frozenset({"torch", "transformers"})
 # Auto class -> the class name in the modeling module. All of them go into auto_map whatever head is exported, so
-# one checkpoint opens as a backbone (AutoModel) or under a new task head (fine-tuning).
-AUTO_MODEL_CLASSES: dict[str, str] = {
-    "AutoModel": "SkipNormModel",
-    "AutoModelForCausalLM": "SkipNormForCausalLM",
-    "AutoModelForMaskedLM": "SkipNormForMaskedLM",
-    "AutoModelForSequenceClassification": "SkipNormForSequenceClassification",
-    "AutoModelForTokenClassification": "SkipNormForTokenClassification",
-}
+# one checkpoint opens as a backbone (AutoModel) or under a new task head (fine-tuning). The table lives in the
+# model code, whose `save_pretrained` writes it into every saved folder.
+AUTO_MODEL_CLASSES: dict[str, str] = dict(AUTO_MAP_HEADS)
+# Files whose `auto_map` transformers follows when loading a folder with trust_remote_code.
+AUTO_MAP_FILES = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
 # Top-level statements that only define things. Anything else (a call such as `AutoConfig.register(...)`, a loop,
 # a `with`, a `try`) would run when transformers imports the file.
 _DEFINITION_NODES = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
@@ -137,6 +135,65 @@ def auto_map_for(model) -> dict[str, str]:
     return auto_map
 
 
+def _auto_map_references(value) -> list[str]:
+    """The class references of one auto_map value: ``"module.Class"``, or the tokenizer's ``[slow, fast]`` pair."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [item for item in value if item is not None]
+    raise ValueError(f"auto_map value {value!r} is neither a 'module.Class' string nor a [slow, fast] pair")
+
+
+def check_auto_map(folder: str | os.PathLike) -> None:
+    """Raise ValueError unless every `auto_map` entry in `folder`'s config files names a class in a file of the
+    folder itself, as ``module.Class`` with a plain module name whose ``module.py`` lies inside the folder.
+
+    transformers resolves an entry relative to the folder: an absolute path or ``..`` would import a file from
+    elsewhere on the machine, and ``repo--module.Class`` fetches code from another Hub repo. Refused before anything
+    is imported, with the file, the Auto class and the entry named.
+    """
+    folder = os.path.realpath(os.fspath(folder))
+    problems = []
+    for name in AUTO_MAP_FILES:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            try:
+                content = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not valid JSON: {error}") from None
+        auto_map = content.get("auto_map") if isinstance(content, dict) else None
+        if auto_map is None:
+            continue
+        if not isinstance(auto_map, dict):
+            problems.append(f"{name}: auto_map is {type(auto_map).__name__}, expected an object")
+            continue
+        for auto_class, value in auto_map.items():
+            try:
+                references = _auto_map_references(value)
+            except ValueError as error:
+                problems.append(f"{name}: auto_map[{auto_class!r}]: {error}")
+                continue
+            for reference in references:
+                where = f"{name}: auto_map[{auto_class!r}] = {reference!r}"
+                if not isinstance(reference, str):
+                    problems.append(f"{where}: not a string")
+                    continue
+                module, _, class_name = reference.rpartition(".")
+                if "--" in reference:
+                    problems.append(f"{where}: the 'repo--module.Class' form loads code from another repo")
+                elif not module.isidentifier() or not class_name.isidentifier():
+                    problems.append(f"{where}: expected 'module.Class' naming a file of this folder "
+                                    f"(no paths, no '..')")
+                else:
+                    code = os.path.realpath(os.path.join(folder, module + ".py"))
+                    if os.path.dirname(code) != folder or not os.path.isfile(code):
+                        problems.append(f"{where}: {module}.py is not a file inside the folder")
+    if problems:
+        raise ValueError(f"{folder}: auto_map points outside the folder:\n  " + "\n  ".join(problems))
+
+
 def export_for_hub(model, save_directory: str | os.PathLike, tokenizer=None, max_shard_size: int | str = "5GB",
                    **save_kwargs) -> str:
     """Write `model` (and `tokenizer`) to `save_directory` as a Hub repo folder that loads with
@@ -157,6 +214,8 @@ def export_for_hub(model, save_directory: str | os.PathLike, tokenizer=None, max
             f"{save_directory} already holds pickle weights ({', '.join(pickle_weight_files(save_directory))}); "
             f"export into a folder without them so the repo never ships a file that unpickles"
         )
+    # The model's save_pretrained writes auto_map and copies the code; both are redone here from what was checked,
+    # so a subclass or an older model class cannot ship less.
     model.save_pretrained(save_directory, max_shard_size=max_shard_size, **save_kwargs)
     config_path = os.path.join(save_directory, "config.json")
     with open(config_path, encoding="utf-8") as handle:
@@ -169,6 +228,7 @@ def export_for_hub(model, save_directory: str | os.PathLike, tokenizer=None, max
         shutil.copyfile(path, os.path.join(save_directory, os.path.basename(path)))
     if tokenizer is not None:
         tokenizer.save_pretrained(save_directory)
+    check_auto_map(save_directory)
     return save_directory
 
 
@@ -215,6 +275,7 @@ def verify_remote_load(folder: str | os.PathLike, model=None, auto_class: str | 
     from safetensors.torch import load_file, save_file
 
     folder = os.path.abspath(os.fspath(folder))
+    check_auto_map(folder)  # before the child imports anything the folder names
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)
     architecture = (config.get("architectures") or ["SkipNormModel"])[0]
@@ -255,4 +316,5 @@ def verify_remote_load(folder: str | os.PathLike, model=None, auto_class: str | 
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
-__all__ = ["export_for_hub", "remote_code_files", "check_remote_code", "auto_map_for", "verify_remote_load"]
+__all__ = ["export_for_hub", "remote_code_files", "check_remote_code", "check_auto_map", "auto_map_for",
+           "verify_remote_load"]

@@ -4,14 +4,16 @@ transformers 5.24's `from_pretrained`, left alone (checked by running it):
 - falls back to `pytorch_model.bin` when a folder has no safetensors file and reads it with `torch.load`
   (a restricted unpickler, but still an unpickler of an untrusted file);
 - fills weights that the checkpoint lacks with random values and only logs a report, so a config that asks
-  for 3 layers "loads" a 2-layer checkpoint;
+  for 3 layers "loads" a 2-layer checkpoint, and an untied checkpoint without `lm_head.weight` gets a random head;
+- drops checkpoint tensors the model has no place for (a `final_norm` the config switched off), logging them;
 - refuses shape mismatches but names the keys only in the logged report;
 - reports a truncated safetensors file as a `SafetensorError` that names no file.
-`safe_from_pretrained` turns each of these into an error that names the file or the key. A new task head
-(`score`, `mlm_transform`) missing from a backbone checkpoint is still initialized, as fine-tuning expects.
+`safe_from_pretrained` turns each of these into an error that names the file or the key (`LoadReport`). Only a new
+task head (`score`, `mlm_transform`, ...) missing from a checkpoint of another task or of the backbone is
+initialized, with a warning, as fine-tuning expects; tied weights are filled from their source as usual.
 
-It imports only the standard library, so it travels with a checkpoint for `trust_remote_code` like the rest
-of the model code.
+It imports only the standard library (and torch, inside the NaN scan), so it travels with a checkpoint for
+`trust_remote_code` like the rest of the model code.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -125,35 +128,137 @@ def check_local_checkpoint(folder: str, variant: str | None = None) -> None:
         check_safetensors_file(path)
 
 
-def weight_mismatches(model, info: dict[str, Any], allow_shape_mismatch: bool) -> list[str]:
-    """Keys whose checkpoint weights do not fit the config: shapes that differ, backbone weights missing from the
-    checkpoint, and backbone weights the config does not build. Head weights (`score`, `lm_head`, ...) may be
-    missing or unexpected, so a backbone checkpoint still loads into a new task head."""
-    problems = []
-    if not allow_shape_mismatch:
+class CheckpointMismatchError(ValueError, RuntimeError):
+    """The checkpoint's tensors do not fit the model its config builds. A `RuntimeError`, as transformers raises for
+    shape mismatches (so `except RuntimeError` written for transformers still catches it), and a `ValueError`, as
+    every other bad-input error of this package."""
+
+
+# The task heads of the SkipNorm classes (`lm_head`, `mlm_transform`, `score`): the only modules that a checkpoint of
+# another task (or of the bare backbone) may lack, or carry without this class having them.
+TASK_HEADS: tuple[str, ...] = ("lm_head", "mlm_transform", "score")
+
+
+def _listed(keys, limit: int = MAX_LISTED_PROBLEMS) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+class LoadReport:
+    """How each tensor of a load was reconciled with the model the config builds.
+
+    `problems`: one line per key that would be silently dropped or random-filled (the load is refused);
+    `new_heads`: task-head tensors initialized because the checkpoint is another task's or the bare backbone's;
+    `other_heads`: another task's head tensors in the checkpoint that this class has no place for;
+    `reinitialized`: shape mismatches re-initialized on request (`ignore_mismatched_sizes=True`).
+    """
+
+    def __init__(self, model, info: dict[str, Any], allow_shape_mismatch: bool, checkpoint_classes: list[str]):
+        self.problems: list[str] = []
+        self.new_heads: list[str] = []
+        self.other_heads: list[str] = []
+        self.reinitialized: list[str] = []
+        prefix = model.base_model_prefix + "."
+        is_base = model.base_model is model
+        children = {name for name, _ in model.named_children()}
+        # saved by this class (or a class it subclasses): every head tensor must be there
+        saved_by = next((c.__name__ for c in type(model).__mro__ if c.__name__ in checkpoint_classes), None)
+
         for key, checkpoint_shape, model_shape in sorted(info["mismatched_keys"]):
-            problems.append(
-                f"{key}: shape {tuple(checkpoint_shape)} in the checkpoint, {tuple(model_shape)} built from the config"
+            line = f"{key}: shape {tuple(checkpoint_shape)} in the checkpoint, {tuple(model_shape)} built from the config"
+            (self.reinitialized if allow_shape_mismatch else self.problems).append(line)
+
+        def head_of(key: str) -> str | None:
+            """The task head a key belongs to, or None for a backbone (or unknown) key."""
+            if not is_base and key.startswith(prefix):
+                return None
+            root = key.split(".")[0]
+            return root if root in TASK_HEADS else None
+
+        tied = set(getattr(model, "all_tied_weights_keys", {}))  # filled from their source, never "loaded"
+        unexpected_heads = {head_of(key) for key in info["unexpected_keys"]}
+        loaded_heads = {head_of(key) for key in model.state_dict() if key not in info["missing_keys"] | tied}
+        for key in sorted(info["unexpected_keys"]):
+            head = head_of(key)
+            if head is not None and head not in children:
+                self.other_heads.append(key)
+            else:
+                self.problems.append(f"{key}: in the checkpoint, but the config builds no tensor of that name")
+        for key in sorted(info["missing_keys"]):
+            head = head_of(key)
+            if head is None:
+                self.problems.append(f"{key}: built from the config, but missing from the checkpoint")
+            elif saved_by:
+                hint = ("; if the checkpoint ties it to the input embeddings, load with tie_word_embeddings=True"
+                        if key == "lm_head.weight" else "")
+                self.problems.append(f"{key}: missing from a checkpoint saved by {saved_by}, which has this head (it "
+                                     f"would be random-filled){hint}")
+            elif head in unexpected_heads or head in loaded_heads:
+                self.problems.append(f"{key}: missing, while the checkpoint has other {head} tensors (a renamed key?)")
+            else:
+                self.new_heads.append(key)
+
+    def warn(self, name) -> None:
+        if self.new_heads:
+            warnings.warn(
+                f"Some weights of {name} are newly initialized, as the checkpoint is not a checkpoint of this task: "
+                f"{_listed(self.new_heads)}. Train the model on the task before using it for predictions.",
+                stacklevel=4,
             )
-    base = model.base_model
-    prefix = "" if base is model else model.base_model_prefix + "."
-    backbone_roots = {key.split(".")[0] for key in base.state_dict()}
-    for key in sorted(info["missing_keys"]):
-        if key.startswith(prefix):
-            problems.append(f"{key}: built from the config but missing from the checkpoint")
-    for key in sorted(info["unexpected_keys"]):
-        relative = key.removeprefix(model.base_model_prefix + ".")
-        if relative.split(".")[0] in backbone_roots:
-            problems.append(f"{key}: in the checkpoint but not built from the config")
-    return problems
+        if self.other_heads:
+            warnings.warn(f"The checkpoint {name} holds another task's head, which this class does not use: "
+                          f"{_listed(self.other_heads)}", stacklevel=4)
+        if self.reinitialized:
+            warnings.warn(
+                f"Some weights of {name} have other shapes than the config builds and were re-initialized "
+                f"(ignore_mismatched_sizes=True):\n  " + "\n  ".join(self.reinitialized[:MAX_LISTED_PROBLEMS]),
+                stacklevel=4,
+            )
+
+    def raise_problems(self, name, model) -> None:
+        if not self.problems:
+            return
+        listed = self.problems[:MAX_LISTED_PROBLEMS]
+        if len(self.problems) > len(listed):
+            listed.append(f"... and {len(self.problems) - len(listed)} more")
+        raise CheckpointMismatchError(
+            f"The weights in {name} do not match its config ({type(model).__name__}):\n  " + "\n  ".join(listed)
+            + "\nNothing is dropped or random-filled silently. To drop or initialize keys on purpose, list them (as "
+            "regexes) in `_keys_to_ignore_on_load_unexpected` / `_keys_to_ignore_on_load_missing` of a subclass, as "
+            "transformers documents; for shape mismatches, pass ignore_mismatched_sizes=True."
+        )
+
+
+def non_finite_tensors(model, skip: set[str]) -> list[str]:
+    """Names of the model's floating tensors (parameters and persistent buffers) holding NaN or inf, except `skip`.
+
+    Reads the tensors already in memory (one pass, no second read of the files); one host sync for all of them."""
+    import torch
+
+    names, flags, seen = [], [], set()
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if key in skip or id(tensor) in seen or not tensor.is_floating_point() or tensor.is_meta:
+            continue
+        seen.add(id(tensor))
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # a TP shard (DTensor): this rank's part
+        names.append(key)
+        flags.append(local.detach().isfinite().all().to("cpu", non_blocking=True))
+    if not flags:
+        return []
+    finite = torch.stack(flags).tolist()
+    return [key for key, ok in zip(names, finite) if not ok]
 
 
 def safe_from_pretrained(load: Callable, pretrained_model_name_or_path, *model_args, **kwargs):
     """Call transformers' `from_pretrained` (`load`, bound to the class) safetensors-only and strictly.
 
     Raises `ValueError` for `use_safetensors=False`, `OSError` naming the file for pickle-only folders and
-    truncated or corrupted safetensors files, and `ValueError` naming every key whose weight does not match the
-    config. `ignore_mismatched_sizes=True` keeps transformers' meaning: shape mismatches are re-initialized.
+    truncated or corrupted safetensors files, and `CheckpointMismatchError` (a `ValueError` and a `RuntimeError`)
+    naming every tensor that would be dropped or random-filled (`LoadReport`). transformers' switches keep their
+    meaning: `ignore_mismatched_sizes=True` re-initializes shape mismatches (reported in the loading info and a
+    warning), `output_loading_info=True` returns the info dict, `_keys_to_ignore_on_load_*` drop keys from it.
+    A tensor holding NaN or inf is named in a warning.
     """
     if kwargs.get("use_safetensors") is False:
         raise ValueError(
@@ -176,12 +281,11 @@ def safe_from_pretrained(load: Callable, pretrained_model_name_or_path, *model_a
         if type(error).__name__ == "SafetensorError":  # a remote file: the local pre-check could not see it
             raise OSError(f"Could not read the safetensors weights of {name}: {error}") from error
         raise
-    problems = weight_mismatches(model, info, allow_shape_mismatch)
-    if problems:
-        listed = problems[:MAX_LISTED_PROBLEMS]
-        if len(problems) > len(listed):
-            listed.append(f"... and {len(problems) - len(listed)} more")
-        raise ValueError(
-            f"The weights in {name} do not match its config ({type(model).__name__}):\n  " + "\n  ".join(listed)
-        )
+    report = LoadReport(model, info, allow_shape_mismatch, getattr(model.config, "architectures", None) or [])
+    report.raise_problems(name, model)
+    report.warn(name)
+    initialized = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
+    bad = non_finite_tensors(model, initialized)
+    if bad:
+        warnings.warn(f"The checkpoint {name} holds NaN or inf values in: {_listed(bad)}", stacklevel=3)
     return (model, info) if want_info else model

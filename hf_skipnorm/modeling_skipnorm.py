@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import re
 from collections.abc import Callable
 
 import torch
@@ -23,6 +25,7 @@ from torch import nn
 
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.generation import GenerationMixin
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
@@ -238,10 +241,10 @@ class SkipNormAttention(nn.Module):
 
         qk_norm = "per_head" if norms.qkv else config.qk_norm
         # The shape each Q/K norm sees: (heads, hd) normalizes each head's vector, (heads * hd,) the whole projection.
-        self.q_norm_shape = (heads * hd,) if qk_norm == "full" else (heads, hd)
-        self.k_norm_shape = (kv_heads * hd,) if qk_norm == "full" else (kv_heads, hd)
-        self.q_norm = build_norm(config, self.q_norm_shape[-1], qk_norm != "none", "attn")
-        self.k_norm = build_norm(config, self.k_norm_shape[-1], qk_norm != "none", "attn")
+        # -1 heads, never the config's count: under tensor parallelism a rank holds only its share of the heads.
+        self.qk_norm_shape = (-1,) if qk_norm == "full" else (-1, hd)
+        self.q_norm = build_norm(config, heads * hd if qk_norm == "full" else hd, qk_norm != "none", "attn")
+        self.k_norm = build_norm(config, kv_heads * hd if qk_norm == "full" else hd, qk_norm != "none", "attn")
         self.v_norm = build_norm(config, hd, norms.qkv, "attn")
         self.head_scale_norm = SkipNormHeadScale(heads) if norms.head_scale else Identity()
         self.sub_norm = build_norm(config, heads * hd, norms.sub, "attn")
@@ -257,8 +260,8 @@ class SkipNormAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query = self.q_norm(self.q_proj(hidden_states).view(*input_shape, *self.q_norm_shape))
-        key = self.k_norm(self.k_proj(hidden_states).view(*input_shape, *self.k_norm_shape))
+        query = self.q_norm(self.q_proj(hidden_states).view(*input_shape, *self.qk_norm_shape))
+        key = self.k_norm(self.k_proj(hidden_states).view(*input_shape, *self.qk_norm_shape))
         query = query.view(hidden_shape).transpose(1, 2)  # (B, H, T, hd)
         key = key.view(hidden_shape).transpose(1, 2)  # (B, H_kv, T, hd)
         value = self.v_norm(self.v_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
@@ -629,6 +632,26 @@ def reduce_captured_streams(forward: Callable) -> Callable:
 
 
 # ----------------------------------------------------------------------------------------------------- models
+# Auto class -> head class, written to config.json's `auto_map` by every `save_pretrained` (issue 14): a saved
+# folder (the Trainer's checkpoint-N included) then opens with `trust_remote_code=True` where hf_skipnorm is not
+# installed, as a backbone or under any head. `register_for_auto_class` would record only one Auto class.
+AUTO_MAP_HEADS = {
+    "AutoModel": "SkipNormModel",
+    "AutoModelForCausalLM": "SkipNormForCausalLM",
+    "AutoModelForMaskedLM": "SkipNormForMaskedLM",
+    "AutoModelForSequenceClassification": "SkipNormForSequenceClassification",
+    "AutoModelForTokenClassification": "SkipNormForTokenClassification",
+}
+
+
+def remote_auto_map(model_class: type, config_class: type) -> dict[str, str]:
+    """`auto_map` naming the config and every head as ``module.Class`` of the files copied beside the weights."""
+    modeling_module = model_class.__module__.rsplit(".", 1)[-1]
+    auto_map = {"AutoConfig": f"{config_class.__module__.rsplit('.', 1)[-1]}.{config_class.__name__}"}
+    auto_map.update({auto: f"{modeling_module}.{name}" for auto, name in AUTO_MAP_HEADS.items()})
+    return auto_map
+
+
 class SkipNormPreTrainedModel(PreTrainedModel):
     config_class = SkipNormConfig
     config: SkipNormConfig
@@ -638,18 +661,12 @@ class SkipNormPreTrainedModel(PreTrainedModel):
     # looks each listed name up in the model and raises on a name that is absent, and matches by isinstance, so the
     # list must be exactly the present classes (a subclass such as the parallel block is not "SkipNormBlock").
     _no_split_modules: list[str] = []
-    # Hyper-connection weights stay float32 when loading in bf16/fp16 (they also compute in float32): small mixing
-    # matrices whose products over depth amplify rounding (mHC, arXiv 2512.24880, keeps them in full precision).
-    _keep_in_fp32_modules_strict = [
-        rf"_residual\.{name}" for name in (
-            "input_bias", "mixing_bias", "output_bias", "dynamic_norm", "dynamic_width_proj", "dynamic_depth_proj",
-            "width_scale_bias", "depth_scale_bias", "pre_bias", "post_bias", "res_bias", "dynamic_proj",
-            "pre_scale_bias", "post_scale_bias", "res_scale_bias",
-        )
-    ]
+    # Set per instance by SkipNormModel (`fp32_residual_patterns`): transformers checks that each listed module exists.
+    _keep_in_fp32_modules_strict: list[str] = []
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # The class default; each instance narrows it in `post_init` to what its own modules allow.
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": SkipNormBlock, "attentions": SkipNormAttention}
 
@@ -658,11 +675,44 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         # SDPA cannot soft-cap attention scores (transformers raises if asked), so soft-capped configs default to eager.
         return self.config.attn_logit_softcapping is None
 
+    def post_init(self) -> None:
+        super().post_init()
+        # True only if a fullgraph compile of this instance has no graph break: a block class or stream adapter whose
+        # forward breaks the graph declares `compiles_fullgraph = False` (tests/test_compile.py checks every topology
+        # both ways, so the flag cannot drift from what dynamo really does).
+        self._can_compile_fullgraph = all(getattr(module, "compiles_fullgraph", True) for module in self.modules())
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """transformers' `from_pretrained`, safetensors only, and refusing weights that do not match the config
         (see loading_skipnorm.py): a checkpoint never gets unpickled or silently half-initialized."""
-        return safe_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
+        loaded = safe_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).check_tensor_parallel()
+        return loaded
+
+    def check_tensor_parallel(self) -> None:
+        """Under tensor parallelism (`tp_plan="auto"`), each rank must hold whole attention heads."""
+        tp_size = getattr(self, "_tp_size", None) or 1
+        if tp_size == 1 or not any(key.endswith("self_attn.q_proj") for key in self.tp_plan):
+            return
+        for field in ("num_attention_heads", "num_key_value_heads"):
+            heads = getattr(self.config, field)
+            if heads % tp_size:
+                raise ValueError(
+                    f"SkipNormConfig.{field}={heads} cannot be split over tp_size={tp_size} ranks: tensor parallelism "
+                    f"shards attention by heads, so tp_size must divide {field} (valid: "
+                    f"{[n for n in range(1, heads + 1) if heads % n == 0]})"
+                )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained` plus what a machine without hf_skipnorm needs to load the folder:
+        `auto_map` for the config and every head, and the model code (this file and the sibling modules it imports,
+        copied the way transformers copies remote code). State-dict keys and the safetensors files are unchanged."""
+        self.config.auto_map = remote_auto_map(type(self), type(self.config))
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True) and os.path.isdir(save_directory):
+            custom_object_save(self, save_directory)  # copies the files only: config=None leaves auto_map alone
+        return result
 
     def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
         # transformers marks a custom-code module with no direct parameters as initialized without calling
@@ -842,6 +892,54 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         return omegas
 
 
+# Hyper-connection weights stay float32 when loading in bf16/fp16 (they also compute in float32): small mixing
+# matrices whose products over depth amplify rounding (mHC, arXiv 2512.24880, keeps them in full precision).
+FP32_RESIDUALS: tuple[type[nn.Module], ...] = (StaticHyperConnection, ManifoldHyperConnection)
+
+
+def fp32_residual_patterns(model: nn.Module) -> list[str]:
+    """`_keep_in_fp32_modules_strict` for `model`: one pattern per parameter or submodule name of the FP32_RESIDUALS
+    it holds (none for a model without hyper-connections)."""
+    names = {name.split(".")[0] for module in model.modules() if isinstance(module, FP32_RESIDUALS)
+             for name, _ in module.named_parameters()}
+    return sorted(rf"_residual\.{name}" for name in names)
+
+
+def tensor_parallel_blockers(layer: nn.Module) -> dict[str, list[str]]:
+    """Why a block's attention / MLP cannot be sharded by heads / hidden units: a norm or gain over the whole
+    projection width (rank-local slices would normalize the wrong vector). Empty lists: shardable."""
+    attn, mlp = layer.self_attn, layer.mlp
+    attn_blockers = [
+        reason for reason, module in (
+            ("qk_norm='full' (a norm over the whole Q/K projection)",
+             attn.q_norm if attn.qk_norm_shape == (-1,) else Identity()),
+            ("NormFormer's head_scale_norm (one gain per global head)", attn.head_scale_norm),
+            ("the attention sub_norm over heads * head_dim (subln, normformer)", attn.sub_norm),
+        ) if not isinstance(module, Identity)
+    ]
+    mlp_blockers = [] if isinstance(mlp.sub_norm, Identity) else ["the MLP sub_norm over intermediate_size (subln, normformer)"]
+    return {"self_attn": attn_blockers, "mlp": mlp_blockers}
+
+
+def tensor_parallel_plan(model: nn.Module, plan: dict[str, str]) -> dict[str, str]:
+    """`plan` (the config's `base_model_tp_plan`) narrowed to what `model` builds: rules naming no module are dropped
+    (`gate_proj` of a plain MLP), and a sublayer that some block cannot shard (`tensor_parallel_blockers`) stays
+    whole on every rank in all blocks (transformers' plans match all layers by one `layers.*` rule). Per-head Q/K/V
+    norms of sharded attention see only the rank's heads, so their replicated gains sum gradients over the ranks
+    (`replicated_with_grad_allreduce`, as transformers' Qwen3 plan does)."""
+    generic = {re.sub(r"\.\d+(\.|$)", r".*\1", name) for name, _ in model.named_modules()}
+    blocked = {part for layer in model.layers for part, why in tensor_parallel_blockers(layer).items() if why}
+    plan = {
+        key: style for key, style in plan.items()
+        if key in generic and not any(key.startswith(f"layers.*.{part}.") for part in blocked)
+    }
+    if "self_attn" not in blocked:
+        for norm in ("q_norm", "k_norm", "v_norm"):
+            if any(next(getattr(layer.self_attn, norm).parameters(), None) is not None for layer in model.layers):
+                plan[f"layers.*.self_attn.{norm}"] = "replicated_with_grad_allreduce"
+    return plan
+
+
 class SkipNormModel(SkipNormPreTrainedModel):
     """Embeddings -> blocks -> optional final norm; returns the last hidden state."""
 
@@ -864,7 +962,12 @@ class SkipNormModel(SkipNormPreTrainedModel):
         self.residual_stream = build_stream(config)
         self.final_norm = build_norm(config, config.hidden_size, config.use_final_norm)
         self.gradient_checkpointing = False
+        self._keep_in_fp32_modules_strict = fp32_residual_patterns(self)
         self.post_init()
+
+    def init_parallel_plans(self) -> None:
+        super().init_parallel_plans()
+        self._tp_plan = tensor_parallel_plan(self, self._tp_plan)  # per config: what this model can shard
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
@@ -1023,6 +1126,7 @@ class SkipNormMaskedLMTransform(nn.Module):
 
 class SkipNormForMaskedLM(SkipNormPreTrainedModel):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}  # tied to the vocabulary-sharded embeddings under TP
 
     def __init__(self, config: SkipNormConfig):
         super().__init__(config)

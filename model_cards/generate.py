@@ -2,11 +2,14 @@
 
     python model_cards/generate.py CHECKPOINT --out model_cards/NAME
 
-The card fills in: the configuration's cell (placement, norm type, residual) with its formula and citation; the
-training data and hyperparameters (from `training_info.json` written by training/study.py, or `trainer_state.json`
-/ `training_args.json` of a Trainer run when present); evaluation results as `model-index` metadata; the diagnostics
-plot (init vs trained profile, drawn here); limitations. `validate_card` re-reads the card with huggingface_hub and
-checks its metadata offline (the Hub's own validation endpoint needs the network).
+CHECKPOINT is a folder written by training/study.py, training/train.py or training/finetune.py (the final folder or
+any `checkpoint-N`). Everything the card states about the run is read from the folder's own files: the config cell
+(placement, norm type, residual) with its formula and citation; the tokenizer (class, algorithm, vocabulary size,
+from the tokenizer files); the training facts and evaluation results (`training_info.json` of the study, or
+`all_results.json` / `trainer_state.json` of a Trainer run) as `model-index` metadata; a per-evaluation training
+results table and loss curve (from `trainer_state.json`); the diagnostics plot (init vs trained profile, on text
+tokenized with the run's own tokenizer). `validate_card` re-reads the card with huggingface_hub and checks its
+metadata offline (the Hub's own validation endpoint needs the network).
 """
 
 from __future__ import annotations
@@ -20,8 +23,21 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "template.md")
+# The study's models (training_info.json) are all trained on this split of the embedded corpus.
 DATASET_TYPE = "pydoc_data.topics"
 DATASET_NAME = "Python Language Reference (pydoc_data.topics, CPython), held-out 10%"
+# Head class (config.json's architectures) -> (pipeline tag, Auto class, what the eval task is called).
+HEADS = {
+    "SkipNormForCausalLM": ("text-generation", "AutoModelForCausalLM", "Causal language modeling"),
+    "SkipNormForMaskedLM": ("fill-mask", "AutoModelForMaskedLM", "Masked language modeling"),
+    "SkipNormForSequenceClassification": ("text-classification", "AutoModelForSequenceClassification",
+                                          "Sequence classification"),
+    "SkipNormForTokenClassification": ("token-classification", "AutoModelForTokenClassification",
+                                       "Token classification"),
+    "SkipNormModel": ("feature-extraction", "AutoModel", "Feature extraction"),
+}
+# Metrics of an evaluation that describe the run, not the model.
+EVAL_BOOKKEEPING = ("runtime", "samples_per_second", "steps_per_second", "epoch")
 
 # value -> (formula, citation). The README variant table is the full reference; values missing here say so.
 PLACEMENTS = {
@@ -87,13 +103,43 @@ def cell_rows(config) -> list[dict]:
     return rows
 
 
+def architecture_of(checkpoint: str) -> str:
+    with open(os.path.join(checkpoint, "config.json"), encoding="utf-8") as handle:
+        architectures = json.load(handle).get("architectures") or ["SkipNormModel"]
+    if architectures[0] not in HEADS:
+        raise ValueError(f"{checkpoint}/config.json architectures={architectures}; expected one of {', '.join(HEADS)}")
+    return architectures[0]
+
+
+def _read_json(path: str):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def run_dataset(checkpoint: str) -> tuple[str, str] | None:
+    """(type, name) of the evaluation dataset as the run's own card records it (the folder's README.md, or the run
+    folder's for a checkpoint-N); None when no card of the run names one."""
+    from huggingface_hub import ModelCard
+
+    for folder in (checkpoint, os.path.dirname(os.path.normpath(checkpoint))):
+        path = os.path.join(folder, "README.md")
+        if not os.path.isfile(path):
+            continue
+        try:
+            results = ModelCard.load(path).data.eval_results or []
+        except Exception:  # a README that is not a model card says nothing about the dataset
+            continue
+        if results:
+            return results[0].dataset_type, results[0].dataset_name
+    return None
+
+
 def training_facts(checkpoint: str) -> dict:
     """What the checkpoint folder records about its training; says so when nothing is recorded."""
     facts = {}
     info_path = os.path.join(checkpoint, "training_info.json")
     if os.path.exists(info_path):
-        with open(info_path) as handle:
-            info = json.load(handle)
+        info = _read_json(info_path)
         facts = {
             "dataset": info.get("dataset"),
             "tokenizer": info.get("tokenizer"),
@@ -106,92 +152,148 @@ def training_facts(checkpoint: str) -> dict:
             "seed": info.get("seed"),
             "produced by": "training/study.py (hf_skipnorm norm-placement study)",
         }
-    for name in ("training_args.json", "trainer_state.json"):
-        path = os.path.join(checkpoint, name)
-        if os.path.exists(path):
-            with open(path) as handle:
-                state = json.load(handle)
-            for key in ("learning_rate", "max_steps", "global_step", "per_device_train_batch_size", "warmup_steps"):
-                if key in state:
-                    facts.setdefault(key.replace("_", " "), state[key])
+    state_path = os.path.join(checkpoint, "trainer_state.json")
+    if os.path.exists(state_path):
+        state = _read_json(state_path)
+        for key in ("global_step", "max_steps", "num_train_epochs", "train_batch_size", "eval_steps", "save_steps",
+                    "logging_steps"):
+            if state.get(key) is not None:
+                facts.setdefault(key.replace("_", " "), state[key])
+        facts.setdefault("produced by", "the transformers Trainer (training/train.py or training/finetune.py)")
+    results_path = os.path.join(checkpoint, "all_results.json")
+    if os.path.exists(results_path):
+        results = _read_json(results_path)
+        for key in ("train_loss", "train_runtime"):
+            if key in results:
+                facts.setdefault(key.replace("_", " "), round(results[key], 4))
     return {k: v for k, v in facts.items() if v is not None} or {"training": "not recorded in the checkpoint folder"}
 
 
 def eval_results(checkpoint: str):
+    """(EvalResults for the model-index, the study's training_info or {}) from the folder's own files."""
     from huggingface_hub import EvalResult
 
+    from training.model_card import final_eval_metrics, read_run_files
+
     info_path = os.path.join(checkpoint, "training_info.json")
-    if not os.path.exists(info_path):
+    if os.path.exists(info_path):
+        info = _read_json(info_path)
+        loss = info.get("val_loss")
+        if loss is None or not math.isfinite(loss):
+            return [], info
+        common = dict(task_type="text-generation", task_name="Byte-level language modeling",
+                      dataset_type=DATASET_TYPE, dataset_name=DATASET_NAME, dataset_split="validation")
+        return [
+            EvalResult(metric_type="loss", metric_name="Validation loss (nats/byte)", metric_value=round(loss, 4),
+                       **common),
+            EvalResult(metric_type="perplexity", metric_name="Validation perplexity (per byte)",
+                       metric_value=round(math.exp(loss), 4), **common),
+        ], info
+    metrics = final_eval_metrics(*read_run_files(checkpoint))
+    if not metrics:
         return [], {}
-    with open(info_path) as handle:
-        info = json.load(handle)
-    loss = info.get("val_loss")
-    if loss is None or not math.isfinite(loss):
-        return [], info
-    common = dict(task_type="text-generation", task_name="Byte-level language modeling", dataset_type=DATASET_TYPE,
-                  dataset_name=DATASET_NAME, dataset_split="validation")
-    return [
-        EvalResult(metric_type="loss", metric_name="Validation loss (nats/byte)", metric_value=round(loss, 4), **common),
-        EvalResult(metric_type="perplexity", metric_name="Validation perplexity (per byte)",
-                   metric_value=round(math.exp(loss), 4), **common),
-    ], info
+    task_type, _, task_name = HEADS[architecture_of(checkpoint)]
+    dataset_type, dataset_name = run_dataset(checkpoint) or ("unrecorded", "evaluation split of the run (unrecorded)")
+    results = []
+    for key, value in sorted(metrics.items()):
+        metric = key.removeprefix("eval_")
+        if metric in EVAL_BOOKKEEPING or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        results.append(EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset_type,
+                                  dataset_name=dataset_name, dataset_split="validation", metric_type=metric,
+                                  metric_name=f"Validation {metric.replace('_', ' ')}",
+                                  metric_value=round(float(value), 4)))
+    return results, {}
 
 
-def diagnostics_figure(checkpoint: str, out_dir: str) -> tuple[str, str, int]:
-    """Init-vs-trained profile plot (PNG in `out_dir`), a markdown table of the trained profile, the parameter count."""
+def diagnostics_figure(checkpoint: str, out_dir: str, tokenizer=None) -> tuple[str, str, int]:
+    """Init-vs-trained profile plot (PNG in `out_dir`), a markdown table of the trained profile, the parameter count.
+
+    The batch is text from the embedded corpus tokenized with the run's own `tokenizer` (random ids when there is
+    no tokenizer and the vocabulary is not byte-sized). Block numbers are 0-based in the table and the plot."""
     import torch
 
-    from hf_skipnorm import SkipNormForCausalLM
+    import hf_skipnorm
     from hf_skipnorm.diagnostics import TABLE_COLUMNS, plot_profiles, profile, sample_batch
 
-    trained = SkipNormForCausalLM.from_pretrained(checkpoint)
+    model_class = getattr(hf_skipnorm, architecture_of(checkpoint))
+    trained = model_class.from_pretrained(checkpoint)
     torch.manual_seed(0)
-    init = SkipNormForCausalLM(trained.config)
-    batch = sample_batch(trained.config.vocab_size, None, batch_size=8,
+    init = model_class(trained.config)
+    batch = sample_batch(trained.config.vocab_size, tokenizer, batch_size=8,
                          seq_len=min(64, trained.config.max_position_embeddings))
     profiles = {"init": profile(init, batch), "trained": profile(trained, batch)}
     path = plot_profiles(profiles, os.path.join(out_dir, "diagnostics.png"), os.path.basename(os.path.normpath(out_dir)))
     header = "| block | " + " | ".join(title.replace("|", "\\|") for _, title in TABLE_COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
-    for row in profiles["trained"]["layers"]:
+    embedding = profiles["trained"].get("embedding", {})
+    for label, row in [("emb", embedding)] + [(str(r["layer"]), r) for r in profiles["trained"]["layers"]]:
         cells = [f"{row[key]:.3g}" if key in row else "" for key, _ in TABLE_COLUMNS]
-        lines.append(f"| {row['layer']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return os.path.basename(path), "\n".join(lines), sum(p.numel() for p in trained.parameters())
 
 
 def write_card(checkpoint: str, out_dir: str, name: str | None = None, summary: str | None = None):
-    """Write `out_dir/README.md` and `out_dir/diagnostics.png` for `checkpoint`; returns the ModelCard."""
+    """Write `out_dir/README.md`, `diagnostics.png` and (Trainer runs) `loss_curve.png` for `checkpoint`."""
     from huggingface_hub import ModelCard, ModelCardData
+    from transformers import AutoTokenizer
 
     from hf_skipnorm import SkipNormConfig
+    from training.model_card import describe_tokenizer, read_run_files, tokenizer_sentence
+    from training.plots import LOSS_CURVE_PNG, markdown_table, plot_loss_curve, training_results
 
     os.makedirs(out_dir, exist_ok=True)
     config = SkipNormConfig.from_pretrained(checkpoint)
+    architecture = architecture_of(checkpoint)
+    pipeline_tag, auto_class, task_name = HEADS[architecture]
     name = name or os.path.basename(os.path.normpath(out_dir))
     results, info = eval_results(checkpoint)
     card_data = ModelCardData(
-        model_name=name, license="apache-2.0", library_name="transformers", pipeline_tag="text-generation",
+        model_name=name, license="apache-2.0", library_name="transformers", pipeline_tag=pipeline_tag,
         language=["en"], tags=["skipnorm", "norm-placement", f"norm_position-{config.norm_position}",
                                f"residual-{config.residual}", f"norm_type-{config.norm_type}"],
         eval_results=results or None,
     )
-    png, table, parameters = diagnostics_figure(checkpoint, out_dir)
+    tokenizer_facts = describe_tokenizer(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint) if tokenizer_facts else None
+    if tokenizer_facts:
+        tokenizer_text = tokenizer_sentence(tokenizer_facts, config)
+    elif info.get("tokenizer"):
+        tokenizer_text = (f"No tokenizer files: the study feeds {info['tokenizer']} as input ids "
+                          f"(`list(text.encode('utf-8'))`).")
+    else:
+        tokenizer_text = tokenizer_sentence(None, config)
+    _, history = read_run_files(checkpoint)
+    loss_curve = plot_loss_curve(history, os.path.join(out_dir, LOSS_CURVE_PNG), name) if history else None
+    png, table, parameters = diagnostics_figure(checkpoint, out_dir, tokenizer)
     unigram = info.get("unigram_entropy")
+    kind = {"SkipNormForCausalLM": "causal LM", "SkipNormForMaskedLM": "masked LM",
+            "SkipNormForSequenceClassification": "sequence classifier",
+            "SkipNormForTokenClassification": "token classifier", "SkipNormModel": "backbone"}[architecture]
+    produced_by = "a norm-placement study" if info else "the transformers Trainer"
+    if tokenizer_facts:
+        inputs = f"{tokenizer_facts.get('type', 'its')} tokenizer, {tokenizer_facts.get('vocab_size', '?')} tokens"
+    elif info.get("tokenizer"):
+        inputs = info["tokenizer"]
+    else:
+        inputs = "token ids (no tokenizer files)"
     card = ModelCard.from_template(
         card_data, template_path=TEMPLATE, model_name=name,
-        summary=summary or f"A {config.num_hidden_layers}-block skipnorm causal LM trained for a norm-placement study.",
+        summary=summary or f"A {config.num_hidden_layers}-block skipnorm {kind} trained with {produced_by}.",
         cell_rows=cell_rows(config), num_hidden_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
         num_attention_heads=config.num_attention_heads, parameters=f"{parameters:,}",
-        training=training_facts(checkpoint),
+        training=training_facts(checkpoint), tokenizer=tokenizer_text,
         results=[{"name": r.metric_name, "dataset": r.dataset_name, "value": r.metric_value} for r in results]
         or [{"name": "evaluation", "dataset": "-", "value": "not recorded"}],
         evaluation_note=(f"Reference points: a model that only knows byte frequencies scores {unigram:.3f} nats/byte; a "
                          f"uniform guess {math.log(256):.3f}." if unigram else ""),
-        diagnostics_png=png, diagnostics_table=table, checkpoint_hint=f"path/to/{name}",
+        training_results=markdown_table(training_results(history)), loss_curve=LOSS_CURVE_PNG if loss_curve else None,
+        diagnostics_png=png, diagnostics_table=table, checkpoint_hint=f"path/to/{name}", auto_class=auto_class,
+        has_tokenizer=tokenizer_facts is not None,
         limitations=[
-            "A tiny research model (d=%d) trained for minutes on one CPU on a 465 kB corpus: it exists to compare "
-            "architectures, not to generate useful text." % config.hidden_size,
-            "Byte-level inputs (vocab 256), English technical prose and Python code only.",
+            f"A small research model ({config.num_hidden_layers} blocks, d={config.hidden_size}, {parameters:,} "
+            f"parameters): it exists to compare architectures, not to generate useful text.",
+            f"Inputs: {inputs}.",
             "One seed; differences between cells smaller than the seed-to-seed spread are not meaningful.",
             "Not evaluated for bias or safety; do not deploy.",
         ],

@@ -185,8 +185,8 @@ def test_cache_and_gradient_checkpointing_for_orthogonal_and_laurel(fields):
 
 
 @pytest.mark.parametrize("fields,words", [
-    (dict(residual="laurel", laurel_rank=0), ["laurel_rank=0", "hidden_size=16"]),
-    (dict(residual="laurel", laurel_rank=17), ["laurel_rank=17"]),
+    (dict(residual="laurel", laurel_rank=0), ["laurel_rank=0", "integer >= 1"]),
+    (dict(residual="laurel", laurel_rank=17), ["laurel_rank=17", "hidden_size=16"]),
     (dict(residual="laurel", laurel_variant="pa"), ["laurel_variant='pa'", "rw, lr, rw_lr"]),
     (dict(residual="orthogonal", orthogonal_eps=-1.0), ["orthogonal_eps=-1.0"]),
 ])
@@ -195,6 +195,15 @@ def test_bad_frontier_residual_fields_are_refused_with_the_reason(fields, words)
         tiny(**fields)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+def test_width_bounds_of_unused_residual_fields_do_not_refuse_a_model():
+    """laurel_rank=16 and frac_rate=4 (the defaults) only bind where their residual is used: d=6 (3 heads of 2) builds."""
+    for residual in ("add", "orthogonal"):
+        tiny(hidden_size=6, num_attention_heads=3, residual=residual)
+    tiny(hidden_size=6, num_attention_heads=3, residual="laurel", laurel_variant="rw")
+    with pytest.raises(ValueError, match="frac_rate=4"):
+        tiny(hidden_size=6, num_attention_heads=3, residual="frac")
 
 
 # ---------------------------------------------------------------------------------------------- nGPT

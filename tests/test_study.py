@@ -1,4 +1,4 @@
-"""training/study.py: its formulas, its verdicts computed from numbers, a 2-cell micro study end to end, model cards."""
+"""training/study.py: its schedule and optimizer, its verdicts computed from numbers, a micro study end to end."""
 
 import json
 import math
@@ -12,115 +12,169 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hf_skipnorm import configuration_skipnorm as vocabulary  # noqa: E402
 from hf_skipnorm.configuration_skipnorm import SkipNormConfig  # noqa: E402
-from training import study  # noqa: E402
+from training import study, study_findings, study_grid  # noqa: E402
 
-MICRO = dict(steps=3, batch_size=2, seq_len=16, eval_batches=1, init_grad_depths=(1, 2, 3), init_grad_seeds=(0,),
-             base_depth=1, mid_depth=2, deep_depth=2, lrs=(1e-3,), norm_free_lrs=(1e-3,), deep_lrs=(1e-3,), overhead_steps=2,
-             overhead_every=1, cells=("post", "pre"), label="micro", noise_seeds=(1,))
 VERDICTS = ("agree", "partly agree", "disagree")
+DEFAULT = study_grid.normalize_grid(study_grid.load_grid("default")[0])
 
 
-def test_lr_schedule_matches_its_formula():
-    lr, steps, warmup = 1e-3, 100, 20
-    assert study.lr_at(0, lr, steps, warmup) == pytest.approx(lr / 20)
-    assert study.lr_at(19, lr, steps, warmup) == pytest.approx(lr)
-    assert study.lr_at(20, lr, steps, warmup) == pytest.approx(lr)  # cosine starts at the peak
-    assert study.lr_at(60, lr, steps, warmup) == pytest.approx(lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
-    assert study.lr_at(0, lr, steps, 0) == pytest.approx(lr)  # no warm-up: the peak at step 0
+def test_trainer_schedule_and_optimizer_match_their_formulas(tmp_path):
+    """The Trainer path's LR schedule is the study's (linear warm-up (t+1)/w, then cosine to 10% of the peak) and
+    AdamW decays exactly the matrices, with the grid's betas and eps."""
+    import torch
+
+    grid = study_grid.normalize_grid({"cells": {"pre": {"norm_position": "pre"}}, "widths": [32], "depths": [2],
+                                      "steps": 50, "warmup_fraction": 0.2, "learning_rates": [1e-3]})
+    spec = study_grid.RunSpec("pre", 2, 32, 1e-3, True, 0)
+    model = study.SkipNormForCausalLM(study.make_config(grid, "pre", 2, 32))
+    rows = study.Rows(torch.zeros(4, 3, dtype=torch.long))
+    trainer = study.StudyTrainer(model=model, args=study.training_arguments(grid, spec, str(tmp_path)),
+                                 train_dataset=rows, eval_dataset=rows)
+    trainer.create_optimizer_and_scheduler(num_training_steps=50)
+    lr, steps, warmup, floor = 1e-3, 50, 10, 0.1
+
+    def expected(t):  # the t-th optimizer step (0-based)
+        if t < warmup:
+            return lr * (t + 1) / warmup
+        progress = (t - warmup + 1) / (steps - warmup)
+        return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    seen = []
+    for _ in range(steps):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert seen == pytest.approx([expected(t) for t in range(steps)], rel=1e-9)
+    assert seen[warmup - 1] == pytest.approx(lr) and seen[-1] == pytest.approx(lr * floor, rel=0.01)
+    decayed = {id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.ndim >= 2), name
+    group = trainer.optimizer.param_groups[0]
+    assert group["betas"] == (0.9, 0.98) and group["eps"] == 1e-8
+    assert isinstance(trainer._get_train_sampler(rows), torch.utils.data.SequentialSampler)
 
 
 def test_loglog_slope_recovers_a_power_law():
     depths = [3, 6, 12, 24]
-    assert study.loglog_slope(depths, [2.0 * d ** -0.5 for d in depths]) == pytest.approx(-0.5, abs=1e-12)
-    assert study.loglog_slope(depths, [0.7] * 4) == pytest.approx(0.0, abs=1e-12)
+    assert study_findings.loglog_slope(depths, [2.0 * d ** -0.5 for d in depths]) == pytest.approx(-0.5, abs=1e-12)
+    assert study_findings.loglog_slope(depths, [0.7] * 4) == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("cell", sorted(study.CELLS))
+@pytest.mark.parametrize("cell", sorted(DEFAULT["cells"]))
 def test_availability_follows_the_config_vocabulary(cell):
-    fields = study.CELLS[cell]
+    fields = DEFAULT["cells"][cell]
     choices = {"norm_position": vocabulary.NORM_POSITIONS, "norm_type": vocabulary.NORM_TYPES,
                "residual": vocabulary.RESIDUALS}
     known = all(k in SkipNormConfig.__dataclass_fields__ and (k not in choices or v in choices[k])
                 for k, v in fields.items())
-    reason = study.availability(cell, study.Settings())
+    reason = study.availability(DEFAULT, cell)
     if not known:
         assert reason is not None and "refused" not in reason
     elif reason is not None:
         assert reason.startswith("refused:")  # the values exist but the config refuses the combination
 
 
-def _fake_results(settings, post_losses, pre_losses, post_grads, pre_grads):
-    runs = {}
+def test_default_grid_roles_are_its_cells():
+    """Every built-in cell is recognized by the findings (by its fields), so the default grid feeds every finding."""
+    assert study_findings.role_cells(DEFAULT) == {role: role for role in study_findings.ROLES}
+
+
+def _fake_results(post_losses, pre_losses, post_grads, pre_grads, depths=(3, 6, 12, 24)):
+    runs = []
     for cell, losses in (("post", post_losses), ("pre", pre_losses)):
         for (lr, warmup), loss in losses.items():
-            runs[study.run_key(cell, settings.base_depth, lr, warmup)] = [{"status": "trained", "val_loss": loss}]
+            runs.append({"cell": cell, "depth": 6, "width": 64, "lr": lr, "warmup": warmup, "seed": 0,
+                         "status": "trained", "val_loss": loss, "run_id": f"{cell}-{lr}-{warmup}"})
     grads = {}
-    for depth in settings.init_grad_depths:
+    for depth in depths:
         grads[f"post/{depth}"] = post_grads(depth)
         grads[f"pre/{depth}"] = pre_grads(depth)
-    return {"runs": runs, "init_gradients": grads, "unigram_entropy": 3.1}
+    grid = {"cells": {"my_post": {"norm_position": "post"}, "my_pre": {"norm_position": "pre"}}}
+    for run in runs:
+        run["cell"] = "my_" + run["cell"]  # the findings recognize cells by their fields, not their names
+    grads = {"my_" + k: v for k, v in grads.items()}
+    return {"grid": grid, "runs": runs, "init_gradients": grads, "unigram_entropy": 3.1,
+            "availability": {"my_post": "available", "my_pre": "available"}}
 
 
 def test_verdicts_are_computed_from_the_numbers():
-    s = study.Settings(lrs=(1e-3, 1e-2), norm_free_lrs=(1e-3,))
     # Xiong et al.'s picture: post flat in L and growing toward the output, pre ~ L^-1/2 and flat across layers;
     # post needs warm-up, pre does not.
     paper = _fake_results(
-        s,
         {(1e-3, True): 2.5, (1e-3, False): 2.9, (1e-2, True): 2.6, (1e-2, False): 3.2},
         {(1e-3, True): 2.5, (1e-3, False): 2.5, (1e-2, True): 2.3, (1e-2, False): 2.31},
         lambda d: [0.5 * (1 + 2 * i / d) for i in range(d)],
         lambda d: [d ** -0.5] * d,
     )
-    found = study.findings(paper, s)
+    found = study_findings.compute(paper)
     assert [f["verdict"] for f in found[:2]] == ["agree", "agree"]
+    assert found[1]["where"] == {"base_depth": 6, "lrs": (1e-3, 1e-2), "width": 64}
     # The opposite picture must be called a disagreement.
     opposite = _fake_results(
-        s,
         {(1e-3, True): 2.9, (1e-3, False): 2.5, (1e-2, True): 3.2, (1e-2, False): 2.6},
         {(1e-3, True): 2.5, (1e-3, False): 2.9, (1e-2, True): 2.3, (1e-2, False): 3.0},
         lambda d: [d ** -0.5 * (1 - 0.5 * i / d) for i in range(d)],
         lambda d: [0.5 * (1 + 3 * i / d) for i in range(d)],
     )
-    found = study.findings(opposite, s)
+    found = study_findings.compute(opposite)
     assert [f["verdict"] for f in found[:2]] == ["disagree", "disagree"]
-    assert [f["verdict"] for f in found[2:]] == [study.NOT_RUN] * 4  # no runs: no verdict, not a fake one
+    # Finding 3 reads post and pre at their largest common depth (6 here: the only one): measured, deepnorm absent.
+    assert "DeepNorm not measured" in found[2]["verdict"]
+    assert [f["verdict"] for f in found[3:]] == [study_findings.NOT_RUN] * 5  # no runs: no verdict, not a fake one
+
+
+def test_a_finding_is_one_registry_entry():
+    numbers = [f.number for f in study_findings.FINDINGS]
+    assert numbers == sorted(set(numbers))
+    for finding in study_findings.FINDINGS:
+        assert set(finding.cells) <= set(study_findings.ROLES), finding.number
+        assert callable(finding.where) and callable(finding.measure) and callable(finding.figure)
+
+
+MICRO_GRID = {
+    "cells": {"pre": {"norm_position": "pre"}, "post": {"norm_position": "post"}},
+    "blocks": [{"cells": ["pre", "post"], "depths": [1, 2], "learning_rates": [1e-3], "warmup": [True, False]},
+               {"cells": ["pre"], "depths": [1], "learning_rates": [1e-3], "warmup": [True], "seeds": [0, 1]}],
+    "widths": [32], "steps": 3, "batch_size": 2, "sequence_length": 16, "eval_every": 3, "save_every": 3,
+    "eval_batches": 1, "init_probes": {"cells": ["post", "pre"], "depths": [1, 2, 3]},
+    "reference_models": [{"run": {"cell": "pre", "depth": 1, "lr": 1e-3}, "name": "micro-pre"}],
+}
 
 
 def test_micro_study_end_to_end(tmp_path):
     from model_cards.generate import validate_card
 
-    settings = study.Settings(**MICRO)
-    results = study.run_study(settings, str(tmp_path / "out"), log=lambda *a: None)
+    grid_file = tmp_path / "grid.json"
+    grid_file.write_text(json.dumps(MICRO_GRID))
     out = tmp_path / "out"
+    results = study.run_study(str(grid_file), str(out), log=lambda *a: None)
     report = (out / "report.md").read_text()
     saved = json.loads((out / "results.json").read_text())
-    assert len(saved["findings"]) == 6
+    assert len(saved["findings"]) == len(study_findings.FINDINGS)
     for finding in saved["findings"]:
         for part in ("Claim:** " + finding["claim"], "Verdict:** " + finding["verdict"]):
             assert part in report
-        assert (out / finding["figure"]).stat().st_size > 1000
+        if finding["figure"]:
+            assert (out / finding["figure"]).stat().st_size > 1000
     assert saved["findings"][0]["verdict"] in VERDICTS and saved["findings"][1]["verdict"] in VERDICTS
-    trained = [runs[0] for runs in saved["runs"].values()]
-    assert {r["cell"] for r in trained} == {"post", "pre"}
-    for run in trained:
-        assert run["status"] == "trained" and len(run["train_loss"]) == settings.steps
+    assert {r["run_id"] for r in saved["runs"]} == {s.run_id for s in study_grid.expand(study_grid.normalize_grid(MICRO_GRID))}
+    for run in saved["runs"]:
+        assert run["status"] == "trained" and len(run["train_loss"]) == 3 == len(run["grad_norm"])
         assert len(run["init_profile"]["layers"]) == run["depth"] == len(run["trained_profile"]["layers"])
-        assert set(run["update_ratio"]) == {"1", "2"}
-    for cell, status in saved["availability"].items():  # unavailable cells are named with their reason
-        assert status == "available" or status in report
-    assert results["callback_overhead"]["callback_fraction"] > 0
-    assert all(len(losses) == 2 for losses in saved["noise"].values()) and "Seed-to-seed spread" in report
+        assert set(run["update_ratio"]) == {"1"} and run["eval_curve"][-1] == [3, run["val_loss"]]
+        assert run["run_id"] in report
+    for name in results["figures"].values():
+        assert (out / name).stat().st_size > 1000
+    assert "Seed-to-seed range" in report and "Loss spike:" in report and json.dumps(MICRO_GRID["steps"]) in report
     before = report
-    study.main(["--report-only", "--out", str(out)])  # recomputed from results.json alone: the same report
+    study.main(["--report_only", "--output_dir", str(out)])  # recomputed from results.json alone: the same report
     assert (out / "report.md").read_text() == before
-    for name in study.REFERENCE_MODELS.values():
-        validate_card(str(out / "model_cards" / name / "README.md"))
+    validate_card(str(out / "model_cards" / "micro-pre" / "README.md"))
 
 
 @pytest.mark.slow
 def test_quick_study_runs_under_three_minutes(tmp_path):
     start = time.perf_counter()
-    study.main(["--quick", "--out", str(tmp_path / "quick")])
+    study.main(["--quick", "--output_dir", str(tmp_path / "quick")])
     assert time.perf_counter() - start < 180
     assert (tmp_path / "quick" / "report.md").exists()

@@ -7,20 +7,31 @@ config later appears on the command line with no edit here), `DataArguments`, an
 
 Where a model config value comes from, later wins:
     training defaults (a small CPU-sized model, TRAIN_MODEL_DEFAULTS)  <  --preset NAME  <  --config_file JSON
-    <  one option per field (--norm_position post, --hidden_size 256, --norm_position '["post","pre"]').
+    <  --config_overrides "k=v,k2=v2"  <  one option per field (--norm_position post, --hidden_size 256,
+    --norm_position '["post","pre"]').
+With --model_name_or_path (continue training) or --resume_from_checkpoint the checkpoint fixes the cell: a field
+given on the command line must equal the checkpoint's, except the runtime fields in RUNTIME_FIELDS.
+
+Also here: `check_arguments` (every impossible setting refused before any data is read), `run_record` (what a
+resume must agree on; checked by `checkpoints.check_resume_matches`), and the grouped `--help` (`build_parser`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
+import hashlib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
 
-from transformers import PreTrainedConfig, TrainingArguments
+from transformers import HfArgumentParser, PreTrainedConfig, TrainingArguments
 
 from hf_skipnorm import SkipNormConfig
+from hf_skipnorm import configuration_skipnorm as cells
 
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 
@@ -45,6 +56,27 @@ def cli_name(config_field: str) -> str:
 
 _SIMPLE_TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
 
+# The valid values of the string-valued cell fields, read from the tuples beside the registries in
+# configuration_skipnorm, so a value added there is listed by --help with no edit here.
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "norm_position": cells.NORM_POSITIONS,
+    "attn_norm_position": cells.NORM_POSITIONS,
+    "mlp_norm_position": cells.NORM_POSITIONS,
+    "norm_type": cells.NORM_TYPES,
+    "residual": cells.RESIDUALS,
+    "position_embedding": cells.POSITION_EMBEDDINGS,
+    "mlp_type": cells.MLP_TYPES,
+    "branch_init": cells.BRANCH_INITS,
+    "qk_norm": cells.QK_NORMS,
+    "classifier_pooling": cells.CLASSIFIER_POOLINGS,
+}
+
+# Fields that train.py takes from the tokenizer unless given.
+TOKENIZER_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
+
+# Fields that change how a loaded model runs, not what it computes: a continued or resumed run may change them.
+RUNTIME_FIELDS = ("attention_dropout", "hidden_dropout", "use_cache")
+
 
 def _field_type(config_field: dataclasses.Field):
     """int/float/bool/str for a field of exactly that type, else None (the option takes JSON text: lists, dicts,
@@ -64,15 +96,25 @@ def build_skipnorm_arguments(config_class=SkipNormConfig):
             if config_field.default is not dataclasses.MISSING
             else (config_field.default_factory() if config_field.default_factory is not dataclasses.MISSING else None)
         )
-        kind = _SIMPLE_TYPES[simple] if simple else "JSON or a plain string"
-        help_text = (
-            f"{config_class.__name__}.{config_field.name} ({kind}; config default {default!r}). "
-            + ("" if simple else "Give JSON for lists/numbers/null, e.g. '[\"post\", \"pre\"]'.")
-        )
+        kind = _SIMPLE_TYPES[simple] if simple else "JSON"
+        choices = FIELD_CHOICES.get(config_field.name)
+        if config_field.name in TOKENIZER_FIELDS:
+            shown = "from the tokenizer"
+        elif config_field.name in TRAIN_MODEL_DEFAULTS and config_class is SkipNormConfig:
+            shown = f"{TRAIN_MODEL_DEFAULTS[config_field.name]!r} in train.py ({default!r} in the config)"
+        else:
+            shown = repr(default)
+        help_text = f"{kind}, default {shown}" + (f": {' | '.join(choices)}" if choices else "")
         fields.append(
             (cli_name(config_field.name), typing.Optional[simple or str], field(default=None, metadata={"help": help_text}))
         )
-    return dataclasses.make_dataclass(f"{config_class.__name__}Arguments", fields)
+    arguments = dataclasses.make_dataclass(f"{config_class.__name__}Arguments", fields)
+    # HfArgumentParser titles the group with this; argparse prints no description for it, so the title says it all.
+    arguments._argument_group_name = (
+        f"model cell, one option per {config_class.__name__} field (type, default, valid values; lists as JSON: "
+        "--norm_position '[\"post\",\"pre\"]')"
+    )
+    return arguments
 
 
 # One option per SkipNormConfig field; None means "not given on the command line".
@@ -97,6 +139,71 @@ def cli_config_overrides(skipnorm_args, config_class=SkipNormConfig) -> dict:
             continue
         overrides[config_field.name] = value if _field_type(config_field) else _parse_json_value(value)
     return overrides
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at commas outside brackets and quotes: norm_position=["post","pre"],hidden_size=64 is two items."""
+    items, depth, quote, start = [], 0, None, 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item.strip() for item in items if item.strip()]
+
+
+def parse_config_overrides(text: str | None, config_class=SkipNormConfig) -> dict:
+    """--config_overrides "k=v,k2=v2" (run_clm.py's syntax): values typed by the field (bool true/false, int,
+    float, str); list/dict fields take JSON. Unknown keys are refused with the nearest field named."""
+    if not text:
+        return {}
+    fields = {f.name: f for f in skipnorm_config_fields(config_class)}
+    overrides = {}
+    for item in _split_top_level(text):
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
+            raise ValueError(f"--config_overrides: {item!r} is not key=value (example: \"hidden_size=64,norm_type=layernorm\")")
+        if key not in fields:
+            near = difflib.get_close_matches(key, fields, n=1)
+            raise ValueError(
+                f"--config_overrides: {key!r} is not a {config_class.__name__} field"
+                + (f"; did you mean {near[0]!r}?" if near else f"; fields: {sorted(fields)}")
+            )
+        kind = _field_type(fields[key])
+        try:
+            if kind is bool:
+                if raw.lower() not in ("true", "false"):
+                    raise ValueError("expected true or false")
+                value = raw.lower() == "true"
+            elif kind in (int, float):
+                value = kind(raw)
+            elif kind is str:
+                value = raw
+            else:
+                value = _parse_json_value(raw)
+        except ValueError as error:
+            raise ValueError(f"--config_overrides: {key}={raw!r} is not a valid {kind.__name__} ({error})") from None
+        overrides[key] = value
+    return overrides
+
+
+def checkpoint_conflicts(config, requested: dict) -> list[str]:
+    """The requested cell values that contradict a checkpoint's config (runtime fields excepted), as
+    'name=new (checkpoint: old)'."""
+    return [
+        f"{name}={value!r} (checkpoint: {getattr(config, name, None)!r})"
+        for name, value in requested.items()
+        if name not in RUNTIME_FIELDS and getattr(config, name, None) != value
+    ]
 
 
 def available_presets() -> list[str]:
@@ -131,13 +238,15 @@ _SAVED_CONFIG_BOOKKEEPING = {"model_type", "architectures", "transformers_versio
 
 
 def assemble_config_values(model_args, skipnorm_args, defaults: dict | None = None) -> dict:
-    """Merge defaults < preset < config file < command line into one dict of SkipNormConfig keyword arguments."""
+    """Merge defaults < preset < config file < --config_overrides < one option per field into one dict of
+    SkipNormConfig keyword arguments."""
     values = dict(TRAIN_MODEL_DEFAULTS if defaults is None else defaults)
     if model_args.preset:
         values.update(preset_values(model_args.preset))
     if model_args.config_file:
         from_file = load_config_values(model_args.config_file, "--config_file")
         values.update({k: v for k, v in from_file.items() if k not in _SAVED_CONFIG_BOOKKEEPING})
+    values.update(parse_config_overrides(getattr(model_args, "config_overrides", None)))
     values.update(cli_config_overrides(skipnorm_args))
     known = {f.name for f in dataclasses.fields(SkipNormConfig)}
     unknown = sorted(set(values) - known)
@@ -146,8 +255,26 @@ def assemble_config_values(model_args, skipnorm_args, defaults: dict | None = No
     return values
 
 
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
 @dataclass
 class ModelArguments:
+    """Where the model comes from: a new cell (--preset, --config_file, --config_overrides and one option per field)
+    or a saved model to continue training from (--model_name_or_path), in run_clm.py's vocabulary."""
+
+    _argument_group_name = "model source (run_clm.py-style)"
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Continue training from a saved skipnorm model: a folder (train.py output, a checkpoint-N, "
+                  "`python -m hf_skipnorm.convert` output) or a Hub id already in the local cache (never downloads). "
+                  "Fresh optimizer; for an interrupted run use --resume_from_checkpoint."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Config fields as \"k=v,k2=v2\" (run_clm.py syntax), e.g. \"hidden_size=64,norm_type=layernorm\"."},
+    )
     preset: str | None = field(
         default=None,
         metadata={"help": "A named cell from training/presets (gpt2-style, llama-style, bert-style, olmo2-style, "
@@ -157,15 +284,44 @@ class ModelArguments:
         default=None, metadata={"help": "JSON file of SkipNormConfig fields (a saved config.json works); overrides --preset."}
     )
     tokenizer_name: str | None = field(
-        default=None, metadata={"help": "A saved tokenizer folder to use instead of training a byte-level BPE one."}
+        default=None,
+        metadata={"help": "A tokenizer folder or cached Hub id (default: the model's own with --model_name_or_path, "
+                  "else a byte-level BPE tokenizer trained on the train split)."},
     )
     tokenizer_vocab_size: int = field(
         default=4096, metadata={"help": "Vocabulary size of the byte-level BPE tokenizer trained on the train split."}
     )
+    cache_dir: str | None = field(default=None, metadata={"help": "Hugging Face cache folder for Hub ids and datasets."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a cached Hub id."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Let transformers run model/tokenizer code shipped in the folder (auto_map) instead of the "
+                  "installed hf_skipnorm classes."},
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": f"Weights dtype of the trained model ({' | '.join(DTYPE_CHOICES)}; auto: the checkpoint's). "
+                  "Default float32 (master weights; use --bf16 for mixed precision)."},
+    )
+    torch_dtype: str | None = field(default=None, metadata={"help": "Old name of --dtype (run_clm.py)."})
+    low_cpu_mem_usage: bool = field(
+        default=False,
+        metadata={"help": "Accepted for run_clm.py command lines; transformers 5 always loads this way (no effect)."},
+    )
+
+    def resolved_dtype(self) -> str:
+        if self.dtype and self.torch_dtype and self.dtype != self.torch_dtype:
+            raise ValueError(f"--dtype {self.dtype!r} and --torch_dtype {self.torch_dtype!r} disagree: give one")
+        value = self.dtype or self.torch_dtype or "float32"
+        if value not in DTYPE_CHOICES:
+            raise ValueError(f"--dtype {value!r} is not valid; valid choices: {', '.join(DTYPE_CHOICES)}")
+        return value
 
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data"
+
     dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` name (Hub; needs the network)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
     train_file: str | None = field(default=None, metadata={"help": "Local training data: .txt, .json/.jsonl or .csv."})
@@ -185,6 +341,13 @@ class DataArguments:
 
 @dataclass
 class RunArguments:
+    _argument_group_name = "run"
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow an --output_dir that already holds files; its checkpoint-N folders are deleted first "
+                  "(otherwise such a folder is refused, so no run replaces another's checkpoints)."},
+    )
     on_nonfinite: str = field(
         default="stop",
         metadata={"help": "On a non-finite loss/gradient: 'stop' (raise, naming the step and layer) or 'skip' the update."},
@@ -193,3 +356,205 @@ class RunArguments:
     sample_max_new_tokens: int = field(
         default=60, metadata={"help": "Tokens to generate after reloading the saved model in a fresh process (0: skip)."}
     )
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _positive(name: str, value, allow_fraction: bool = False) -> str | None:
+    if value is None:
+        return None
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        what = "a positive number of steps (or a fraction in (0, 1) of the run)" if allow_fraction else "at least 1"
+        return f"--{name} {value!r} must be {what}"
+    return None
+
+
+STEP_INTERVALS = ("eval_steps", "save_steps", "logging_steps")
+
+
+def check_step_intervals(parsed: dict) -> None:
+    """On the parsed command line, before TrainingArguments exists: it silently replaces --eval_steps 0 by
+    --logging_steps, so a zero must be caught here."""
+    for name in STEP_INTERVALS:
+        value = parsed.get(name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"impossible training settings:\n  --{name} {value} must be a positive number of steps "
+                             "(or a fraction in (0, 1) of the run)")
+
+
+def check_arguments(model_args, data_args, run_args, training_args) -> None:
+    """Refuse every setting that cannot train, before any data is read or tokenizer trained: one ValueError
+    listing each problem with the option, its value and what is valid."""
+    problems = []
+    max_steps = training_args.max_steps
+    if max_steps == 0 or max_steps < -1:
+        problems.append(f"--max_steps {max_steps} must be a positive number of optimizer steps (or -1: use --num_train_epochs)")
+    if max_steps == -1 and not training_args.num_train_epochs > 0:
+        problems.append(f"--num_train_epochs {training_args.num_train_epochs} must be > 0 when --max_steps is -1")
+    lr = training_args.learning_rate
+    if not (math.isfinite(lr) and lr >= 0):
+        problems.append(f"--learning_rate {lr} must be a finite number >= 0")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(training_args, name)
+        if not (isinstance(value, int) and value >= 1):
+            problems.append(f"--{name} {value!r} must be at least 1")
+    strategies = {"eval_steps": "eval_strategy", "save_steps": "save_strategy", "logging_steps": "logging_strategy"}
+    for name, strategy in strategies.items():
+        if str(getattr(training_args, strategy)).rsplit(".", 1)[-1].lower() == "steps":
+            problems.append(_positive(name, getattr(training_args, name), allow_fraction=True))
+    for name in ("weight_decay", "max_grad_norm", "warmup_steps"):
+        value = getattr(training_args, name)
+        if not (math.isfinite(value) and value >= 0):
+            problems.append(f"--{name} {value} must be a finite number >= 0")
+    if not (0 <= training_args.adam_beta1 < 1 and 0 <= training_args.adam_beta2 < 1):
+        problems.append(f"--adam_beta1 {training_args.adam_beta1} / --adam_beta2 {training_args.adam_beta2} must be in [0, 1)")
+    if not training_args.adam_epsilon > 0:
+        problems.append(f"--adam_epsilon {training_args.adam_epsilon} must be > 0")
+    if training_args.save_total_limit is not None and training_args.save_total_limit < 1:
+        problems.append(f"--save_total_limit {training_args.save_total_limit} must be at least 1 (or unset: keep all)")
+    if data_args.block_size < 2:
+        problems.append(f"--block_size {data_args.block_size} must be at least 2 (a language model predicts token t+1 from t)")
+    if not 0 < data_args.mlm_probability < 1:
+        problems.append(f"--mlm_probability {data_args.mlm_probability} must be in (0, 1)")
+    if not 0 < data_args.validation_split_percentage < 100:
+        problems.append(f"--validation_split_percentage {data_args.validation_split_percentage} must be in (0, 100)")
+    if data_args.streaming_validation_rows < 1:
+        problems.append(f"--streaming_validation_rows {data_args.streaming_validation_rows} must be at least 1")
+    if data_args.preprocessing_num_workers is not None and data_args.preprocessing_num_workers < 1:
+        problems.append(f"--preprocessing_num_workers {data_args.preprocessing_num_workers} must be at least 1")
+    if data_args.streaming and max_steps <= 0:
+        problems.append("--streaming needs --max_steps > 0: a streamed dataset has no length to count epochs from")
+    minimum_vocab = 256 + 3 + 1  # byte alphabet + the special tokens of training/data.py + at least one merge
+    if not (model_args.model_name_or_path or model_args.tokenizer_name) and model_args.tokenizer_vocab_size < minimum_vocab:
+        problems.append(
+            f"--tokenizer_vocab_size {model_args.tokenizer_vocab_size} is too small: byte-level BPE needs 256 byte "
+            f"tokens plus 3 special tokens, so use at least {minimum_vocab}"
+        )
+    if run_args.on_nonfinite not in ("stop", "skip"):
+        problems.append(f"--on_nonfinite {run_args.on_nonfinite!r} is not valid; valid choices: stop, skip")
+    if run_args.sample_max_new_tokens < 0:
+        problems.append(f"--sample_max_new_tokens {run_args.sample_max_new_tokens} must be >= 0 (0: no sample)")
+    try:
+        model_args.resolved_dtype()
+    except ValueError as error:
+        problems.append(str(error))
+    problems = [p for p in problems if p]
+    if problems:
+        raise ValueError("impossible training settings:\n  " + "\n  ".join(problems))
+
+
+# ------------------------------------------------------------------------------------- the run's identity
+# The TrainingArguments that decide the trajectory: a resume with any of them changed is a different run.
+RUN_TRAINING_FIELDS = (
+    "seed", "data_seed", "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay",
+    "adam_beta1", "adam_beta2", "adam_epsilon", "optim", "optim_args", "max_grad_norm", "max_steps",
+    "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "label_smoothing_factor",
+    "dataloader_drop_last", "bf16", "fp16", "full_determinism",
+)
+# Files bigger than this are identified by size and mtime instead of a content hash (hashing would delay the start).
+HASH_LIMIT_BYTES = 256 * 2**20
+
+
+def file_identity(path: str | None) -> str | None:
+    if not path or not os.path.isfile(path):
+        return path
+    size = os.path.getsize(path)
+    if size > HASH_LIMIT_BYTES:
+        return f"{os.path.abspath(path)} ({size} bytes, mtime {os.path.getmtime(path):.0f})"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(2**20), b""):
+            digest.update(chunk)
+    return f"{os.path.abspath(path)} (sha256 {digest.hexdigest()[:16]})"
+
+
+def run_record(training_args, data_args=None, model_args=None, extra: dict | None = None) -> dict:
+    """{option name: value} for everything a resumed run must share with the run that wrote the checkpoint:
+    seed, schedule, optimizer, batch and steps (RUN_TRAINING_FIELDS), the processes, the data and tokenizer."""
+    saved = training_args.to_dict()
+    record = {name: saved.get(name) for name in RUN_TRAINING_FIELDS}
+    record["world_size"] = training_args.world_size
+    if data_args is not None:
+        record.update(
+            dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name,
+            train_file=file_identity(data_args.train_file), validation_file=file_identity(data_args.validation_file),
+            text_column=data_args.text_column, validation_split_percentage=data_args.validation_split_percentage,
+            block_size=data_args.block_size, streaming=data_args.streaming,
+            streaming_validation_rows=data_args.streaming_validation_rows, mlm_probability=data_args.mlm_probability,
+        )
+    if model_args is not None:
+        record.update(
+            model_name_or_path=model_args.model_name_or_path, tokenizer_name=model_args.tokenizer_name,
+            tokenizer_vocab_size=model_args.tokenizer_vocab_size, dtype=model_args.resolved_dtype(),
+        )
+    record.update(extra or {})
+    return json.loads(json.dumps(record, default=str))  # the form it has once read back from disk
+
+
+# ---------------------------------------------------------------------------------------------- --help
+# TrainingArguments options shown in full by --help; the other ~100 are listed by name (--help_all: all in full).
+COMMON_TRAINING_OPTIONS = (
+    "output_dir", "max_steps", "num_train_epochs", "learning_rate", "lr_scheduler_type", "warmup_steps",
+    "weight_decay", "max_grad_norm", "per_device_train_batch_size", "per_device_eval_batch_size",
+    "gradient_accumulation_steps", "eval_strategy", "eval_steps", "save_steps", "save_total_limit",
+    "logging_steps", "seed", "resume_from_checkpoint", "bf16", "use_cpu", "report_to", "disable_tqdm",
+)
+HELP_ALL = "--help_all"
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks (the usage examples); one line per option where it fits; appends
+    the default only where the help does not state it."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=34, width=118)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS, False) or action.option_strings == []:
+            return text
+        return f"{text} (default: {action.default})"
+
+    def _format_action_invocation(self, action):
+        # "--norm_position V", not "--norm_position, --norm-position NORM_POSITION" (the dashed alias still works)
+        if action.option_strings and action.nargs != 0:
+            return f"{action.option_strings[0]} {self._format_args(action, 'V')}"
+        return action.option_strings[0] if action.option_strings else super()._format_action_invocation(action)
+
+    def _format_args(self, action, default_metavar):
+        if action.choices is not None and len(action.choices) > 4:
+            return "V"  # the choices are in the help text
+        return super()._format_args(action, "V")
+
+
+def build_parser(dataclass_types, description: str, usage: str, defaults: dict, full_help: bool = False) -> HfArgumentParser:
+    """HfArgumentParser over `dataclass_types` whose --help is grouped and short: our options in full, each cell
+    field on one line with its valid values, the common Trainer options in full and the others by name."""
+    parser = HfArgumentParser(dataclass_types, formatter_class=_HelpFormatter, usage=usage, description=description)
+    parser.set_defaults(**defaults)
+    parser.add_argument(HELP_ALL, action="store_true", help="Show every TrainingArguments option in full, then exit.")
+    if full_help:
+        return parser
+    training_dests = {f.name for f in dataclasses.fields(TrainingArguments)}
+    hidden = []
+    for action in parser._actions:
+        if action.dest in training_dests and action.dest not in COMMON_TRAINING_OPTIONS and action.help != argparse.SUPPRESS:
+            action.help = argparse.SUPPRESS
+            if action.option_strings and action.option_strings[0].startswith("--no_"):
+                continue  # the negated twin of a boolean option
+            hidden.append(action.option_strings[0])
+    trainer_group = parser._optionals  # TrainingArguments has no group of its own: it fills argparse's default one
+    trainer_group.title = "Trainer options (TrainingArguments; the common ones) and help"
+    trainer_group.description = _wrap_names(f"Also accepted, shown in full by {HELP_ALL}:", sorted(set(hidden)), width=114)
+    parser._action_groups.remove(trainer_group)  # after our own groups
+    parser._action_groups.append(trainer_group)
+    return parser
+
+
+def _wrap_names(lead: str, names: list[str], width: int) -> str:
+    lines, line = [], lead
+    for name in names:
+        if len(line) + 1 + len(name) > width:
+            lines.append(line)
+            line = " "
+        line += " " + name
+    return "\n".join(lines + [line])

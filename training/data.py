@@ -10,6 +10,7 @@ empty dataset, text shorter than one block, a tokenizer larger than the model's 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import Counter
@@ -120,6 +121,15 @@ def _check_file(flag: str, path: str) -> str:
     return FILE_BUILDERS[extension]
 
 
+def check_data_files(train_file: str | None, validation_file: str | None) -> None:
+    """The cheap checks of load_raw_datasets, for train.py to run before anything else is done."""
+    if validation_file and not train_file:
+        raise ValueError("--validation_file needs --train_file")
+    for flag, path in (("--train_file", train_file), ("--validation_file", validation_file)):
+        if path:
+            _check_file(flag, path)
+
+
 def load_raw_datasets(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
@@ -173,6 +183,14 @@ def load_raw_datasets(
                 {"train": train.skip(streaming_validation_rows), "validation": train.take(streaming_validation_rows)}
             )
         else:
+            rows = len(raw["train"])
+            held_out = math.ceil(rows * validation_split_percentage / 100)  # how train_test_split rounds
+            if rows - held_out < 1:
+                source = f"--train_file {train_file!r}" if train_file else "the train split"
+                raise ValueError(
+                    f"{source} has {rows} row(s): holding out {validation_split_percentage:g}% for validation leaves "
+                    "no training rows. Give more rows (a .txt file is one row per line), or a --validation_file"
+                )
             split = raw["train"].train_test_split(test_size=validation_split_percentage / 100, seed=seed)
             raw = datasets.DatasetDict({"train": split["train"], "validation": split["test"]})
     for name in ("train", "validation"):

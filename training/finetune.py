@@ -40,6 +40,8 @@ from transformers import (  # noqa: E402
 
 import hf_skipnorm  # noqa: E402,F401  registers the skipnorm classes with the Auto classes
 from training import data  # noqa: E402
+from training.checkpoints import check_output_dir, check_resume_matches, claim_output_dir, resolve_resume  # noqa: E402
+from training.arguments import file_identity, run_record  # noqa: E402
 from training.model_card import write_model_card  # noqa: E402
 from training.reliable_trainer import SkipNormTrainer  # noqa: E402
 
@@ -76,6 +78,9 @@ class FinetuneArguments:
     label_column: str = field(default="label", metadata={"help": "Column with the label (sequence task)."})
     max_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
     on_nonfinite: str = field(default="stop", metadata={"help": "stop or skip on a non-finite loss/gradient."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow an --output_dir that already holds files (its checkpoints are deleted)."}
+    )
 
 
 def load_metrics():
@@ -147,6 +152,17 @@ def main(argv=None, callbacks=()):
         raise ValueError(f"--task {args.task!r} is not valid; valid choices: {', '.join(TASKS)}")
     if not os.path.isfile(os.path.join(args.model_name_or_path, "config.json")):
         raise FileNotFoundError(f"--model_name_or_path {args.model_name_or_path!r} has no config.json")
+    if args.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"--on_nonfinite {args.on_nonfinite!r} is not valid; valid choices: stop, skip")
+    # The same folder rules as train.py: one run per folder, complete checkpoints only, a resume continues its run.
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    record = run_record(training_args, extra={
+        name: getattr(args, name) for name in ("model_name_or_path", "task", "num_topics", "dataset_name",
+                                               "dataset_config_name", "text_column", "label_column", "max_length")
+    } | {"train_file": file_identity(args.train_file), "validation_file": file_identity(args.validation_file)})
+    if resume:
+        check_resume_matches(resume, record)
+    check_output_dir(training_args.output_dir, args.overwrite_output_dir, resume)
     set_seed(training_args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     if tokenizer.pad_token is None:
@@ -187,16 +203,20 @@ def main(argv=None, callbacks=()):
     trainer = SkipNormTrainer(
         model=model, args=training_args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
         processing_class=tokenizer, data_collator=collator, compute_metrics=make_compute_metrics(),
-        callbacks=list(callbacks), on_nonfinite=args.on_nonfinite,
+        callbacks=list(callbacks), on_nonfinite=args.on_nonfinite, run_record=record,
     )
+    if trainer.is_world_process_zero():
+        trainer.check_free_space()
+        claim_output_dir(training_args.output_dir, args.overwrite_output_dir, resume, record)
     if training_args.should_log:
         print(
             f"fine-tuning {args.model_name_or_path} for {args.task} classification over {len(names)} labels "
             f"{names}: {len(encoded['train'])} train / {len(encoded['validation'])} validation examples"
         )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {**train_result.metrics, **trainer.evaluate()}
     trainer.save_model()
+    trainer.save_state()  # trainer_state.json: the log the card's results table and loss_curve.png are drawn from
     trainer.log_metrics("eval", {k: v for k, v in metrics.items() if k.startswith("eval_")})
     trainer.save_metrics("all", metrics)
     if trainer.is_world_process_zero():

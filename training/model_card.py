@@ -1,7 +1,10 @@
 """The model card (README.md) written next to a trained model, filled by `huggingface_hub.ModelCard`.
 
 It records what a reader needs to reproduce or judge the run: the config cell (placement, norm, residual and
-the rest of the architecture), the data, the hyperparameters, the evaluation results and the command.
+the rest of the architecture), the data, the tokenizer, the hyperparameters, the evaluation results, a
+per-evaluation training-results table with a loss curve, and the command. Facts about the run are read from the
+files the run wrote into the folder (tokenizer files, `all_results.json`, `trainer_state.json`), so the card cannot
+say something the folder contradicts.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import os
 import shlex
 import sys
 
@@ -54,6 +58,10 @@ Parameters: {{ num_parameters }}.
 
 {{ data_description }}
 
+## Tokenizer
+
+{{ tokenizer }}
+
 ## Training hyperparameters
 
 | hyperparameter | value |
@@ -64,10 +72,21 @@ Parameters: {{ num_parameters }}.
 
 ## Evaluation results
 
+From `all_results.json` (final train and evaluation metrics of this run):
+
 | metric | value |
 |---|---|
 {% for name, value in results %}| {{ name }} | {{ value }} |
 {% endfor %}
+## Training results
+
+{% if training_results %}Every evaluation during training (`trainer_state.json`); the training loss is the last one logged at or before that step.
+
+{{ training_results }}
+{% else %}No evaluation was logged during training (`trainer_state.json` {{ "has none" if has_state else "is absent" }}).
+{% endif %}
+{% if loss_curve %}![loss curve]({{ loss_curve }})
+{% endif %}
 ## Usage
 
 ```python
@@ -78,12 +97,97 @@ model = {{ auto_class }}.from_pretrained("{{ output_dir }}")
 tokenizer = AutoTokenizer.from_pretrained("{{ output_dir }}")
 ```
 
+Without hf_skipnorm installed, the folder's own code loads it: pass `trust_remote_code=True` to both calls.
+
 ## Command
 
 ```
 {{ command }}
 ```
 """
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "vocab.txt", "spiece.model", "tokenizer.model")
+
+
+def describe_tokenizer(folder: str) -> dict | None:
+    """What the folder's tokenizer files say: class, algorithm, vocabulary size and special tokens; None when the
+    folder has no tokenizer files. Read from the files (tokenizer_config.json, tokenizer.json), not assumed."""
+    files = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(folder, name))]
+    if not files:
+        return None
+    facts: dict = {"files": files}
+    config_path = os.path.join(folder, "tokenizer_config.json")
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as handle:
+            tokenizer_config = json.load(handle)
+        facts["class"] = tokenizer_config.get("tokenizer_class")
+        facts["special_tokens"] = {key: tokenizer_config[key] for key in
+                                   ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
+                                   if isinstance(tokenizer_config.get(key), str)}
+    json_path = os.path.join(folder, "tokenizer.json")
+    if os.path.isfile(json_path):
+        from tokenizers import Tokenizer
+
+        with open(json_path, encoding="utf-8") as handle:
+            spec = json.load(handle)
+        algorithm = (spec.get("model") or {}).get("type", "unknown")
+        pre = spec.get("pre_tokenizer") or {}
+        pre_types = [pre.get("type")] + [p.get("type") for p in pre.get("pretokenizers", [])]
+        facts["algorithm"] = algorithm
+        facts["byte_level"] = "ByteLevel" in pre_types
+        facts["type"] = ("byte-level " if facts["byte_level"] else "") + algorithm
+        facts["vocab_size"] = Tokenizer.from_file(json_path).get_vocab_size(with_added_tokens=True)
+    return facts
+
+
+def tokenizer_sentence(facts: dict | None, config=None) -> str:
+    """One sentence for a card from `describe_tokenizer`'s facts (and the model's vocab_size when it differs)."""
+    if facts is None:
+        return ("No tokenizer files in this folder: inputs are token ids"
+                + (f" below vocab_size={config.vocab_size}." if config is not None else "."))
+    parts = []
+    if facts.get("type"):
+        parts.append(f"{facts['type']} tokenizer")
+    if facts.get("vocab_size") is not None:
+        parts.append(f"{facts['vocab_size']:,} tokens")
+    if facts.get("class"):
+        parts.append(f"class `{facts['class']}`")
+    sentence = ", ".join(parts) or "tokenizer"
+    sentence = sentence[0].upper() + sentence[1:]
+    if facts.get("special_tokens"):
+        sentence += "; special tokens " + ", ".join(f"{k.removesuffix('_token')} `{v}`"
+                                                    for k, v in facts["special_tokens"].items())
+    sentence += f" (files: {', '.join(facts['files'])})."
+    if config is not None and facts.get("vocab_size") not in (None, config.vocab_size):
+        sentence += f" The model's embedding has vocab_size={config.vocab_size} rows."
+    return sentence
+
+
+def read_run_files(folder: str) -> tuple[dict, list[dict]]:
+    """(all_results.json, trainer_state.json's log_history) of a run folder; empty where a file is absent."""
+    results, history = {}, []
+    path = os.path.join(folder, "all_results.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            results = json.load(handle)
+    if os.path.isfile(os.path.join(folder, "trainer_state.json")):
+        from training.plots import read_log_history
+
+        history = read_log_history(folder)
+    return results, history
+
+
+def final_eval_metrics(results: dict, history: list[dict]) -> dict:
+    """eval_* metrics of the run: all_results.json when present, else the last evaluation in the log."""
+    metrics = {k: v for k, v in results.items() if k.startswith("eval_")}
+    if not metrics:
+        for entry in reversed(history):
+            if "eval_loss" in entry:
+                metrics = {k: v for k, v in entry.items() if k.startswith("eval_")}
+                break
+    return metrics
 
 
 def _format(value) -> str:
@@ -114,7 +218,14 @@ def write_model_card(
     task: str = "causal-lm",
     note: str = "",
 ) -> ModelCard:
-    """Fill the template and save it as `output_dir/README.md`. `metrics` are the final train/eval metrics."""
+    """Fill the template and save it as `output_dir/README.md`, with `loss_curve.png` beside it.
+
+    `metrics` are the final train/eval metrics; where the folder holds `all_results.json` (the run saved its
+    metrics) that file is what the card reports. The tokenizer and the training log are read from the folder."""
+    from training.plots import LOSS_CURVE_PNG, markdown_table, plot_loss_curve, training_results
+
+    saved_results, history = read_run_files(output_dir)
+    metrics = saved_results or metrics
     kind = {"causal-lm": "causal language model", "masked-lm": "masked language model",
             "sequence-classification": "sequence classifier", "token-classification": "token classifier"}[task]
     auto_class = {"causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM",
@@ -144,9 +255,15 @@ def write_model_card(
         eval_results=eval_results or None,
     )
     world_size = max(getattr(training_args, "world_size", 1), 1)
+    name = output_dir.rstrip("/").split("/")[-1] or "skipnorm"
+    loss_curve = plot_loss_curve(history, os.path.join(output_dir, LOSS_CURVE_PNG), name) if history else None
     card = ModelCard.from_template(
         card_data,
         template_str=TEMPLATE,
+        tokenizer=tokenizer_sentence(describe_tokenizer(output_dir), config),
+        training_results=markdown_table(training_results(history)),
+        has_state=bool(history),
+        loss_curve=LOSS_CURVE_PNG if loss_curve else None,
         model_name=card_data.model_name,
         kind=kind,
         script=script,

@@ -27,7 +27,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hf_skipnorm  # noqa: E402
-from hf_skipnorm.hub import AUTO_MODEL_CLASSES, export_for_hub, verify_remote_load  # noqa: E402
+from hf_skipnorm.hub import AUTO_MODEL_CLASSES, check_auto_map, export_for_hub, verify_remote_load  # noqa: E402
 from hf_skipnorm.loading_skipnorm import (  # noqa: E402
     PICKLE_SUFFIXES,
     check_local_checkpoint,
@@ -143,8 +143,13 @@ def build_repo_folder(checkpoint: str, out: str, repo_id: str, tokenizer_path: s
 
     if os.path.abspath(out) == os.path.abspath(checkpoint):
         raise PublishError("--out must differ from the checkpoint folder (the repo folder is rebuilt from scratch)")
-    model = load_checkpoint(checkpoint)
     tokenizer_path = tokenizer_path or checkpoint
+    for folder in dict.fromkeys((checkpoint, tokenizer_path)):
+        try:
+            check_auto_map(folder)  # before transformers reads (and might import) what an auto_map names
+        except ValueError as error:
+            raise PublishError(str(error)) from None
+    model = load_checkpoint(checkpoint)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     except (OSError, ValueError) as error:
@@ -183,6 +188,7 @@ def validate_repo_folder(out: str, model) -> list[str]:
     if not local_weight_files(out):
         raise PublishError(f"{out} has no safetensors weights")
     try:
+        check_auto_map(out)
         check_local_checkpoint(out)
         AutoTokenizer.from_pretrained(out)
         verify_remote_load(out, model)
