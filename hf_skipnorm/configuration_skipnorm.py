@@ -104,7 +104,7 @@ PARALLEL_RESIDUALS: tuple[str, ...] = (
 NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dyt", "derf", "none")
 RESIDUALS: tuple[str, ...] = (
     "add", "none", "scaled", "deepnorm", "admin", "rezero", "skipinit", "layerscale", "gated", "hyper", "mhc", "dense",
-    "orthogonal", "laurel", "frac",  # issue 15 (see validate_frontier_residuals)
+    "orthogonal", "laurel", "frac",  # issue 15 (the residual frontier rows of FIELDS and its rules)
 )
 # Residuals that replace the single residual stream by several (hyper-connections) or by the history of block
 # outputs (DenseFormer): their blocks take and return a stream state, not (B, T, C) (modeling_skipnorm.BLOCK_CLASSES).
@@ -120,8 +120,8 @@ LAUREL_VARIANTS: tuple[str, ...] = ("rw", "lr", "rw_lr")  # LAuReL (arXiv 2411.0
 # Whole-model architectures: `transformer` is everything above; `ngpt` (arXiv 2410.01131) replaces the block, the
 # embeddings and the logits by the normalized Transformer (ngpt_skipnorm.py), so it fixes several fields itself.
 ARCHITECTURES: tuple[str, ...] = ("transformer", "ngpt")
-# What nGPT needs of the other fields, with the reason: field -> (required value or tuple of values, why). validate_frontier_residuals
-# refuses anything else, so no field is silently ignored.
+# What nGPT needs of the other fields, with the reason: field -> (required value or tuple of values, why). The rule
+# ngpt_fixes_its_fields refuses anything else, so no field is silently ignored.
 NGPT_REQUIRED_FIELDS: dict[str, tuple[Any, str]] = {
     "norm_position": ("none", "nGPT has no norm layers: its normalizations to the unit sphere are part of the block"),
     "attn_norm_position": (None, "nGPT has no norm layers"),
@@ -349,7 +349,7 @@ MAX_POSITIONS = 2**24  # Llama 4 Scout: 10M context
 MAX_SINKHORN_ITERS = 1_000  # mHC uses t_max = 20 (arXiv 2512.24880); every forward runs them all
 MAX_STREAMS = 64  # hyper-connections use n = 2..8 (arXiv 2409.19606); the streams multiply activation memory
 
-# Multipliers and init gains are applied in the activation dtype: float16's largest finite value bounds them.
+
 def _check_divisor_of_width(name: str, value: Any, config: Any) -> None:
     """`laurel_rank` / `frac_rate`: an integer >= 1; where its residual uses it, at most hidden_size (a rank of a
     d x d map) or a divisor of it (a number of equal fractions of d)."""
@@ -365,6 +365,7 @@ def _check_divisor_of_width(name: str, value: Any, config: Any) -> None:
         raise refuse(name, value, what.format(d=d))
 
 
+# Multipliers and init gains are applied in the activation dtype: float16's largest finite value bounds them.
 _SCALE = "a constant multiplied into activations or weights, so it must stay finite in float16 (max 65504)"
 _POSITIVE_SCALE = Float(0.0, FLOAT16_MAX, open_low=True)
 _OPT_POSITIVE_SCALE = Float(0.0, FLOAT16_MAX, open_low=True, optional=True)
