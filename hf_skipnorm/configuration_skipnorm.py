@@ -134,6 +134,7 @@ NGPT_REQUIRED_FIELDS: dict[str, tuple[Any, str]] = {
     "norm_depth_scaling": (False, "nGPT has no input norms to scale"),
     "mlp_type": ("gated", "nGPT's MLP is SwiGLU with its s_u, s_v scalings"),
     "tie_word_embeddings": (False, "the paper keeps E_input and E_output separate (NVIDIA/ngpt: no tying)"),
+    "is_causal": (True, "nGPT is the paper's decoder-only LM; the masked-LM head has a norm layer and no s_z"),
     "attention_bias": (False, "nGPT's matrices are normalized; a bias would move the outputs off their scale"),
     "mlp_bias": (False, "nGPT's matrices are normalized; a bias would move the outputs off their scale"),
     "lm_head_bias": (False, "nGPT's logits are s_z times cosine similarities"),
