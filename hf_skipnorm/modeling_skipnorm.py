@@ -915,9 +915,12 @@ def tensor_parallel_blockers(layer: nn.Module) -> dict[str, list[str]]:
              attn.q_norm if attn.qk_norm_shape == (-1,) else Identity()),
             ("NormFormer's head_scale_norm (one gain per global head)", attn.head_scale_norm),
             ("the attention sub_norm over heads * head_dim (subln, normformer)", attn.sub_norm),
+            ("nGPT's s_qk (one gain per global head and dim)", getattr(attn, "qk_scale", Identity())),
         ) if not isinstance(module, Identity)
     ]
     mlp_blockers = [] if isinstance(mlp.sub_norm, Identity) else ["the MLP sub_norm over intermediate_size (subln, normformer)"]
+    if hasattr(mlp, "up_scale"):  # nGPT's s_u, s_v: one gain per global hidden unit
+        mlp_blockers.append("nGPT's s_u / s_v over intermediate_size")
     return {"self_attn": attn_blockers, "mlp": mlp_blockers}
 
 
