@@ -40,6 +40,14 @@ VARIANTS["laurel_lr"] = {"residual": "laurel", "laurel_variant": "lr"}
 VARIANTS["frac_static"] = {"residual": "frac", "hyper_dynamic": False}  # "frac" itself is dynamic (DFC)
 # nGPT replaces the block (arXiv 2410.01131); its step includes the renormalization after the optimizer step.
 VARIANTS["ngpt"] = {"architecture": "ngpt", "norm_position": "none", "tie_word_embeddings": False}
+# Issue 15's depth mixing: Block AttnRes (N=2 blocks of the default 4 layers) beside Full AttnRes (`attn_res`).
+VARIANTS["attn_res_blocks2"] = {"residual": "attn_res", "attn_res_blocks": 2}
+VARIANTS["value_residual_learned"] = {"residual": "add", "value_residual": "learned"}
+VARIANTS["value_residual_per_token"] = {"residual": "add", "value_residual": "per_token"}
+VARIANTS["unet_skips"] = {"residual": "add", "unet_skips": True}
+VARIANTS["layer_drop"] = {"residual": "add", "layer_drop": 0.1}
+VARIANTS["qk_per_head_gains"] = {"residual": "add", "qk_norm": "per_head_gains"}
+VARIANTS["dense_2x2"] = {"residual": "dense", "dense_dilation": 2, "dense_period": 2}  # k x p-DenseFormer
 for residual in POST_LN_RESIDUALS:
     VARIANTS[residual]["norm_position"] = "post"
 

@@ -9,6 +9,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -23,6 +24,7 @@ from .modeling_skipnorm import (
     SkipNormModel,
     SkipNormPreTrainedModel,
 )
+from .modeling_seq2seq_skipnorm import SkipNormEncoderDecoderModel, SkipNormForConditionalGeneration
 
 __version__ = "0.1.0"
 
@@ -33,6 +35,9 @@ for _auto, _model in (
     (AutoModelForMaskedLM, SkipNormForMaskedLM),
     (AutoModelForSequenceClassification, SkipNormForSequenceClassification),
     (AutoModelForTokenClassification, SkipNormForTokenClassification),
+    # One config type, two base models: AutoModel maps SkipNormConfig to SkipNormModel, whose `_from_config` /
+    # `from_pretrained` hand configs with is_encoder_decoder=True to SkipNormEncoderDecoderModel.
+    (AutoModelForSeq2SeqLM, SkipNormForConditionalGeneration),
 ):
     _auto.register(SkipNormConfig, _model, exist_ok=True)
 
@@ -64,6 +69,8 @@ __all__ = [
     "SkipNormForSequenceClassification",
     "SkipNormForTokenClassification",
     "SkipNormBlock",
+    "SkipNormEncoderDecoderModel",
+    "SkipNormForConditionalGeneration",
     "export_for_hub",
     "convert_from_hf",
     "convert_to_hf",

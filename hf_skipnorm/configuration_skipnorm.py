@@ -91,7 +91,7 @@ FINAL_NORM_IMPLIED: dict[str, bool] = {
     "b2t": False,
     "resi_dual": False,
 }
-QK_NORMS: tuple[str, ...] = ("none", "per_head", "full")
+QK_NORMS: tuple[str, ...] = ("none", "per_head", "full", "per_head_gains")  # per_head_gains: issue 15
 # Norm types with a per-channel gain g that `norm_unit_offset` can store as 1 + w.
 UNIT_OFFSET_NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm", "dyt", "derf")
 # Residuals whose combine R(x, y) is one module on one stream, so a parallel block can feed it y = Attn + MLP.
@@ -104,14 +104,30 @@ PARALLEL_RESIDUALS: tuple[str, ...] = (
 NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dyt", "derf", "none")
 RESIDUALS: tuple[str, ...] = (
     "add", "none", "scaled", "deepnorm", "admin", "rezero", "skipinit", "layerscale", "gated", "hyper", "mhc", "dense",
-    "orthogonal", "laurel", "frac",  # issue 15 (the residual frontier rows of FIELDS and its rules)
+    "orthogonal", "laurel", "frac",
+    "attn_res",  # issue 15 (attn_res: depth mixing; orthogonal, laurel, frac: the residual frontier)
 )
 # Residuals that replace the single residual stream by several (hyper-connections) or by the history of block
 # outputs (DenseFormer): their blocks take and return a stream state, not (B, T, C) (modeling_skipnorm.BLOCK_CLASSES).
-STREAM_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense")
+STREAM_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense", "attn_res")
 # Post-LN residuals: their formula is N(w * x + F(x)) and their constants were derived for post-LN.
 POST_LN_RESIDUALS: tuple[str, ...] = ("deepnorm", "admin")
 POSITION_EMBEDDINGS: tuple[str, ...] = ("rope", "learned", "none")
+# Issue 16: position types only the encoder-decoder stacks compute (modeling_seq2seq_skipnorm.SEQ2SEQ_POSITION_CLASSES).
+SEQ2SEQ_POSITION_EMBEDDINGS: tuple[str, ...] = ("sinusoidal", "sinusoidal_fairseq", "t5_relative")
+# Fields `decoder_overrides` may set: the three axes and their constants, per stack. Everything else (width, heads,
+# vocabulary, MLP, positions) is shared by the stacks of one model, as in every encoder-decoder in transformers.
+DECODER_OVERRIDE_FIELDS: tuple[str, ...] = (
+    "norm_position", "attn_norm_position", "mlp_norm_position", "norm_type", "norm_eps", "norm_bias",
+    "norm_unit_offset", "residual", "residual_alpha", "branch_multiplier", "branch_init_gain", "layerscale_init",
+    "admin_omegas", "embedding_norm", "final_norm", "branch_init", "qk_norm", "norm_depth_scaling", "mix_ratio",
+    "dyt_alpha_init", "dyt_attn_alpha_init", "derf_alpha_init",
+)
+# The decoder's cross-attention block is the sequential one: placements and residuals that rewire a block (or carry
+# several streams) are defined by their papers for two sublayers, and have no cross-attention variant here.
+DECODER_REFUSED_PLACEMENTS: tuple[str, ...] = ("b2t", "resi_dual")
+DECODER_REFUSED_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense")
+ENCODER_DECODER_STACKS: tuple[str, ...] = ("encoder", "decoder")
 MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
 CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
@@ -142,8 +158,13 @@ NGPT_REQUIRED_FIELDS: dict[str, tuple[Any, str]] = {
     "embedding_multiplier": (1.0, "nGPT's embeddings are unit vectors"),
     "branch_init": ("normal", "nGPT's matrices are normalized after init, so a branch init has no effect"),
     "branch_init_gain": (None, "nGPT's matrices are normalized after init, so a branch init has no effect"),
+    "value_residual": ("none", "nGPT's attention is the paper's, with no value mixing"),
+    "layer_drop": (0.0, "nGPT's update moves along the sphere; the paper has no stochastic depth"),
+    "unet_skips": (False, "adding block outputs onto the unit-norm stream is not in the paper"),
 }
 NGPT_POSITION_EMBEDDINGS: tuple[str, ...] = ("rope", "none")  # learned positions would add an un-normalized vector
+VALUE_RESIDUALS: tuple[str, ...] = ("none", "fixed", "learned", "per_token")  # issue 15: ResFormer, 2410.17897
+LAYER_DROP_SCHEDULES: tuple[str, ...] = ("linear", "uniform")  # issue 15: Huang et al. 1603.09382; Fan et al. 1909.11556
 PROBLEM_TYPES: tuple[str, ...] = ("regression", "single_label_classification", "multi_label_classification")
 
 # Keys transformers' own code acts on when a config carries them, for features SkipNorm does not implement: left as
@@ -182,6 +203,27 @@ def deepnet_alpha(num_layers: int) -> float:
 def deepnet_beta(num_layers: int) -> float:
     """DeepNet's branch-init gain for encoder-only or decoder-only models: ``beta = (8L)^(-1/4)`` (arXiv 2203.00555)."""
     return (8.0 * num_layers) ** -0.25
+
+
+def deepnet_encoder_decoder_constants(encoder_layers: int, decoder_layers: int) -> dict[str, float]:
+    """DeepNet's constants for an encoder-decoder with N encoder and M decoder layers (arXiv 2203.00555, Table 1 /
+    Figure 2 pseudo-code): encoder ``alpha = 0.81 (N^4 M)^(1/16)``, ``beta = 0.87 (N^4 M)^(-1/16)``; decoder
+    ``alpha = (3M)^(1/4)``, ``beta = (12M)^(-1/4)``.
+
+    torchscale's code (``torchscale/architecture/encoder.py``) writes the encoder's init as a *division* of the
+    fairseq init by ``(N^4 M)^(1/16) / 1.15``, i.e. a multiplication by ``1.15 (N^4 M)^(-1/16)``, on top of fairseq's
+    Xavier-uniform with gain ``1/sqrt(2)`` for ``v_proj`` (so ``~0.81 (N^4 M)^(-1/16)`` there and ``1.15 ...`` on the
+    FFN and ``out_proj``); its decoder divides by ``(12M)^(1/4)``, matching the paper. We follow the paper's table (one
+    Xavier-normal gain ``beta`` on v_proj, o_proj and the MLP, as the decoder-only DeepNorm here does): it is what the
+    paper derives and states, and the same rule then serves all three sublayers of the decoder.
+    """
+    n, m = float(encoder_layers), float(decoder_layers)
+    return {
+        "encoder_alpha": 0.81 * (n**4 * m) ** (1.0 / 16.0),
+        "encoder_beta": 0.87 * (n**4 * m) ** (-1.0 / 16.0),
+        "decoder_alpha": (3.0 * m) ** 0.25,
+        "decoder_beta": (12.0 * m) ** -0.25,
+    }
 
 
 def cait_layerscale_init(num_layers: int) -> float:
@@ -336,6 +378,21 @@ def _check_str_list(name: str, value: Any, config: Any) -> None:
         raise refuse(name, value, "None or a list of class names")
 
 
+def _check_decoder_overrides(name: str, value: Any, config: Any) -> None:
+    """None or a dict whose keys are per-stack fields (`DECODER_OVERRIDE_FIELDS`); the values are checked by the
+    decoder's own config (`stack_config("decoder")`, rule `encoder_decoder_stacks_are_valid_configs`)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise refuse(name, value, f"None or a dict of per-stack fields ({', '.join(DECODER_OVERRIDE_FIELDS)})")
+    unknown = sorted(set(value) - set(DECODER_OVERRIDE_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"SkipNormConfig.decoder_overrides has {unknown}, which are not valid: the stacks share everything but "
+            f"the three axes and their constants; valid keys: {', '.join(DECODER_OVERRIDE_FIELDS)}"
+        )
+
+
 def _check_version(name: str, value: Any, config: Any) -> None:
     if value is not None and not isinstance(value, str):
         raise refuse(name, value, "None or a version string such as '5.24.0'")
@@ -403,7 +460,8 @@ FIELDS: tuple[Field, ...] = (
     Field("bos_token_id", Check(_check_token_id), "", "transformers"),
     Field("eos_token_id", Check(_check_token_id), "", "transformers"),
     # --- architecture ---
-    Field("position_embedding", Choice(POSITION_EMBEDDINGS), "", "RoFormer arXiv 2104.09864; GPT-2; NoPE"),
+    Field("position_embedding", Choice(POSITION_EMBEDDINGS + SEQ2SEQ_POSITION_EMBEDDINGS), "",
+          "RoFormer arXiv 2104.09864; GPT-2; NoPE; Vaswani 2017; fairseq; T5 arXiv 1910.10683"),
     Field("rope_parameters", Check(_check_rope_parameters), "", "transformers' RoPE utilities"),
     Field("partial_rotary_factor", Float(0.0, 1.0, open_low=True), "a fraction of each head's dims", "GPT-NeoX"),
     Field("mlp_type", Choice(MLP_TYPES), "", "arXiv 2002.05202"),
@@ -453,6 +511,17 @@ FIELDS: tuple[Field, ...] = (
     Field("frac_rate", Check(_check_divisor_of_width), "", "Frac-Connections, arXiv 2503.14125"),
     Field("architecture", Choice(ARCHITECTURES), "", "nGPT, arXiv 2410.01131"),
     Field("ngpt_alpha_init", _POSITIVE_SCALE, _SCALE, "nGPT, arXiv 2410.01131 (0.05)"),
+    # --- issue 15: the depth-mixing frontier ---
+    Field("attn_res_blocks", Int(1, MAX_LAYERS, optional=True), "None: Full AttnRes; N blocks of L/N layers",
+          "Attention Residuals, arXiv 2603.15031"),
+    Field("value_residual", Choice(VALUE_RESIDUALS), "", "ResFormer, arXiv 2410.17897"),
+    Field("value_residual_lambda", Float(-FLOAT16_MAX, FLOAT16_MAX), _SCALE, "ResFormer's 0.5, arXiv 2410.17897"),
+    Field("unet_skips", Bool(), "", "modded-nanogpt"),
+    Field("layer_drop", Float(0.0, 1.0, open_high=True), "a drop probability",
+          "stochastic depth arXiv 1603.09382; LayerDrop arXiv 1909.11556"),
+    Field("layer_drop_schedule", Choice(LAYER_DROP_SCHEDULES), "", "arXiv 1603.09382; arXiv 1909.11556"),
+    Field("dense_dilation", Int(1, MAX_LAYERS), "DWA reads every k-th block output", "DenseFormer, arXiv 2402.02622"),
+    Field("dense_period", Int(1, MAX_LAYERS), "a DWA after every p-th block", "DenseFormer, arXiv 2402.02622"),
     # --- fields of transformers' PreTrainedConfig that its code reads from ours ---
     Field("output_attentions", Bool(), "", "transformers"),
     Field("output_hidden_states", Bool(optional=True), "", "transformers"),
@@ -464,6 +533,20 @@ FIELDS: tuple[Field, ...] = (
     Field("label2id", Check(_check_labels), "", "transformers"),
     Field("problem_type", Choice(PROBLEM_TYPES, optional=True), "", "transformers"),
     Field("architectures", Check(_check_str_list), "", "transformers"),
+    # --- encoder-decoder (issue 16) ---
+    Field("decoder_layers", Int(1, MAX_LAYERS, optional=True), "decoder blocks; validation loops over them",
+          "BART's name; T5's num_decoder_layers"),
+    Field("decoder_overrides", Check(_check_decoder_overrides), "", "see the docstring"),
+    Field("decoder_start_token_id", Check(_check_token_id), "", "transformers seq2seq"),
+    Field("position_offset", Int(0, MAX_POSITIONS), "added to position ids before the lookup",
+          "BART's 2; fairseq's pad + 1"),
+    Field("relative_attention_num_buckets", Int(2, 2**16), "T5 halves them, twice", "T5, arXiv 1910.10683"),
+    Field("relative_attention_max_distance", Int(2, MAX_POSITIONS), "the log-spaced buckets end here",
+          "T5, arXiv 1910.10683"),
+    Field("lm_head_multiplier", _POSITIVE_SCALE, _SCALE, "T5 (tied): d_model**-0.5"),
+    Field("final_logits_bias", Bool(), "", "BART, Marian, mBART"),
+    Field("encoder_decoder_stack", Choice(ENCODER_DECODER_STACKS, optional=True), "set by stack_config only",
+          "this package"),
     Field("transformers_version", Check(_check_version), "", "transformers"),
 )
 
@@ -678,6 +761,88 @@ def stream_residuals_need_the_sequential_block(c: Any, layers: list) -> None:
                 )
 
 
+# --- issue 15: the depth-mixing frontier (attn_res, value_residual, unet_skips, layer_drop, DenseFormer k x p) ---
+@rule
+def attn_res_blocks_are_whole_layers_of_attn_res(c: Any, layers: list) -> None:
+    blocks = c.attn_res_blocks
+    if blocks is None:
+        return
+    if c.residual != "attn_res":
+        raise ValueError(
+            f"SkipNormConfig.attn_res_blocks={blocks!r} is not valid with residual={c.residual!r}: it sets the "
+            f"blocks of Attention Residuals; valid choices: residual='attn_res' or attn_res_blocks=None"
+        )
+    if c.num_hidden_layers % blocks:
+        raise ValueError(
+            f"SkipNormConfig.attn_res_blocks={blocks!r} is not valid; expected None (Full AttnRes) or an integer "
+            f"N >= 1 dividing num_hidden_layers={c.num_hidden_layers} (Block AttnRes: blocks of whole transformer "
+            f"layers, as the reference code's block_size counts attention + MLP)"
+        )
+
+
+@rule
+def attn_res_replaces_the_skip_sum(c: Any, layers: list) -> None:
+    if c.residual != "attn_res":
+        return
+    for layer, (attn, mlp) in enumerate(layers):
+        bad = [p for p, sub in ((attn, 0), (mlp, 1)) if PLACEMENT_SLOTS[p][sub].post]
+        if bad:
+            raise ValueError(
+                f"SkipNormConfig.norm_position={bad[0]!r} (block {layer}) is not valid with residual='attn_res': "
+                f"Attention Residuals replace the skip sum by attention over depth, so a norm after the skip has no "
+                f"sum to normalize (the paper builds on PreNorm); valid choices: placements without a post norm, "
+                f"e.g. pre, sandwich, output, none"
+            )
+
+
+@rule
+def value_residual_needs_later_layers(c: Any, layers: list) -> None:
+    if c.value_residual != "none" and c.num_hidden_layers < 2:
+        raise ValueError(
+            f"SkipNormConfig.value_residual={c.value_residual!r} is not valid with num_hidden_layers="
+            f"{c.num_hidden_layers}: it mixes the first layer's values into later layers, and there are none; "
+            f"valid choices: none"
+        )
+
+
+@rule
+def unet_skips_need_one_stream_and_two_halves(c: Any, layers: list) -> None:
+    if not c.unet_skips:
+        return
+    if c.residual in STREAM_RESIDUALS or c.norm_position == "resi_dual":
+        raise ValueError(
+            f"SkipNormConfig.unet_skips=True is not valid with residual={c.residual!r}, norm_position="
+            f"{c.norm_position!r}: U-Net skips add a block output onto one residual stream, and this stack carries "
+            f"several (hyper, mhc, dense, attn_res, resi_dual); valid choices: unet_skips=False"
+        )
+    if c.num_hidden_layers < 2:
+        raise ValueError(
+            f"SkipNormConfig.unet_skips=True is not valid with num_hidden_layers={c.num_hidden_layers}: a U-Net "
+            f"needs a first half to skip from; valid choices: unet_skips=False"
+        )
+
+
+@rule
+def per_head_qk_gains_need_a_gain(c: Any, layers: list) -> None:
+    if c.qk_norm == "per_head_gains" and c.norm_type not in ("rmsnorm", "layernorm"):
+        raise ValueError(
+            f"SkipNormConfig.qk_norm='per_head_gains' is not valid with norm_type={c.norm_type!r}: it gives each "
+            f"head its own per-channel gain after the norm, which needs a norm with such a gain; valid norm types: "
+            f"rmsnorm, layernorm"
+        )
+
+
+@rule
+def dense_sparsity_only_for_dense(c: Any, layers: list) -> None:
+    for name in ("dense_dilation", "dense_period"):
+        value = getattr(c, name)
+        if value != 1 and c.residual != "dense":
+            raise ValueError(
+                f"SkipNormConfig.{name}={value!r} is not valid with residual={c.residual!r}: it sparsifies "
+                f"DenseFormer's depth-weighted averages; valid choices: residual='dense' or {name}=1"
+            )
+
+
 # --- the residual frontier (issue 15: ORTHOGONAL, LAUREL, FRAC, NGPT_REQUIRED_FIELDS) ---
 @rule
 def frac_connections_need_no_post_norm(c: Any, layers: list) -> None:
@@ -719,11 +884,95 @@ def ngpt_fixes_its_fields(c: Any, layers: list) -> None:
 
 # --- what transformers reads from our config ---
 @rule
-def decoder_or_encoder_only(c: Any, layers: list) -> None:
-    if c.is_encoder_decoder:
+def encoder_decoder_fields_need_a_decoder(c: Any, layers: list) -> None:
+    if c.is_encoder_decoder or c.encoder_decoder_stack is not None:
+        return
+    if c.position_embedding in SEQ2SEQ_POSITION_EMBEDDINGS:
         raise ValueError(
-            "SkipNormConfig.is_encoder_decoder=True is not valid: SkipNorm builds one stack, a decoder (is_causal=True) "
-            "or an encoder (is_causal=False); valid choices: False"
+            f"SkipNormConfig.position_embedding={c.position_embedding!r} is not valid with is_encoder_decoder=False: "
+            f"only the encoder-decoder stacks compute it; valid choices here: {', '.join(POSITION_EMBEDDINGS)}"
+        )
+    for name in ("decoder_layers", "decoder_overrides"):
+        if getattr(c, name) is not None:
+            raise ValueError(
+                f"SkipNormConfig.{name}={getattr(c, name)!r} is not valid with is_encoder_decoder=False: there is no "
+                f"decoder stack; set is_encoder_decoder=True or leave it None"
+            )
+    # The decoder-only heads would ignore these (their lm_head and positions do not read them): refuse, not drop.
+    for name, default in (("lm_head_multiplier", 1.0), ("final_logits_bias", False), ("position_offset", 0)):
+        if getattr(c, name) != default:
+            raise ValueError(
+                f"SkipNormConfig.{name}={getattr(c, name)!r} is not valid with is_encoder_decoder=False: only "
+                f"SkipNormForConditionalGeneration reads it; valid choices here: {default!r}"
+            )
+
+
+@rule
+def position_offset_needs_a_position_table(c: Any, layers: list) -> None:
+    if c.position_offset and c.position_embedding not in ("learned", "sinusoidal", "sinusoidal_fairseq"):
+        raise ValueError(
+            f"SkipNormConfig.position_offset={c.position_offset} is not valid with position_embedding="
+            f"{c.position_embedding!r}: it shifts the row of an absolute position table; valid choices: 0, or "
+            f"position_embedding in learned, sinusoidal, sinusoidal_fairseq"
+        )
+
+
+@rule
+def encoder_decoder_stacks_are_valid_configs(c: Any, layers: list) -> None:
+    """Each stack validates as a config of its own, with its own depth and overrides; the shared fields must mean
+    something for an encoder-decoder."""
+    if not c.is_encoder_decoder or c.encoder_decoder_stack is not None:
+        return
+    if c.type_vocab_size:
+        raise ValueError(
+            f"SkipNormConfig.type_vocab_size={c.type_vocab_size} is not valid with is_encoder_decoder=True: token "
+            f"types are BERT's segments; an encoder-decoder separates its segments by stack; valid: 0"
+        )
+    if c.final_logit_softcapping is not None:
+        raise ValueError(
+            f"SkipNormConfig.final_logit_softcapping={c.final_logit_softcapping!r} is not valid with "
+            f"is_encoder_decoder=True: no encoder-decoder in the catalogue soft-caps its logits; valid: None"
+        )
+    c.stack_config("encoder")
+    decoder = c.stack_config("decoder")
+    omegas = c.decoder_admin_omegas
+    if omegas is not None:
+        expected = 3 * c.decoder_depth
+        if decoder.residual != "admin":
+            raise ValueError(
+                f"SkipNormConfig.decoder_overrides['admin_omegas'] is not valid with the decoder's residual="
+                f"{decoder.residual!r}: only Admin uses them; valid choices: residual='admin' or no omegas"
+            )
+        if not isinstance(omegas, list) or len(omegas) != expected or any(
+                not _is_number(w) or not math.isfinite(w) or not 0 < w <= FLOAT16_MAX for w in omegas):
+            raise ValueError(
+                f"SkipNormConfig.decoder_overrides['admin_omegas']={omegas!r} is not valid; expected a list of "
+                f"{expected} finite floats > 0 (3 per decoder layer: self-attention, cross-attention, MLP)"
+            )
+
+
+@rule
+def decoder_block_is_sequential(c: Any, layers: list) -> None:
+    """The decoder block (self-attention, cross-attention, MLP) is sequential: refuse what rewires it."""
+    if c.encoder_decoder_stack != "decoder":
+        return
+    rewired = sorted({p for pair in layers for p in pair} & set(DECODER_REFUSED_PLACEMENTS))
+    if rewired:
+        raise ValueError(
+            f"SkipNormConfig.norm_position={rewired[0]!r} is not valid for the decoder of an encoder-decoder: "
+            f"{', '.join(DECODER_REFUSED_PLACEMENTS)} rewire a two-sublayer block and have no cross-attention form "
+            f"here; set decoder_overrides={{'norm_position': ...}} to a sequential placement (the encoder may keep it)"
+        )
+    if c.residual in DECODER_REFUSED_RESIDUALS:
+        raise ValueError(
+            f"SkipNormConfig.residual={c.residual!r} is not valid for the decoder of an encoder-decoder: multi-stream "
+            f"residuals are not implemented around cross-attention; set decoder_overrides={{'residual': ...}} (the "
+            f"encoder may keep it)"
+        )
+    if c.parallel_block:
+        raise ValueError(
+            "SkipNormConfig.parallel_block=True is not valid with is_encoder_decoder=True: a parallel block sums "
+            "branches that read one input, and cross-attention reads the self-attention's output; valid: False"
         )
 
 
@@ -813,7 +1062,9 @@ class SkipNormConfig(PreTrainedConfig):
         qk_norm (`str`, defaults to `"none"`): normalize queries and keys after their projections, before RoPE.
             `per_head`: one norm over each head's `head_dim` shared by all heads (Qwen3, Gemma 3); `full`: one norm
             over the whole projection, ``H * head_dim`` for Q and ``H_kv * head_dim`` for K (OLMo 2, arXiv
-            2501.00656). Modules `self_attn.q_norm` / `self_attn.k_norm`, of `norm_type`.
+            2501.00656); `per_head_gains` (issue 15): per head as `per_head` but each head with its own gain (and bias)
+            vector, weight (heads, head_dim), x-transformers' `MultiheadRMSNorm` (rmsnorm or layernorm only).
+            Modules `self_attn.q_norm` / `self_attn.k_norm`, of `norm_type`.
         norm_depth_scaling (`bool`, defaults to `False`): LayerNorm Scaling (The Curse of Depth, arXiv 2502.05795):
             every input norm ``N_in`` of block ``l`` (1-based) outputs ``N(x) / sqrt(l)``, taming the variance growth
             that makes deep pre-LN layers near-identities. The paper drops depth-scaled init with it, so
@@ -855,8 +1106,14 @@ class SkipNormConfig(PreTrainedConfig):
             doubly stochastic matrices by `sinkhorn_iters` Sinkhorn-Knopp iterations; the paper reports 6.7% training
             overhead at n=4. `dense`: DenseFormer (Pagliardini et al. 2024, arXiv 2402.02622): after block ``i`` a
             depth-weighted average of the embeddings and every block output so far, initialized to the plain residual.
-            `hyper`, `mhc` and `dense` need the sequential block (no `parallel_block`, `b2t` or `resi_dual`); `hyper`
-            and `mhc` need placements without a norm after the skip.
+            `attn_res`: Attention Residuals (Kimi Team 2026, arXiv 2603.15031; MoonshotAI/Attention-Residuals): each
+            sublayer's input is ``h = sum_i alpha_i v_i`` with ``alpha = softmax_i(w^T RMSNorm(v_i))`` over the embedding
+            and every earlier sublayer output (Full AttnRes) or block sums (`attn_res_blocks`), ``w`` a learned
+            pseudo-query per sublayer initialized to 0 (uniform weights at init); a last aggregation with its own ``w``
+            feeds the final norm. The paper reports Block AttnRes matching a baseline trained with 1.25x more compute
+            and more uniform output magnitudes and gradients across depth than PreNorm (Kimi Linear 48B).
+            `hyper`, `mhc`, `dense` and `attn_res` need the sequential block (no `parallel_block`, `b2t` or
+            `resi_dual`); `hyper`, `mhc` and `attn_res` need placements without a norm after the skip.
             `orthogonal`: Orthogonal Residual Update (Oh et al. 2025, arXiv 2505.11881): ``x + F_perp`` with
             ``F_perp = F - (<x, F> / (<x, x> + eps)) x`` per token over the hidden size (the reference code's
             "feature" variant, BootsofLagrangian/ortho-residual), so each sublayer adds only directions new to the
@@ -905,6 +1162,35 @@ class SkipNormConfig(PreTrainedConfig):
             (set them as listed; anything else is refused with the reason).
         ngpt_alpha_init (`float`, defaults to 0.05): initial eigen learning rates ``alpha_A``, ``alpha_M`` of `ngpt`
             (the paper's and NVIDIA/ngpt's 0.05, stored with scale ``1/sqrt(d)``).
+        value_residual (`str`, defaults to `"none"`): ResFormer's value residual (Zhou et al., arXiv 2410.17897, ACL
+            2025): every layer after the first attends with ``lambda_1 V_1 + lambda_2 V_n`` instead of ``V_n`` (``V_1``
+            the first layer's values, mixed before the KV cache). `fixed`: the paper's constants 0.5 / 0.5; `learned`:
+            Learnable-ResFormer's two scalars per layer, starting there (modded-nanogpt); `per_token`: a sigmoid gate per
+            token and key/value head read from the attention input, ``m V_n + (1 - m) V_1`` (x-transformers'
+            `learned_value_residual_mix`), initialized to 0.5. The paper reports the same loss with 16.1% fewer
+            parameters and 20.3% less data.
+        value_residual_lambda (`float`, defaults to 0.5): ``lambda_1`` (the weight on ``V_1``) of `fixed`, and the init
+            of `learned`; ``lambda_2 = 1 - lambda_1`` (ResFormer's 0.5 / 0.5).
+        dense_dilation (`int`, defaults to 1): DenseFormer's dilation k (arXiv 2402.02622, Sec. 3.2): the average after
+            block i reads only ``Y_j`` with ``j = i (mod k)``, k times fewer weights and multiply-adds.
+        dense_period (`int`, defaults to 1): DenseFormer's period p: only every p-th block (1-based ``i = 0 mod p``) has
+            a depth-weighted average; the others pass their output on as the plain residual. The paper finds the
+            4x5-DenseFormer (k=4, p=5) keeps most of the gain at a fraction of the overhead.
+        unet_skips (`bool`, defaults to `False`): U-Net skips over depth (modded-nanogpt's speedrun records, no paper;
+            x-transformers has a concatenating variant): block ``j < L // 2``'s output is added, times a learned scalar
+            ``w_j`` (1 at init, as modded-nanogpt), to the input of its mirror block ``L - 1 - j``. Single-stream
+            residuals only.
+        layer_drop (`float`, defaults to 0.0): stochastic depth's drop probability of the last layer ``p_L`` (Huang et
+            al. 2016, arXiv 1603.09382: deep networks train faster and generalize better), in the drop-path form
+            Transformers use (DeiT, Swin, timm): each sublayer's branch is dropped per sample during training and
+            kept ones are scaled by ``1/(1-p)``; evaluation and generation are the plain deterministic model.
+        layer_drop_schedule (`str`, defaults to `"linear"`): `linear`: ``p_l = (l/L) p_L`` (Huang et al.); `uniform`:
+            ``p`` for every layer (LayerDrop's rate, Fan et al. 2019, arXiv 1909.11556, which skips whole layers so that
+            they can be pruned at inference; this drops the branches instead).
+        attn_res_blocks (`int` or `None`): Block AttnRes (arXiv 2603.15031, Sec. 3.2): `None` is Full AttnRes (every
+            attention and MLP output is a source, memory O(Ld)); N splits the L layers into N blocks of L/N whole layers,
+            plain residual sums inside a block and attention over the block sums ``[b_0 = embeddings, b_1, ...]`` plus
+            the partial sum of the current block (memory O(Nd)); the paper finds N around 8 recovers most of Full's gain.
         branch_multiplier (`float`, defaults to 1.0): constant on the branch for `scaled` (MiniCPM's scale_depth/sqrt(L)).
         embedding_norm (`bool`, defaults to `False`): normalize the embedding output (BERT; Peri-LN, arXiv 2502.02732;
             `norm_position="peri"` turns it on).
@@ -931,6 +1217,36 @@ class SkipNormConfig(PreTrainedConfig):
             so SDPA is not chosen by default.
         final_logit_softcapping (`float` or `None`): causal-LM logits become ``c * tanh(logits / c)`` (Gemma 2).
         lm_head_bias (`bool`, defaults to `False`): whether the causal-LM `lm_head` has a bias (Phi).
+
+    Encoder-decoder fields (issue 16; `SkipNormForConditionalGeneration`, modeling_seq2seq_skipnorm.py):
+        is_encoder_decoder (`bool`, defaults to `False`): build an encoder (bidirectional, `num_hidden_layers` blocks)
+            and a decoder (causal self-attention, cross-attention, MLP; `decoder_layers` blocks) sharing one
+            token embedding: the Transformer of Vaswani et al. 2017, BART, Marian, mBART, M2M100 and T5.
+        decoder_layers (`int` or `None`): the decoder's depth M (BART's name); `None` resolves to `num_hidden_layers`
+            (T5's rule) and the resolved value is stored.
+        decoder_overrides (`dict` or `None`): the decoder's own values of the per-stack fields
+            (`DECODER_OVERRIDE_FIELDS`: the three axes and their constants, e.g. ``{"norm_position": "post"}``). The
+            top-level fields describe the encoder and are the decoder's defaults; one clear place for what differs.
+            Depth-derived constants left unset are resolved per stack and stored here (DeepNet's decoder ``alpha =
+            (3M)^(1/4)``, ``beta = (12M)^(-1/4)``; CaiT's LayerScale init by M); Admin's decoder omegas (`admin_omegas`,
+            ``3M`` values: self-attention, cross-attention, MLP per layer) are stored here by `admin_profile`.
+        decoder_start_token_id (`int` or `None`): the first decoder input; `labels` are shifted right behind it to
+            give `decoder_input_ids` (BART: eos, Marian/T5: pad), as transformers' seq2seq models do.
+        position_offset (`int`, defaults to 0): added to every position before the lookup: BART/mBART's learned table
+            starts at row 2; fairseq's sinusoids (M2M100/NLLB) at ``pad_token_id + 1``.
+        relative_attention_num_buckets / relative_attention_max_distance (`int`, 32 / 128): T5's bucketed relative
+            attention bias (Raffel et al. 2020, arXiv 1910.10683, Sec. 2.1): half the buckets exact offsets, half
+            log-spaced up to the max distance; bidirectional in the encoder, causal in the decoder.
+        lm_head_multiplier (`float`, defaults to 1.0): the decoder output is multiplied by this before `lm_head`
+            (T5 with tied embeddings: ``d_model**-0.5``, Mesh TensorFlow's rescaling).
+        final_logits_bias (`bool`, defaults to `False`): a fixed (1, V) buffer added to the logits (BART, Marian,
+            mBART keep one; zero unless converted).
+        encoder_decoder_stack (`str` or `None`): set by `stack_config` on the derived per-stack configs (`encoder` /
+            `decoder`); `None` on a user's config.
+        position_embedding, encoder-decoder only: `sinusoidal` (Vaswani et al. 2017 frequencies ``10000^(-2i/d)``,
+            sines in the first half of the channels and cosines in the second, as Marian stores them), `sinusoidal_fairseq`
+            (fairseq's table, M2M100/NLLB: frequencies ``10000^(-i/(d/2-1))``, positions counted over non-pad tokens
+            from `position_offset`, pad tokens get a zero vector), `t5_relative` (T5's bias on the attention scores).
     """
 
     model_type = "skipnorm"
@@ -1021,6 +1337,28 @@ class SkipNormConfig(PreTrainedConfig):
     ngpt_alpha_init: float = 0.05
     frac_rate: int = 4
 
+    # --- issue 15: the depth-mixing frontier (arXiv ids and paper defaults in the docstring) ---
+    attn_res_blocks: int | None = None
+    value_residual: str = "none"
+    value_residual_lambda: float = 0.5
+    unet_skips: bool = False
+    layer_drop: float = 0.0
+    layer_drop_schedule: str = "linear"
+    dense_dilation: int = 1
+    dense_period: int = 1
+
+    # --- encoder-decoder (issue 16; reasons and citations in the docstring) ---
+    is_encoder_decoder: bool = False
+    decoder_layers: int | None = None
+    decoder_overrides: dict | None = None
+    decoder_start_token_id: int | None = None
+    position_offset: int = 0
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    lm_head_multiplier: float = 1.0
+    final_logits_bias: bool = False
+    encoder_decoder_stack: str | None = None
+
     def __post_init__(self, **kwargs):
         self._screen_kwargs(kwargs)
         if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int):
@@ -1041,6 +1379,7 @@ class SkipNormConfig(PreTrainedConfig):
             self.norm_position = list(self.norm_position)
         if self.norm_position == "peri":
             self.embedding_norm = True  # Peri-LN normalizes the embedding output too (arXiv 2502.02732)
+        self.resolve_encoder_decoder_constants()
         self.resolve_residual_constants()
         super().__post_init__(**kwargs)
         if self.position_embedding != "rope" and _is_default_rope(self.rope_parameters):
@@ -1128,6 +1467,74 @@ class SkipNormConfig(PreTrainedConfig):
             self.layerscale_init = cait_layerscale_init(depth)
         if isinstance(self.admin_omegas, tuple):
             self.admin_omegas = list(self.admin_omegas)
+
+    # ------------------------------------------------------------------ encoder-decoder (issue 16)
+    @property
+    def decoder_depth(self) -> int:
+        """M, the decoder's number of blocks (`decoder_layers`, or `num_hidden_layers` when unset)."""
+        return self.num_hidden_layers if self.decoder_layers is None else self.decoder_layers
+
+    def resolve_encoder_decoder_constants(self) -> None:
+        """Resolve the depth-derived residual constants of both stacks with DeepNet's encoder-decoder table (and CaiT's
+        schedule for the decoder's depth), storing the decoder's in `decoder_overrides` so the saved config says them."""
+        if self.is_encoder_decoder is not True or self.encoder_decoder_stack is not None:
+            return
+        if self.decoder_layers is None and isinstance(self.num_hidden_layers, int):
+            # Stored, not left None: transformers' cache sizing reads `decoder_layers` of flat encoder-decoder configs.
+            self.decoder_layers = self.num_hidden_layers
+        n, m = self.num_hidden_layers, self.decoder_depth
+        if isinstance(self.decoder_overrides, dict):
+            self.decoder_overrides = dict(self.decoder_overrides)
+        if any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_LAYERS for v in (n, m)) or not isinstance(
+                self.decoder_overrides, (dict, type(None))):
+            return  # validate_encoder_decoder names the bad value
+        overrides = self.decoder_overrides if self.decoder_overrides is not None else {}
+        decoder_residual = overrides.get("residual", self.residual)
+        deepnet = deepnet_encoder_decoder_constants(n, m)
+        resolved = {
+            "residual_alpha": deepnet["decoder_alpha"] if decoder_residual == "deepnorm" else 1.0,
+            "branch_init_gain": deepnet["decoder_beta"] if decoder_residual == "deepnorm" else None,
+            "layerscale_init": cait_layerscale_init(m) if decoder_residual == "layerscale" else None,
+        }
+        depth_derived = {"residual_alpha": ("deepnorm",), "branch_init_gain": ("deepnorm",),
+                         "layerscale_init": ("layerscale",)}
+        for field, residuals in depth_derived.items():
+            unset_at_top = getattr(self, field) is None
+            if field not in overrides and unset_at_top and (decoder_residual in residuals or self.residual in residuals):
+                overrides[field] = resolved[field]
+        if overrides:
+            self.decoder_overrides = overrides
+        if self.residual == "deepnorm":
+            if self.residual_alpha is None:
+                self.residual_alpha = deepnet["encoder_alpha"]
+            if self.branch_init_gain is None:
+                self.branch_init_gain = deepnet["encoder_beta"]
+
+    def stack_config(self, stack: str) -> "SkipNormConfig":
+        """The `SkipNormConfig` one stack is built from: the encoder (bidirectional, `num_hidden_layers` blocks) or the
+        decoder (causal, `decoder_layers` blocks, `decoder_overrides` applied). Validated like any config."""
+        if not self.is_encoder_decoder:
+            raise ValueError("SkipNormConfig.stack_config needs is_encoder_decoder=True")
+        _check_choice("stack", stack, ENCODER_DECODER_STACKS)
+        fields = self.to_dict()
+        for key in ("architectures", "auto_map", "transformers_version", "model_type", "_name_or_path", "dtype",
+                    "decoder_overrides", "decoder_layers", "is_encoder_decoder", "encoder_decoder_stack"):
+            fields.pop(key, None)
+        if stack == "decoder":
+            overrides = dict(self.decoder_overrides or {})
+            overrides.pop("admin_omegas", None)  # 3 per decoder layer, read by the decoder blocks themselves
+            # The encoder's omegas (2 per layer) are not the decoder's (3 per layer, `decoder_admin_omegas`).
+            fields.update(overrides, num_hidden_layers=self.decoder_depth, is_causal=True, admin_omegas=None)
+        else:
+            fields.update(is_causal=False)
+        config = SkipNormConfig(**fields, encoder_decoder_stack=stack)
+        config._attn_implementation_internal = self._attn_implementation_internal
+        return config
+
+    @property
+    def decoder_admin_omegas(self) -> list | None:
+        """Admin's decoder omegas (3 per layer: self-attention, cross-attention, MLP), or None (all 1)."""
+        return (self.decoder_overrides or {}).get("admin_omegas")
 
     # ------------------------------------------------------------------ resolved views
     @staticmethod

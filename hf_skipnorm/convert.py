@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -39,6 +40,11 @@ from transformers.initialization import no_init_weights
 
 from .configuration_skipnorm import SkipNormConfig
 from .modeling_skipnorm import SkipNormForCausalLM, SkipNormForMaskedLM, SkipNormModel
+from .modeling_seq2seq_skipnorm import (
+    SkipNormEncoderDecoderModel,
+    SkipNormForConditionalGeneration,
+    SkipNormSinusoidalPositions,
+)
 
 Tensors = list[torch.Tensor]
 
@@ -602,10 +608,355 @@ class Bert(Architecture):
         ]
 
 
+# ----------------------------------------------------------------------------------------------------- encoder-decoders
+# Issue 16. An encoder-decoder is two stacks: its rules walk the encoder's layers and the decoder's, with the
+# decoder's cross-attention (`encoder_attn` / `EncDecAttention`) becoming `cross_attn`, and one shared embedding.
+def _seq2seq_heads(hf_lm: str, hf_base: str, lm_prefix: str, embed_keys: tuple[str, ...],
+                   final_logits_bias: bool) -> dict[str, Head]:
+    """The conditional-generation head (tied lm_head = the shared embedding under every name) and the base model."""
+
+    def lm_rules(config: SkipNormConfig) -> list[WeightRule]:
+        rules = []
+        if config.tie_word_embeddings:
+            rules.append(_shared_embedding(tuple(lm_prefix + k for k in embed_keys) + ("lm_head.weight",),
+                                           ("model.embed_tokens.weight", "lm_head.weight")))
+        else:
+            rules.append(rename("lm_head.weight", "lm_head.weight"))
+        if final_logits_bias:
+            rules.append(rename("final_logits_bias", "final_logits_bias.bias"))  # (1, V) both sides
+        return rules
+
+    return {hf_lm: Head(SkipNormForConditionalGeneration, lm_prefix, lm_rules), hf_base: Head(SkipNormEncoderDecoderModel, "")}
+
+
+def _shared_embedding(hf: tuple[str, ...], ours: tuple[str, ...]) -> WeightRule:
+    """One token embedding under every name of the source. transformers 5 ties `shared`, `encoder.embed_tokens` and
+    `decoder.embed_tokens` only with `tie_word_embeddings=True`; untied checkpoints (T5 v1.1) normally still hold one
+    matrix three times, and three different ones are refused: SkipNorm's stacks share one embedding."""
+    rule = same_tensor(hf, ours)
+
+    def to_ours(tensors: Tensors) -> Tensors:
+        try:
+            return rule.to_ours(tensors)
+        except ValueError as error:
+            raise UnsupportedFeatureError(f"cannot convert: separate encoder and decoder embeddings ({error}); "
+                                          f"SkipNorm's encoder-decoder shares one token embedding") from None
+
+    return WeightRule(hf, ours, to_ours, rule.to_hf)
+
+
+class Seq2SeqArchitecture(Architecture):
+    """An encoder-decoder family: `encoder_layer_rules` / `decoder_layer_rules` name one layer of each stack."""
+
+    uses_rope = False
+    hf_encoder_layers = "encoder.layers.{i}."
+    hf_decoder_layers = "decoder.layers.{i}."
+
+    def config_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        if not ours.is_encoder_decoder:
+            raise self.refuse("is_encoder_decoder", ours.is_encoder_decoder, "an encoder-decoder architecture")
+        if ours.decoder_overrides:
+            raise self.refuse("decoder_overrides", ours.decoder_overrides, "both stacks share one cell here")
+        return super().config_to_hf(ours)
+
+    def rules(self, config: SkipNormConfig, head: Head) -> list[WeightRule]:
+        hf_base = head.hf_prefix
+        our_base = "" if head.ours is SkipNormEncoderDecoderModel else "model."
+        rules = [_prefixed(r, hf_base, our_base) for r in self.base_rules(config)]
+        for i in range(config.num_hidden_layers):
+            rules += [_prefixed(r, hf_base + self.hf_encoder_layers.format(i=i), f"{our_base}encoder.layers.{i}.")
+                      for r in self.encoder_layer_rules(config, i)]
+        for i in range(config.decoder_depth):
+            rules += [_prefixed(r, hf_base + self.hf_decoder_layers.format(i=i), f"{our_base}decoder.layers.{i}.")
+                      for r in self.decoder_layer_rules(config, i)]
+        head_rules = head.rules(config)
+        tied_keys = {k for r in head_rules for k in r.hf}
+        return [r for r in rules if not set(r.hf) & tied_keys] + head_rules
+
+    def encoder_layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        raise NotImplementedError
+
+    def decoder_layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        raise NotImplementedError
+
+
+def _sinusoid_table_rule(hf: str, config: SkipNormConfig, rows: int) -> WeightRule:
+    """Marian stores its fixed sinusoid table as a weight; SkipNorm computes the same values from the positions.
+    Converting checks the stored table is exactly that (a trained or altered table is refused, never dropped), and
+    converting back writes it again."""
+    positions = SkipNormSinusoidalPositions(config)
+
+    def table(like: torch.Tensor | None = None) -> torch.Tensor:
+        values = positions.encoding(torch.arange(rows)[None])[0]
+        return values.to(like.dtype if like is not None else torch.float32)
+
+    def to_ours(tensors: Tensors) -> Tensors:
+        stored = tensors[0]
+        if stored.shape != (rows, config.hidden_size) or not torch.equal(stored, table(stored)):
+            difference = (stored.float() - table(stored).float()).abs().max().item() if stored.shape == (
+                rows, config.hidden_size) else f"shape {tuple(stored.shape)}"
+            raise UnsupportedFeatureError(
+                f"cannot convert: {hf} is not the fixed sinusoid table SkipNorm computes (max |difference| "
+                f"{difference}); a learned or altered position table has no SkipNorm cell with sinusoidal positions"
+            )
+        return []
+
+    return WeightRule((hf,), (), to_ours, lambda tensors: [table()])
+
+
+class BartFamily(Seq2SeqArchitecture):
+    """What BART, Marian, mBART and M2M100 share: fairseq's layer (q/k/v/out_proj with biases, fc1/fc2, LayerNorm
+    eps 1e-5), one width and head count for both stacks, a shared embedding (times sqrt(d) with `scale_embedding`)."""
+
+    fields = {"vocab_size": "vocab_size", "d_model": "hidden_size", "encoder_layers": "num_hidden_layers",
+              "decoder_layers": "decoder_layers", "encoder_attention_heads": "num_attention_heads",
+              "encoder_ffn_dim": "intermediate_size", "activation_function": "hidden_act", "dropout": "hidden_dropout",
+              "attention_dropout": "attention_dropout", "init_std": "initializer_range", "pad_token_id": "pad_token_id",
+              "bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id",
+              "decoder_start_token_id": "decoder_start_token_id", "tie_word_embeddings": "tie_word_embeddings"}
+    cell = {"is_encoder_decoder": True, "norm_type": "layernorm", "norm_bias": True, "norm_eps": 1e-5,
+            "attention_bias": True, "mlp_bias": True, "mlp_type": "plain"}
+    post_ln = True  # BART, Marian: post-LN; mBART, M2M100: pre-LN with a final norm on both stacks
+    embed_keys = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+
+    def derived_to_ours(self, hf: Any) -> dict[str, Any]:
+        for ours_side, theirs in (("encoder_attention_heads", "decoder_attention_heads"),
+                                  ("encoder_ffn_dim", "decoder_ffn_dim")):
+            if getattr(hf, ours_side) != getattr(hf, theirs):
+                raise self.refuse(theirs, getattr(hf, theirs),
+                                  f"the stacks differ from {ours_side}={getattr(hf, ours_side)}; SkipNorm's stacks share "
+                                  f"width, heads and MLP size")
+        if getattr(hf, "activation_dropout", 0.0):
+            raise self.refuse("activation_dropout", hf.activation_dropout,
+                              "SkipNorm has no dropout inside the MLP (inference would match, training would not)")
+        scale = math.sqrt(hf.d_model) if hf.scale_embedding else 1.0
+        return {"embedding_multiplier": scale, "norm_position": "post" if self.post_ln else "pre",
+                "final_norm": None, **self.positions_to_ours(hf)}
+
+    def derived_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        if ours.embedding_multiplier not in (1.0, math.sqrt(ours.hidden_size)):
+            raise self.refuse("embedding_multiplier", ours.embedding_multiplier, "scale_embedding is sqrt(d) or 1")
+        return {"decoder_attention_heads": ours.num_attention_heads, "decoder_ffn_dim": ours.intermediate_size,
+                "scale_embedding": ours.embedding_multiplier != 1.0, "is_encoder_decoder": True,
+                **self.positions_to_hf(ours)}
+
+    def positions_to_ours(self, hf: Any) -> dict[str, Any]:
+        # BART/mBART: a learned table whose row 0 is position -2 (fairseq's pad offset): max + 2 rows, offset 2
+        return {"position_embedding": "learned", "position_offset": 2, "max_position_embeddings": hf.max_position_embeddings + 2}
+
+    def positions_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        return {"max_position_embeddings": ours.max_position_embeddings - 2}
+
+    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        rules = [_shared_embedding(self.embed_keys, ("embed_tokens.weight",))]
+        for stack in ("encoder", "decoder"):
+            if config.position_embedding == "learned":
+                rules.append(rename(f"{stack}.embed_positions.weight", f"{stack}.embed_positions.weight"))
+            if config.embedding_norm:
+                rules += norm(f"{stack}.layernorm_embedding", f"{stack}.embedding_norm", True)
+            if not self.post_ln:
+                rules += norm(f"{stack}.layer_norm", f"{stack}.final_norm", True)
+        return rules
+
+    def _slot(self) -> str:
+        return "post" if self.post_ln else "pre"
+
+    def _attention_rules(self, hf: str, ours: str) -> list[WeightRule]:
+        pairs = (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"), ("out_proj", "o_proj"))
+        return [r for theirs, our in pairs for r in linear(f"{hf}.{theirs}", f"{ours}.{our}", True)]
+
+    def encoder_layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        slot = self._slot()
+        return [
+            *self._attention_rules("self_attn", "self_attn"),
+            *norm("self_attn_layer_norm", f"attn_{slot}_norm", True),
+            *linear("fc1", "mlp.up_proj", True),
+            *linear("fc2", "mlp.down_proj", True),
+            # fairseq's `final_layer_norm` is the MLP sublayer's norm (after its skip in post-LN, before it in pre-LN)
+            *norm("final_layer_norm", f"mlp_{slot}_norm", True),
+        ]
+
+    def decoder_layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        slot = self._slot()
+        return [
+            *self.encoder_layer_rules(config, layer),
+            *self._attention_rules("encoder_attn", "cross_attn"),
+            *norm("encoder_attn_layer_norm", f"cross_attn_{slot}_norm", True),
+        ]
+
+
+class Bart(BartFamily):
+    """BART (arXiv 1910.13461): post-LN, learned positions from row 2, a LayerNorm on the embeddings of both stacks
+    (`layernorm_embedding` = `embedding_norm`), GELU, `final_logits_bias`."""
+
+    name = "bart"
+    hf_config_class = "BartConfig"
+    heads = _seq2seq_heads("BartForConditionalGeneration", "BartModel", "model.", BartFamily.embed_keys, True)
+    cell = {**BartFamily.cell, "embedding_norm": True, "final_logits_bias": True}
+
+
+class MBart(BartFamily):
+    """mBART (arXiv 2001.08210): BART except pre-LN, with a final LayerNorm on both stacks (`encoder.layer_norm`,
+    `decoder.layer_norm` = `final_norm`). Its `shift_tokens_right` (wrapping the language code to the front) is a
+    data convention: pass `decoder_input_ids` made that way; SkipNorm's own shift puts `decoder_start_token_id` first."""
+
+    name = "mbart"
+    hf_config_class = "MBartConfig"
+    heads = _seq2seq_heads("MBartForConditionalGeneration", "MBartModel", "model.", BartFamily.embed_keys, True)
+    cell = {**BartFamily.cell, "embedding_norm": True, "final_logits_bias": True}
+    post_ln = False
+
+
+class Marian(BartFamily):
+    """Marian (OPUS-MT): post-LN, fixed sinusoids in Marian's layout (stored as a weight, checked on the way in),
+    no embedding norm, SiLU ("swish") by default, `final_logits_bias`, one shared vocabulary."""
+
+    name = "marian"
+    hf_config_class = "MarianConfig"
+    heads = _seq2seq_heads("MarianMTModel", "MarianModel", "model.", BartFamily.embed_keys, True)
+    cell = {**BartFamily.cell, "embedding_norm": False, "final_logits_bias": True}
+
+    def derived_to_ours(self, hf: Any) -> dict[str, Any]:
+        if getattr(hf, "share_encoder_decoder_embeddings", True) is not True:
+            raise self.refuse("share_encoder_decoder_embeddings", hf.share_encoder_decoder_embeddings,
+                              "SkipNorm's stacks share one token embedding")
+        if getattr(hf, "decoder_vocab_size", hf.vocab_size) not in (None, hf.vocab_size):
+            raise self.refuse("decoder_vocab_size", hf.decoder_vocab_size, f"it differs from vocab_size={hf.vocab_size}")
+        return super().derived_to_ours(hf)
+
+    def positions_to_ours(self, hf: Any) -> dict[str, Any]:
+        return {"position_embedding": "sinusoidal", "position_offset": 0,
+                "max_position_embeddings": hf.max_position_embeddings}
+
+    def positions_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        if ours.position_offset != 0:
+            raise self.refuse("position_offset", ours.position_offset, "Marian's sinusoids start at position 0")
+        return {"max_position_embeddings": ours.max_position_embeddings}
+
+    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        tables = [_sinusoid_table_rule(f"{stack}.embed_positions.weight", config, config.max_position_embeddings)
+                  for stack in ("encoder", "decoder")]
+        return [*super().base_rules(config), *tables]
+
+
+class M2M100(BartFamily):
+    """M2M100 / NLLB (arXiv 2010.11125, 2207.04672): pre-LN with a final LayerNorm on both stacks, fairseq's sinusoids
+    counted over non-pad tokens from ``pad_token_id + 1`` (not stored: SkipNorm computes them), embeddings times
+    sqrt(d), ReLU, no `final_logits_bias`. Layer drop is training-only."""
+
+    name = "m2m_100"
+    hf_config_class = "M2M100Config"
+    heads = _seq2seq_heads("M2M100ForConditionalGeneration", "M2M100Model", "model.", BartFamily.embed_keys, False)
+    cell = {**BartFamily.cell, "embedding_norm": False, "final_logits_bias": False}
+    post_ln = False
+
+    def positions_to_ours(self, hf: Any) -> dict[str, Any]:
+        return {"position_embedding": "sinusoidal_fairseq", "position_offset": hf.pad_token_id + 1,
+                "max_position_embeddings": hf.max_position_embeddings}
+
+    def positions_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        if ours.pad_token_id is None or ours.position_offset != ours.pad_token_id + 1:
+            raise self.refuse("position_offset", ours.position_offset, "M2M100 counts positions from pad_token_id + 1")
+        return {"max_position_embeddings": ours.max_position_embeddings}
+
+
+class T5(Seq2SeqArchitecture):
+    """T5 (arXiv 1910.10683): pre-RMSNorm without bias or mean (T5LayerNorm = `rmsnorm`), no biases anywhere, no
+    attention scaling (``attention_multiplier = 1``), a bucketed relative bias per stack (`t5_relative`), ReLU MLP
+    (v1.0) or gated GELU (v1.1, Flan-T5: ``gated-gelu`` = `gated` + `gelu_new`), and with tied embeddings the
+    decoder output scaled by ``d_model**-0.5`` before the lm_head (`lm_head_multiplier`)."""
+
+    name = "t5"
+    hf_config_class = "T5Config"
+    hf_encoder_layers = "encoder.block.{i}."
+    hf_decoder_layers = "decoder.block.{i}."
+    heads = _seq2seq_heads("T5ForConditionalGeneration", "T5Model", "",
+                           ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"), False)
+    fields = {"vocab_size": "vocab_size", "d_model": "hidden_size", "d_kv": "head_dim", "d_ff": "intermediate_size",
+              "num_layers": "num_hidden_layers", "num_decoder_layers": "decoder_layers", "num_heads": "num_attention_heads",
+              "relative_attention_num_buckets": "relative_attention_num_buckets",
+              "relative_attention_max_distance": "relative_attention_max_distance", "layer_norm_epsilon": "norm_eps",
+              "dropout_rate": "hidden_dropout", "pad_token_id": "pad_token_id", "eos_token_id": "eos_token_id",
+              "tie_word_embeddings": "tie_word_embeddings"}
+    cell = {"is_encoder_decoder": True, "norm_position": "pre", "norm_type": "rmsnorm", "attention_bias": False,
+            "mlp_bias": False, "position_embedding": "t5_relative", "attention_multiplier": 1.0, "final_norm": None,
+            "embedding_norm": False, "final_logits_bias": False}
+
+    def derived_to_ours(self, hf: Any) -> dict[str, Any]:
+        act = hf.feed_forward_proj.split("-")
+        if len(act) > 2 or (len(act) == 2 and act[0] != "gated"):
+            raise self.refuse("feed_forward_proj", hf.feed_forward_proj, "expected ACT or gated-ACT")
+        start = getattr(hf, "decoder_start_token_id", None)
+        return {"mlp_type": "gated" if hf.is_gated_act else "plain", "hidden_act": hf.dense_act_fn,
+                "attention_dropout": hf.dropout_rate,
+                "decoder_start_token_id": hf.pad_token_id if start is None else start,
+                # transformers 5 always ties T5's lm_head and keeps the v1.0/v1.1 difference as `scale_decoder_outputs`
+                "lm_head_multiplier": hf.d_model**-0.5 if getattr(hf, "scale_decoder_outputs", True) else 1.0,
+                "max_position_embeddings": getattr(hf, "n_positions", 512)}
+
+    def derived_to_hf(self, ours: SkipNormConfig) -> dict[str, Any]:
+        gated = ours.mlp_type == "gated"
+        if gated and ours.hidden_act == "gelu_new":
+            projection = "gated-gelu"  # T5Config spells GELU-tanh gating this way (and maps it back to gelu_new)
+        else:
+            projection = f"gated-{ours.hidden_act}" if gated else ours.hidden_act
+        if ours.decoder_start_token_id != ours.pad_token_id:
+            raise self.refuse("decoder_start_token_id", ours.decoder_start_token_id, "T5 starts decoding with pad")
+        if not ours.tie_word_embeddings:
+            raise self.refuse("tie_word_embeddings", False, "transformers 5's T5 always ties its lm_head")
+        if ours.lm_head_multiplier not in (1.0, ours.hidden_size**-0.5):
+            raise self.refuse("lm_head_multiplier", ours.lm_head_multiplier, "T5 scales by d_model**-0.5 or not at all")
+        # T5Config reads `tie_word_embeddings=False` as "do not scale the decoder output" (v1.1) and ties regardless
+        return {"feed_forward_proj": projection, "is_encoder_decoder": True, "n_positions": ours.max_position_embeddings,
+                "tie_word_embeddings": ours.lm_head_multiplier != 1.0}
+
+    def base_rules(self, config: SkipNormConfig) -> list[WeightRule]:
+        bias = "block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        return [
+            _shared_embedding(("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"),
+                              ("embed_tokens.weight",)),
+            rename(f"encoder.{bias}", "encoder.score_bias.relative_attention_bias.weight"),
+            rename(f"decoder.{bias}", "decoder.score_bias.relative_attention_bias.weight"),
+            *norm("encoder.final_layer_norm", "encoder.final_norm", False),
+            *norm("decoder.final_layer_norm", "decoder.final_norm", False),
+        ]
+
+    @staticmethod
+    def _attention_rules(hf: str, ours: str) -> list[WeightRule]:
+        return [rename(f"{hf}.{theirs}.weight", f"{ours}.{our}.weight")
+                for theirs, our in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"))]
+
+    @staticmethod
+    def _mlp_rules(config: SkipNormConfig, hf: str) -> list[WeightRule]:
+        names = (("wi_0", "gate_proj"), ("wi_1", "up_proj"), ("wo", "down_proj")) if config.mlp_type == "gated" else (
+            ("wi", "up_proj"), ("wo", "down_proj"))
+        return [rename(f"{hf}.DenseReluDense.{theirs}.weight", f"mlp.{our}.weight") for theirs, our in names]
+
+    def encoder_layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        return [
+            *norm("layer.0.layer_norm", "attn_pre_norm", False),
+            *self._attention_rules("layer.0.SelfAttention", "self_attn"),
+            *norm("layer.1.layer_norm", "mlp_pre_norm", False),
+            *self._mlp_rules(config, "layer.1"),
+        ]
+
+    def decoder_layer_rules(self, config: SkipNormConfig, layer: int) -> list[WeightRule]:
+        return [
+            *norm("layer.0.layer_norm", "attn_pre_norm", False),
+            *self._attention_rules("layer.0.SelfAttention", "self_attn"),
+            *norm("layer.1.layer_norm", "cross_attn_pre_norm", False),
+            *self._attention_rules("layer.1.EncDecAttention", "cross_attn"),
+            *norm("layer.2.layer_norm", "mlp_pre_norm", False),
+            *self._mlp_rules(config, "layer.2"),
+        ]
+
+
 # model_type -> architecture; convert_to_hf tries them in this order.
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Llama(), "qwen3": Qwen3(), "olmo2": Olmo2(), "gemma2": Gemma2(), "gpt_neox": GPTNeoX(), "phi": Phi(),
     "gpt2": GPT2(), "bert": Bert(),
+    # encoder-decoders (issue 16)
+    "t5": T5(), "bart": Bart(), "marian": Marian(), "mbart": MBart(), "m2m_100": M2M100(),
 }
 
 
@@ -861,7 +1212,7 @@ def convert_folder(source: str | Path, destination: str | Path, allow_unused: It
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hf_skipnorm.convert",
-        description="Convert a transformers checkpoint (GPT-2, LLaMA, BERT, ...) into an equivalent SkipNorm checkpoint.",
+        description="Convert a transformers checkpoint (GPT-2, LLaMA, BERT, T5, BART, Marian, ...) into an equivalent SkipNorm checkpoint.",
     )
     parser.add_argument("source", help="checkpoint folder (config.json + safetensors) or a Hub id already cached locally")
     parser.add_argument("destination", help="output folder for the SkipNorm checkpoint")

@@ -77,7 +77,8 @@ def _first_tensor(output) -> torch.Tensor:
 def parameter_group(name: str) -> str:
     """`self_attn.q_proj.weight` -> "attn", `mlp.up_proj.weight` -> "mlp", norms and residual scalars -> "other"."""
     top = name.split(".", 1)[0]
-    return {"self_attn": "attn", "mlp": "mlp"}.get(top, "other")
+    # an encoder-decoder's decoder blocks also have `cross_attn` (issue 16)
+    return {"self_attn": "attn", "mlp": "mlp", "cross_attn": "cross_attn"}.get(top, "other")
 
 
 def grouped_parameters(model: nn.Module) -> list[dict[str, list[nn.Parameter]]]:
@@ -328,6 +329,32 @@ def profile(model: nn.Module, batch: dict) -> dict:
         row.update({f"grad_norm/{group}": value for group, value in grads.items()})
     model.zero_grad(set_to_none=True)
     return {"loss": loss.item(), "embedding": embedding, "layers": rows}
+
+
+def profile_encoder_decoder(model: nn.Module, batch: dict) -> dict:
+    """`profile` per stack of an encoder-decoder (`SkipNormForConditionalGeneration`): one forward + backward on
+    `batch` (with `labels`, or `input_ids` reconstructed), the encoder's and the decoder's rows recorded separately;
+    decoder rows also carry ``branch_ratio/cross_attn`` and ``grad_norm/cross_attn``.
+
+    Returns ``{"loss", "encoder": {"embedding", "layers"}, "decoder": {"embedding", "layers"}}``.
+    """
+    base = getattr(model, "model", model)
+    inputs = dict(batch)
+    if "labels" not in inputs and "decoder_input_ids" not in inputs:
+        inputs["labels"] = inputs["input_ids"]  # BART-style reconstruction: a real loss through both stacks
+    model.zero_grad(set_to_none=True)
+    with ForwardProbe(base.encoder, batch.get("attention_mask")) as encoder_probe, \
+            ForwardProbe(base.decoder, batch.get("decoder_attention_mask")) as decoder_probe:
+        loss = _loss_of(model, inputs)
+    loss.backward()
+    result: dict = {"loss": loss.item()}
+    for name, stack, probe in (("encoder", base.encoder, encoder_probe), ("decoder", base.decoder, decoder_probe)):
+        embedding, rows = probe.rows()
+        for row, grads in zip(rows, gradient_norms(stack)):
+            row.update({f"grad_norm/{group}": value for group, value in grads.items()})
+        result[name] = {"embedding": embedding, "layers": rows}
+    model.zero_grad(set_to_none=True)
+    return result
 
 
 def flatten(rows: list[dict], prefix: str = "diag") -> dict[str, float]:

@@ -30,6 +30,7 @@ import torch
 
 from .loading_skipnorm import pickle_weight_files
 from .modeling_skipnorm import AUTO_MAP_HEADS
+from .modeling_seq2seq_skipnorm import SEQ2SEQ_AUTO_MAP_HEADS
 
 PACKAGE = "hf_skipnorm"
 # Absolute imports the exported code may use: the standard library plus what every transformers user has.
@@ -40,6 +41,8 @@ ALLOWED_THIRD_PARTY: frozenset[str] = frozenset({"torch", "transformers"})
 AUTO_MODEL_CLASSES: dict[str, str] = dict(AUTO_MAP_HEADS)
 # Files whose `auto_map` transformers follows when loading a folder with trust_remote_code.
 AUTO_MAP_FILES = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+# Encoder-decoder checkpoints (issue 16): the base and the seq2seq head, from modeling_seq2seq_skipnorm.py.
+SEQ2SEQ_AUTO_MODEL_CLASSES: dict[str, str] = dict(SEQ2SEQ_AUTO_MAP_HEADS)
 # Top-level statements that only define things. Anything else (a call such as `AutoConfig.register(...)`, a loop,
 # a `with`, a `try`) would run when transformers imports the file.
 _DEFINITION_NODES = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
@@ -128,7 +131,8 @@ def auto_map_for(model) -> dict[str, str]:
     modeling = sys.modules[type(model).__module__]
     modeling_module = type(model).__module__.rsplit(".", 1)[-1]
     auto_map = {"AutoConfig": f"{config_module}.{type(model.config).__name__}"}
-    for auto_class, class_name in AUTO_MODEL_CLASSES.items():
+    classes = SEQ2SEQ_AUTO_MODEL_CLASSES if getattr(model.config, "is_encoder_decoder", False) else AUTO_MODEL_CLASSES
+    for auto_class, class_name in classes.items():
         if not hasattr(modeling, class_name):
             raise ValueError(f"{modeling.__file__} defines no {class_name}, needed for {auto_class} in auto_map")
         auto_map[auto_class] = f"{modeling_module}.{class_name}"
@@ -280,12 +284,14 @@ def verify_remote_load(folder: str | os.PathLike, model=None, auto_class: str | 
         config = json.load(handle)
     architecture = (config.get("architectures") or ["SkipNormModel"])[0]
     if auto_class is None:
-        by_class = {class_name: auto for auto, class_name in AUTO_MODEL_CLASSES.items()}
+        by_class = {class_name: auto for auto, class_name in (*AUTO_MODEL_CLASSES.items(),
+                                                              *SEQ2SEQ_AUTO_MODEL_CLASSES.items())}
         auto_class = by_class.get(architecture, "AutoModel")
     if model is None:
         import hf_skipnorm
 
-        model = getattr(hf_skipnorm, AUTO_MODEL_CLASSES[auto_class]).from_pretrained(folder)
+        classes = SEQ2SEQ_AUTO_MODEL_CLASSES if config.get("is_encoder_decoder") else AUTO_MODEL_CLASSES
+        model = getattr(hf_skipnorm, classes[auto_class]).from_pretrained(folder)
     model.eval()
     seq_len = min(8, config["max_position_embeddings"])
     generator = torch.Generator().manual_seed(0)

@@ -233,22 +233,44 @@ class DepthWeightedAverage(nn.Module):
 
     initialized to the plain residual, ``alpha_{i,j} = 1 if j == i else 0`` (the paper's init), stored as
     ``alpha_bias = alpha - e_i``. The paper reports reaching the perplexity of much deeper Transformers with fewer
-    parameters and faster inference. (It also offers dilated / periodic DWA to cut the cost; not implemented here.)
+    parameters and faster inference.
+
+    With `dense_dilation` k (the paper's k x p-DenseFormer, Sec. 3.2; epfml/DenseFormer's `DWAModules`) the average
+    after block i only reads ``Y_j`` with ``j = i (mod k)``: ``alpha_{i,j} = 0`` otherwise, so it has
+    ``floor(i / k) + 1`` weights. (`dense_period` is `build_depth_average`'s business: blocks without a DWA.)
     """
 
     def __init__(self, config: SkipNormConfig, layer_idx: int):
         super().__init__()
-        self.num_inputs = layer_idx + 2  # Y_0 .. Y_{l+1} after 0-based block l
+        dilation = config.dense_dilation
+        latest = layer_idx + 1  # i: Y_0 .. Y_i after 0-based block l
+        self.sources = slice(latest % dilation, None, dilation)  # j = i (mod k), ending at Y_i itself
+        self.num_inputs = len(range(latest % dilation, latest + 1, dilation))
         self.alpha_bias = nn.Parameter(torch.empty(self.num_inputs))
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:  # (B, T, l + 2, C) -> (B, T, C)
         with full_precision(history):
-            h32 = at_least_float32(history)
+            h32 = at_least_float32(history[..., self.sources, :])  # (B, T, floor(i/k) + 1, C)
             weighted = h32[..., -1, :] + torch.einsum("k,...kc->...c", self.alpha_bias.to(h32.dtype), h32)
         return weighted.to(history.dtype)
 
     def extra_repr(self) -> str:
-        return f"inputs={self.num_inputs}"
+        return f"inputs={self.num_inputs}, dilation={self.sources.step}"
+
+
+class LatestBlockOutput(nn.Module):
+    """A block without DWA in a periodic DenseFormer: ``X_i = Y_i``, the plain residual (no parameters)."""
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:  # (B, T, l + 2, C) -> (B, T, C)
+        return history[..., -1, :]
+
+
+def build_depth_average(config: SkipNormConfig, layer_idx: int) -> nn.Module:
+    """DenseFormer's DWA after block `layer_idx`, or none: with `dense_period` p only blocks ``i = 0 (mod p)``
+    (1-based) have one (the paper's k x p-DenseFormer; epfml/DenseFormer's ``(i + 1) % period == 0``)."""
+    if (layer_idx + 1) % config.dense_period != 0:
+        return LatestBlockOutput()
+    return DepthWeightedAverage(config, layer_idx)
 
 
 class DenseStream(nn.Module):

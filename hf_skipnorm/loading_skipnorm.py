@@ -136,7 +136,8 @@ class CheckpointMismatchError(ValueError, RuntimeError):
 
 # The task heads of the SkipNorm classes (`lm_head`, `mlm_transform`, `score`): the only modules that a checkpoint of
 # another task (or of the bare backbone) may lack, or carry without this class having them.
-TASK_HEADS: tuple[str, ...] = ("lm_head", "mlm_transform", "score")
+# `final_logits_bias` is the encoder-decoder LM head's fixed logit bias (BART, Marian; issue 16).
+TASK_HEADS: tuple[str, ...] = ("lm_head", "mlm_transform", "score", "final_logits_bias")
 
 
 def _listed(keys, limit: int = MAX_LISTED_PROBLEMS) -> str:

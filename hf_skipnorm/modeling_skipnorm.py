@@ -62,6 +62,20 @@ from .hyper_connections_skipnorm import (
     ManifoldHyperConnection,
     MultiStream,
     StaticHyperConnection,
+    build_depth_average,
+)
+from .depth_mixing_skipnorm import (
+    AttnResStream,
+    DepthAttention,
+    DropBranch,
+    PER_HEAD_GAIN_NORMS,
+    UNetSkips,
+    build_unet_skips,
+    layer_drop_rate,
+    LearnedValueMix,
+    TokenValueMix,
+    build_value_residual,
+    build_value_source,
 )
 from .residuals_skipnorm import (
     GATE_BIAS_INIT,
@@ -211,6 +225,15 @@ class SkipNormHeadScale(nn.Module):
         return heads * self.weight[:, None].to(heads.dtype)
 
 
+def build_qk_norm(config: SkipNormConfig, qk_norm: str, heads: int, head_dim: int) -> nn.Module:
+    """The Q or K norm for `qk_norm`: the configured norm over each head's `head_dim` with one gain shared by the
+    heads (`per_head`, Qwen3), over the whole projection (`full`, OLMo 2), or per head with a gain of each head's own
+    (`per_head_gains`, x-transformers' MultiheadRMSNorm); an absent slot for `none`."""
+    if qk_norm == "per_head_gains":
+        return PER_HEAD_GAIN_NORMS[config.norm_type](config, heads, head_dim)
+    return build_norm(config, heads * head_dim if qk_norm == "full" else head_dim, qk_norm != "none", "attn")
+
+
 class SkipNormAttention(nn.Module):
     """Multi-head attention with grouped-query heads, RoPE and a KV cache, through transformers' attention interface.
 
@@ -243,11 +266,12 @@ class SkipNormAttention(nn.Module):
         # The shape each Q/K norm sees: (heads, hd) normalizes each head's vector, (heads * hd,) the whole projection.
         # -1 heads, never the config's count: under tensor parallelism a rank holds only its share of the heads.
         self.qk_norm_shape = (-1,) if qk_norm == "full" else (-1, hd)
-        self.q_norm = build_norm(config, heads * hd if qk_norm == "full" else hd, qk_norm != "none", "attn")
-        self.k_norm = build_norm(config, kv_heads * hd if qk_norm == "full" else hd, qk_norm != "none", "attn")
+        self.q_norm = build_qk_norm(config, qk_norm, heads, hd)
+        self.k_norm = build_qk_norm(config, qk_norm, kv_heads, hd)
         self.v_norm = build_norm(config, hd, norms.qkv, "attn")
         self.head_scale_norm = SkipNormHeadScale(heads) if norms.head_scale else Identity()
         self.sub_norm = build_norm(config, heads * hd, norms.sub, "attn")
+        self.value_residual = build_value_residual(config, layer_idx)  # ResFormer's V mix (arXiv 2410.17897)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -265,6 +289,7 @@ class SkipNormAttention(nn.Module):
         query = query.view(hidden_shape).transpose(1, 2)  # (B, H, T, hd)
         key = key.view(hidden_shape).transpose(1, 2)  # (B, H_kv, T, hd)
         value = self.v_norm(self.v_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
+        value = self.value_residual(value, hidden_states, kwargs.pop("first_layer_values", None))  # (B, H_kv, T, hd)
         if position_embeddings is not None:
             cos, sin = position_embeddings
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
@@ -293,6 +318,16 @@ def build_dropout(p: float) -> nn.Module:
     """`nn.Dropout(p)`, or an absent slot when ``p == 0``: `nn.Dropout` costs several microseconds per call even at
     p = 0 (F.dropout's checks), and a block calls it twice per decoded token (benchmarks/RESULTS.md)."""
     return nn.Dropout(p) if p > 0 else Identity()
+
+
+def build_branch_dropout(config: SkipNormConfig, layer_idx: int) -> nn.Module:
+    """What every sublayer's branch passes through before the skip: `hidden_dropout`, then layer drop (stochastic
+    depth at `layer_drop_rate`, arXiv 1603.09382 / 1909.11556) when `layer_drop` > 0; an absent slot when neither."""
+    dropout = build_dropout(config.hidden_dropout)
+    rate = layer_drop_rate(config, layer_idx)
+    if rate == 0.0:
+        return dropout
+    return DropBranch(rate) if config.hidden_dropout == 0 else nn.Sequential(dropout, DropBranch(rate))
 
 
 # ----------------------------------------------------------------------------------------------------- MLPs
@@ -371,7 +406,7 @@ class SkipNormBlock(GradientCheckpointingLayer):
         self.mlp_residual = build_residual(config, layer_idx, "mlp")
         self.mlp_post_norm = build_norm(config, d, mlp_norms.post, "mlp")
 
-        self.branch_dropout = build_dropout(config.hidden_dropout)
+        self.branch_dropout = build_branch_dropout(config, layer_idx)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -524,7 +559,7 @@ class SkipNormDenseBlock(SkipNormBlock):
 
     def __init__(self, config: SkipNormConfig, layer_idx: int):
         super().__init__(config, layer_idx)
-        self.depth_average = DepthWeightedAverage(config, layer_idx)
+        self.depth_average = build_depth_average(config, layer_idx)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -542,6 +577,37 @@ class SkipNormDenseBlock(SkipNormBlock):
         return torch.cat((history, self.depth_average(history).unsqueeze(-2)), dim=-2)
 
 
+class SkipNormAttnResBlock(SkipNormBlock):
+    """A block under Attention Residuals (Kimi Team, arXiv 2603.15031): per sublayer ``F`` (with its norms),
+
+        h = sum_i alpha_i v_i            (`*_residual.aggregate`: softmax over depth with the sublayer's pseudo-query)
+        sources <- write(sources, F(h))  (a new source, or added to the current block's partial sum)
+
+    The state is the stack of sources (B, T, S, C) (`AttnResStream`); the depth-attention modules sit in the
+    `attn_residual` / `mlp_residual` slots. The config refuses placements with a norm after the skip.
+    """
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, S, C)
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        sources = hidden_states
+        h = self.attn_residual.aggregate(sources)
+        attn, _ = self.self_attn(
+            self.attn_pre_norm(h), position_embeddings=position_embeddings, attention_mask=attention_mask,
+            cache=cache, **kwargs,
+        )
+        sources = self.attn_residual.write(sources, self.branch_dropout(self.attn_out_norm(attn)))
+        h = self.mlp_residual.aggregate(sources)
+        mlp = self.mlp(self.mlp_pre_norm(h))
+        return self.mlp_residual.write(sources, self.branch_dropout(self.mlp_out_norm(mlp)))
+
+
 # ----------------------------------------------------------------------------------------------------- topologies
 # Which block class builds layer `l`. Placements and residuals that change the block's wiring (parallel blocks,
 # dual streams, hyper-connections, ...) add a block subclass and a row here; `block_topology` picks the row.
@@ -552,6 +618,7 @@ BLOCK_CLASSES: dict[str, type[nn.Module]] = {
     "resi_dual": SkipNormResiDualBlock,
     "hyper": SkipNormHyperConnectionBlock,
     "dense": SkipNormDenseBlock,
+    "attn_res": SkipNormAttnResBlock,
 }
 
 
@@ -569,6 +636,8 @@ def block_topology(config: SkipNormConfig, layer_idx: int) -> str:
         return "hyper"
     if config.residual == "dense":
         return "dense"
+    if config.residual == "attn_res":
+        return "attn_res"
     return "sequential"
 
 
@@ -610,6 +679,8 @@ def build_stream(config: SkipNormConfig) -> nn.Module:
         return MultiStream(config)
     if config.residual == "dense":
         return DenseStream()
+    if config.residual == "attn_res":
+        return AttnResStream(config)
     return SingleStream()
 
 
@@ -645,10 +716,12 @@ AUTO_MAP_HEADS = {
 
 
 def remote_auto_map(model_class: type, config_class: type) -> dict[str, str]:
-    """`auto_map` naming the config and every head as ``module.Class`` of the files copied beside the weights."""
+    """`auto_map` naming the config and every head as ``module.Class`` of the files copied beside the weights (the
+    heads of the model's own family: `model_class.auto_map_heads`; the encoder-decoders have theirs)."""
     modeling_module = model_class.__module__.rsplit(".", 1)[-1]
     auto_map = {"AutoConfig": f"{config_class.__module__.rsplit('.', 1)[-1]}.{config_class.__name__}"}
-    auto_map.update({auto: f"{modeling_module}.{name}" for auto, name in AUTO_MAP_HEADS.items()})
+    heads = getattr(model_class, "auto_map_heads", AUTO_MAP_HEADS)
+    auto_map.update({auto: f"{modeling_module}.{name}" for auto, name in heads.items()})
     return auto_map
 
 
@@ -669,6 +742,7 @@ class SkipNormPreTrainedModel(PreTrainedModel):
     # The class default; each instance narrows it in `post_init` to what its own modules allow.
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": SkipNormBlock, "attentions": SkipNormAttention}
+    auto_map_heads: dict[str, str] = AUTO_MAP_HEADS  # written to auto_map by save_pretrained
 
     @property
     def _supports_sdpa(self) -> bool:
@@ -752,6 +826,9 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         | Frac-Connections (SFC / DFC) | offsets 0: Y = A = I, B = 1 (the plain residual); dynamic W = 0, s = 0.01 |
         | LAuReL alpha / beta offsets, B (`laurel_up`) | 0: alpha = beta = 1, W = I + B A = I (the plain residual); A
           (`laurel_down`) as every Linear |
+        | value residual: learned lambda offsets / per-token mix_proj W, b | 0 (lambda = (0.5, 0.5); sigmoid(0) = 0.5) |
+        | U-Net skip weights w (`unet_skips.weight_bias`) | offsets 0: w = 1 (modded-nanogpt) |
+        | AttnRes pseudo-queries w (`query_bias`), key RMSNorm gain | 0 (uniform weights over depth, the paper's init) / 1 |
         | rotary inv_freq | recomputed from the config (transformers' default) |
         | nGPT (`architecture="ngpt"`) | the above, then embeddings, lm_head, q/k/v/gate/up rows and o/down columns unit
           vectors; alpha, s_qk, s_u, s_v, s_z offsets 0 (their paper inits, ngpt_skipnorm.py) |
@@ -849,6 +926,15 @@ class SkipNormPreTrainedModel(PreTrainedModel):
             init.zeros_(module.beta_bias)
         if isinstance(module, (LaurelLRResidual, LaurelRWLRResidual)):  # B = 0: W = I + B A starts as the identity
             init.zeros_(module.laurel_up.weight)
+        if isinstance(module, DepthAttention):
+            init.zeros_(module.query_bias)
+        if isinstance(module, UNetSkips):
+            init.zeros_(module.weight_bias)
+        if isinstance(module, LearnedValueMix):
+            init.zeros_(module.lambda_bias)
+        if isinstance(module, TokenValueMix):
+            init.zeros_(module.mix_proj.weight)
+            init.zeros_(module.mix_proj.bias)
 
     @torch.no_grad()
     def admin_profile(self, batch: torch.Tensor | dict) -> list[float]:
@@ -894,7 +980,7 @@ class SkipNormPreTrainedModel(PreTrainedModel):
 
 # Hyper-connection weights stay float32 when loading in bf16/fp16 (they also compute in float32): small mixing
 # matrices whose products over depth amplify rounding (mHC, arXiv 2512.24880, keeps them in full precision).
-FP32_RESIDUALS: tuple[type[nn.Module], ...] = (StaticHyperConnection, ManifoldHyperConnection)
+FP32_RESIDUALS: tuple[type[nn.Module], ...] = (StaticHyperConnection, ManifoldHyperConnection, DepthAttention)
 
 
 def fp32_residual_patterns(model: nn.Module) -> list[str]:
@@ -902,7 +988,10 @@ def fp32_residual_patterns(model: nn.Module) -> list[str]:
     it holds (none for a model without hyper-connections)."""
     names = {name.split(".")[0] for module in model.modules() if isinstance(module, FP32_RESIDUALS)
              for name, _ in module.named_parameters()}
-    return sorted(rf"_residual\.{name}" for name in names)
+    patterns = sorted(rf"_residual\.{name}" for name in names)
+    if isinstance(getattr(model, "residual_stream", None), DepthAttention):  # AttnRes's final aggregation
+        patterns += [r"residual_stream\.query_bias", r"residual_stream\.key_norm"]
+    return patterns
 
 
 def tensor_parallel_blockers(layer: nn.Module) -> dict[str, list[str]]:
@@ -914,6 +1003,8 @@ def tensor_parallel_blockers(layer: nn.Module) -> dict[str, list[str]]:
             ("qk_norm='full' (a norm over the whole Q/K projection)",
              attn.q_norm if attn.qk_norm_shape == (-1,) else Identity()),
             ("NormFormer's head_scale_norm (one gain per global head)", attn.head_scale_norm),
+            ("qk_norm='per_head_gains' (one gain vector per global head)",
+             attn.q_norm if isinstance(attn.q_norm, tuple(PER_HEAD_GAIN_NORMS.values())) else Identity()),
             ("the attention sub_norm over heads * head_dim (subln, normformer)", attn.sub_norm),
             ("nGPT's s_qk (one gain per global head and dim)", getattr(attn, "qk_scale", Identity())),
         ) if not isinstance(module, Identity)
@@ -948,6 +1039,11 @@ class SkipNormModel(SkipNormPreTrainedModel):
 
     def __init__(self, config: SkipNormConfig):
         super().__init__(config)
+        if config.is_encoder_decoder:
+            raise ValueError(
+                "SkipNormConfig(is_encoder_decoder=True) is not valid for SkipNormModel and its decoder/encoder heads; "
+                "use SkipNormEncoderDecoderModel or SkipNormForConditionalGeneration (AutoModel / AutoModelForSeq2SeqLM)"
+            )
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         # Gemma's sqrt(d) as a Python float (nothing for loading to wipe); no op at all when it is 1.
@@ -963,6 +1059,8 @@ class SkipNormModel(SkipNormPreTrainedModel):
         )
         self._no_split_modules = sorted({type(layer).__name__ for layer in self.layers})  # see the class attribute
         self.residual_stream = build_stream(config)
+        self.value_source = build_value_source(config, self.layers)  # hands V_1 to later layers (value_residual)
+        self.unet_skips = build_unet_skips(config)  # modded-nanogpt's U-Net skips, or nothing
         self.final_norm = build_norm(config, config.hidden_size, config.use_final_norm)
         self.gradient_checkpointing = False
         self._keep_in_fp32_modules_strict = fp32_residual_patterns(self)
@@ -977,6 +1075,28 @@ class SkipNormModel(SkipNormPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
+
+    # `AutoModel` maps the one config type to this class; encoder-decoder configs get their own base model.
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        if cls is SkipNormModel and getattr(config, "is_encoder_decoder", False):
+            from .modeling_seq2seq_skipnorm import SkipNormEncoderDecoderModel
+
+            return SkipNormEncoderDecoderModel._from_config(config, **kwargs)
+        return super()._from_config(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        config = kwargs.get("config")
+        if cls is SkipNormModel and not isinstance(config, SkipNormConfig):
+            lookup = {k: kwargs[k] for k in ("cache_dir", "revision", "local_files_only", "token", "subfolder")
+                      if k in kwargs}
+            config = SkipNormConfig.from_pretrained(pretrained_model_name_or_path, **lookup)
+        if cls is SkipNormModel and config.is_encoder_decoder:
+            from .modeling_seq2seq_skipnorm import SkipNormEncoderDecoderModel
+
+            return SkipNormEncoderDecoderModel.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def embed(
         self,
@@ -1027,11 +1147,14 @@ class SkipNormModel(SkipNormPreTrainedModel):
         )
         hidden_states, rotary = self.embed(inputs_embeds, position_ids, token_type_ids)
         stream = self.residual_stream.expand(hidden_states)
-        for block in self.layers[: self.config.num_hidden_layers]:
+        kwargs = self.value_source.attach(kwargs)
+        saved = self.unet_skips.start()
+        for index, block in enumerate(self.layers[: self.config.num_hidden_layers]):
             stream = block(
-                stream, attention_mask=mask, position_embeddings=rotary, position_ids=position_ids,
-                cache=cache, use_cache=use_cache, **kwargs,
+                self.unet_skips.enter(index, stream, saved), attention_mask=mask, position_embeddings=rotary,
+                position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs,
             )
+            stream = self.unet_skips.leave(index, stream, saved)
         hidden_states = self.final_norm(self.residual_stream.reduce(stream))
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .configuration_skipnorm import SkipNormConfig
+from .depth_mixing_skipnorm import SublayerDepthAttention
 from .hyper_connections_skipnorm import (
     DYNAMIC_SCALE_INIT,
     ManifoldHyperConnection,
@@ -330,6 +331,7 @@ RESIDUAL_CLASSES: dict[str, Callable[[SkipNormConfig, int, str], nn.Module]] = {
     "orthogonal": OrthogonalResidual,
     "laurel": laurel_residual,  # rw, lr or rw_lr by `laurel_variant`
     "frac": frac_connection,  # static or dynamic by `hyper_dynamic`; used by HyperConnectionBlock on one stream
+    "attn_res": SublayerDepthAttention,  # Attention Residuals' depth attention; used by AttnResBlock
 }
 
 

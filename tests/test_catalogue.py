@@ -501,50 +501,97 @@ def relative_error(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30)).item()
 
 
+def check_cell(cell: str, fields: dict, ids: torch.Tensor) -> tuple[str, str | None]:
+    """("built" | "refused", failure or None) for one grid cell: it builds and runs forward/backward with finite
+    values, float32 within 1e-5 and bfloat16 within 2e-2 (relative, whole tensor) of float64, or raises ValueError
+    naming a SkipNormConfig field."""
+    try:
+        config = SkipNormConfig(**{**TINY, **fields})
+    except ValueError as error:
+        unclear = "SkipNormConfig." not in str(error) or "not valid" not in str(error)
+        return "refused", f"{cell}: unclear error {error}" if unclear else None
+    try:
+        torch.manual_seed(0)
+        model = SkipNormModel(config).double()
+        torch.manual_seed(0)
+        reference = model(ids).last_hidden_state
+        reference.square().mean().backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not torch.isfinite(reference).all() or not all(torch.isfinite(g).all() for g in grads) or not grads:
+            return "built", f"{cell}: non-finite output or gradient"
+        with torch.no_grad():  # each forward from the same seed: layer drop draws the same masks in every dtype
+            torch.manual_seed(0)
+            single = model.float()(ids).last_hidden_state
+            # bfloat16 is judged on its arithmetic: against float64 run on the same bf16-rounded weights
+            # (rounding the weights themselves is a quantization, not a forward-pass error).
+            torch.manual_seed(0)
+            half = model.to(torch.bfloat16)(ids).last_hidden_state
+            torch.manual_seed(0)
+            rounded_reference = model.double()(ids).last_hidden_state
+        errors = relative_error(single, reference), relative_error(half, rounded_reference)
+        if not errors[0] <= 1e-5 or not errors[1] <= 2e-2:
+            return "built", f"{cell}: float32 rel err {errors[0]:.2e}, bfloat16 rel err {errors[1]:.2e}"
+        return "built", None
+    except ValueError as error:  # a refusal from a module's constructor is also a clear refusal
+        return "refused", None if "SkipNormConfig." in str(error) else f"{cell}: unclear error {error}"
+    except Exception as error:  # noqa: BLE001 -- any other exception is exactly what this test must report
+        return "built", f"{cell}: {type(error).__name__}: {error}"
+
+
 def test_whole_grid_builds_and_runs_or_raises_a_clear_value_error():
-    """Every cell either builds and runs forward/backward with finite values, float32 within 1e-5 and bfloat16
-    within 2e-2 (relative, whole tensor) of float64, or raises ValueError naming a SkipNormConfig field.
+    """Every cell of norm_position x norm_type x residual x parallel_block passes `check_cell`.
 
     Default init, not randomized: the precision claim is about models as they are trained. One thread, tiny dims.
     """
     start = time.perf_counter()
-    built, refused, failures = 0, 0, []
+    counts, failures = {"built": 0, "refused": 0}, []
     ids = torch.randint(0, 50, (2, 6))
     for position, norm_type, residual, parallel in grid_cells():
         cell = f"{position}-{norm_type}-{residual}-{'parallel' if parallel else 'sequential'}"
-        try:
-            config = SkipNormConfig(**{**TINY, "norm_position": position, "norm_type": norm_type,
-                                       "residual": residual, "parallel_block": parallel})
-        except ValueError as error:
-            refused += 1
-            if "SkipNormConfig." not in str(error) or "not valid" not in str(error):
-                failures.append(f"{cell}: unclear error {error}")
-            continue
-        try:
-            torch.manual_seed(0)
-            model = SkipNormModel(config).double()
-            reference = model(ids).last_hidden_state
-            reference.square().mean().backward()
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            if not torch.isfinite(reference).all() or not all(torch.isfinite(g).all() for g in grads) or not grads:
-                failures.append(f"{cell}: non-finite output or gradient")
-                continue
-            with torch.no_grad():
-                single = model.float()(ids).last_hidden_state
-                # bfloat16 is judged on its arithmetic: against float64 run on the same bf16-rounded weights
-                # (rounding the weights themselves is a quantization, not a forward-pass error).
-                half = model.to(torch.bfloat16)(ids).last_hidden_state
-                rounded_reference = model.double()(ids).last_hidden_state
-            errors = relative_error(single, reference), relative_error(half, rounded_reference)
-            if not errors[0] <= 1e-5 or not errors[1] <= 2e-2:
-                failures.append(f"{cell}: float32 rel err {errors[0]:.2e}, bfloat16 rel err {errors[1]:.2e}")
-            built += 1
-        except ValueError as error:  # a refusal from a module's constructor is also a clear refusal
-            refused += 1
-            if "SkipNormConfig." not in str(error):
-                failures.append(f"{cell}: unclear error {error}")
-        except Exception as error:  # noqa: BLE001 -- any other exception is exactly what this test must report
-            failures.append(f"{cell}: {type(error).__name__}: {error}")
+        kind, failure = check_cell(cell, {"norm_position": position, "norm_type": norm_type, "residual": residual,
+                                          "parallel_block": parallel}, ids)
+        counts[kind] += 1
+        if failure:
+            failures.append(failure)
+    built, refused = counts["built"], counts["refused"]
     elapsed = time.perf_counter() - start
     print(f"\ngrid: {built + refused} cells, {built} built, {refused} refused, {elapsed:.1f}s")
     assert not failures, f"{len(failures)} bad cells:\n" + "\n".join(failures[:40])
+
+
+# Issue 15's fields, each across every placement, sequential and parallel, RMSNorm, with the residuals it goes with
+# (the residual axis of the grid above already holds `attn_res`); the slow variant crosses them with a residual from
+# each family (single stream, post-LN, several streams, history, depth attention).
+FRONTIER_FIELDS = {
+    "value_residual=fixed": dict(value_residual="fixed"), "value_residual=learned": dict(value_residual="learned"),
+    "value_residual=per_token": dict(value_residual="per_token"), "unet_skips": dict(unet_skips=True),
+    "layer_drop": dict(layer_drop=0.2), "qk_norm=per_head_gains": dict(qk_norm="per_head_gains"),
+    "dense_dilation=2,period=2": dict(dense_dilation=2, dense_period=2),
+    "attn_res_blocks=1": dict(attn_res_blocks=1),
+}
+FRONTIER_RESIDUALS = {"dense_dilation=2,period=2": ("dense",), "attn_res_blocks=1": ("attn_res",)}
+
+
+def frontier_grid(residuals_of):
+    counts, failures = {"built": 0, "refused": 0}, []
+    ids = torch.randint(0, 50, (2, 6))
+    for name, fields in FRONTIER_FIELDS.items():
+        for position, residual, parallel in itertools.product(cfg.NORM_POSITIONS, residuals_of(name), (False, True)):
+            cell = f"{name}-{position}-{residual}-{'parallel' if parallel else 'sequential'}"
+            kind, failure = check_cell(cell, {**fields, "norm_position": position, "residual": residual,
+                                              "parallel_block": parallel}, ids)
+            counts[kind] += 1
+            if failure:
+                failures.append(failure)
+    print(f"\nissue 15 grid: {counts}")
+    assert counts["built"] > 0 and counts["refused"] > 0
+    assert not failures, f"{len(failures)} bad cells:\n" + "\n".join(failures[:40])
+
+
+def test_issue_15_fields_across_the_grid_build_and_run_or_raise_a_clear_value_error():
+    frontier_grid(lambda name: FRONTIER_RESIDUALS.get(name, ("add", "attn_res")))
+
+
+@pytest.mark.slow
+def test_issue_15_fields_across_residual_families():
+    frontier_grid(lambda name: ("add", "deepnorm", "hyper", "mhc", "dense", "attn_res"))

@@ -33,6 +33,7 @@ TOPOLOGY_CELLS: dict[str, dict] = {
     "hyper": dict(residual="hyper"),
     "dense": dict(residual="dense"),
     "ngpt": dict(architecture="ngpt", norm_position="none", tie_word_embeddings=False),
+    "attn_res": dict(residual="attn_res"),
 }
 EXTRA_CELLS: dict[str, dict] = {
     "hyper_static": dict(residual="hyper", hyper_dynamic=False),
@@ -42,6 +43,10 @@ EXTRA_CELLS: dict[str, dict] = {
     "orthogonal": dict(residual="orthogonal"),
     "laurel": dict(residual="laurel"),
     "frac": dict(residual="frac"),
+    # issue 15
+    "attn_res_blocks": dict(residual="attn_res", attn_res_blocks=1),
+    "value_residual-unet": dict(value_residual="per_token", unet_skips=True, qk_norm="per_head_gains"),
+    "dense_2x2-layer_drop": dict(residual="dense", dense_dilation=2, dense_period=2, layer_drop=0.1),
 }
 CELLS = {**TOPOLOGY_CELLS, **EXTRA_CELLS}
 

@@ -232,7 +232,9 @@ REFUSED = [
     ("layer_types", dict(layer_types=["full_attention"] * 4), ["layer_types=", "per-layer attention types"]),
     ("attention_chunk_size", dict(attention_chunk_size=8), ["attention_chunk_size=8", "chunked attention"]),
     ("chunk_size_feed_forward", dict(chunk_size_feed_forward=4), ["chunk_size_feed_forward=4", "not implemented"]),
-    ("is_encoder_decoder", dict(is_encoder_decoder=True), ["is_encoder_decoder=True", "valid choices: False"]),
+    # encoder-decoders exist since issue 16; what they refuse is theirs (tests/test_seq2seq.py has the rest)
+    ("is_encoder_decoder", dict(is_encoder_decoder=True, type_vocab_size=2),
+     ["type_vocab_size=2", "is_encoder_decoder=True", "valid: 0"]),
     ("generation-param", dict(temperature=0.7), ["temperature=0.7", "generation_config"]),
     ("output_attentions-sdpa", dict(output_attentions=True, attn_implementation="sdpa"),
      ["output_attentions=True", "attn_implementation='sdpa'", "eager"]),

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from hf_skipnorm import (
     SkipNormConfig,
     SkipNormForCausalLM,
+    SkipNormForConditionalGeneration,
     SkipNormForMaskedLM,
     SkipNormForSequenceClassification,
     SkipNormForTokenClassification,
@@ -44,6 +45,11 @@ HEADS = {
                                 dict(norm_position="output", num_labels=3, pad_token_id=0)),
     "token_classification": (SkipNormForTokenClassification, "AutoModelForTokenClassification",
                              dict(is_causal=False, norm_position="pre_post", num_labels=5)),
+    # issue 16: an encoder-decoder (its own modeling file), T5 positions, a post-LN decoder under a pre-LN encoder
+    "seq2seq_lm": (SkipNormForConditionalGeneration, "AutoModelForSeq2SeqLM", dict(
+        is_encoder_decoder=True, decoder_layers=1, position_embedding="t5_relative", attention_multiplier=1.0,
+        decoder_overrides={"norm_position": "post", "norm_type": "layernorm"}, final_logits_bias=True,
+        pad_token_id=0, decoder_start_token_id=1)),
 }
 INPUT_IDS = torch.tensor([[5, 9, 3, 17, 42, 8, 1, 30], [2, 7, 7, 11, 63, 4, 20, 6]])
 ATTENTION_MASK = torch.tensor([[1] * 8, [1] * 6 + [0] * 2])
