@@ -126,7 +126,7 @@ DECODER_OVERRIDE_FIELDS: tuple[str, ...] = (
 # The decoder's cross-attention block is the sequential one: placements and residuals that rewire a block (or carry
 # several streams) are defined by their papers for two sublayers, and have no cross-attention variant here.
 DECODER_REFUSED_PLACEMENTS: tuple[str, ...] = ("b2t", "resi_dual")
-DECODER_REFUSED_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense")
+DECODER_REFUSED_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense", "frac")  # frac runs on the hyper-connection block
 ENCODER_DECODER_STACKS: tuple[str, ...] = ("encoder", "decoder")
 MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
@@ -151,6 +151,7 @@ NGPT_REQUIRED_FIELDS: dict[str, tuple[Any, str]] = {
     "mlp_type": ("gated", "nGPT's MLP is SwiGLU with its s_u, s_v scalings"),
     "tie_word_embeddings": (False, "the paper keeps E_input and E_output separate (NVIDIA/ngpt: no tying)"),
     "is_causal": (True, "nGPT is the paper's decoder-only LM; the masked-LM head has a norm layer and no s_z"),
+    "is_encoder_decoder": (False, "nGPT is the paper's decoder-only LM"),
     "attention_bias": (False, "nGPT's matrices are normalized; a bias would move the outputs off their scale"),
     "mlp_bias": (False, "nGPT's matrices are normalized; a bias would move the outputs off their scale"),
     "lm_head_bias": (False, "nGPT's logits are s_z times cosine similarities"),
@@ -966,8 +967,8 @@ def decoder_block_is_sequential(c: Any, layers: list) -> None:
     if c.residual in DECODER_REFUSED_RESIDUALS:
         raise ValueError(
             f"SkipNormConfig.residual={c.residual!r} is not valid for the decoder of an encoder-decoder: multi-stream "
-            f"residuals are not implemented around cross-attention; set decoder_overrides={{'residual': ...}} (the "
-            f"encoder may keep it)"
+            f"residuals (and Frac-Connections, which run on the hyper-connection block) are not implemented around "
+            f"cross-attention; set decoder_overrides={{'residual': ...}} (the encoder may keep it)"
         )
     if c.parallel_block:
         raise ValueError(
