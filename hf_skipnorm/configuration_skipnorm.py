@@ -132,7 +132,7 @@ MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
 CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
 # --- issue 15: the 2024-2026 residual frontier ---
-LAUREL_VARIANTS: tuple[str, ...] = ("rw", "lr", "rw_lr")  # LAuReL (arXiv 2411.07501), Sec. 2: RW, LR, RW+LR
+LAUREL_VARIANTS: tuple[str, ...] = ("rw", "lr", "rw_lr")  # LAuReL (arXiv 2411.07501): RW, LR, RW+LR
 # Whole-model architectures: `transformer` is everything above; `ngpt` (arXiv 2410.01131) replaces the block, the
 # embeddings and the logits by the normalized Transformer (ngpt_skipnorm.py), so it fixes several fields itself.
 ARCHITECTURES: tuple[str, ...] = ("transformer", "ngpt")
@@ -143,7 +143,7 @@ NGPT_REQUIRED_FIELDS: dict[str, tuple[Any, str]] = {
     "attn_norm_position": (None, "nGPT has no norm layers"),
     "mlp_norm_position": (None, "nGPT has no norm layers"),
     "residual": ("add", "nGPT's block has its own update h <- Norm(h + alpha (h_A - h))"),
-    "parallel_block": (False, "nGPT's attention and MLP updates are sequential (its Eq. 10-11)"),
+    "parallel_block": (False, "nGPT's attention and MLP updates are sequential (the paper's block)"),
     "qk_norm": ("none", "nGPT normalizes q and k itself, times its s_qk"),
     "embedding_norm": (False, "nGPT's embeddings are normalized weights, not a norm layer"),
     "final_norm": ((None, False), "nGPT's last hidden state is already on the unit sphere"),
@@ -507,7 +507,7 @@ FIELDS: tuple[Field, ...] = (
     # --- the residual frontier (issue 15) ---
     Field("orthogonal_eps", Float(0.0, 1.0, open_low=True), "a floor under <x, x> so a zero stream projects nothing",
           "Orthogonal Residual Update, arXiv 2505.11881 (reference code 1e-6)"),
-    Field("laurel_variant", Choice(LAUREL_VARIANTS), "", "LAuReL, arXiv 2411.07501, Sec. 2"),
+    Field("laurel_variant", Choice(LAUREL_VARIANTS), "", "LAuReL, arXiv 2411.07501"),
     Field("laurel_rank", Check(_check_divisor_of_width), "", "LAuReL-LR, arXiv 2411.07501"),
     Field("frac_rate", Check(_check_divisor_of_width), "", "Frac-Connections, arXiv 2503.14125"),
     Field("architecture", Choice(ARCHITECTURES), "", "nGPT, arXiv 2410.01131"),
@@ -1149,10 +1149,10 @@ class SkipNormConfig(PreTrainedConfig):
             ``hidden_size / m`` wide; Frac-Connections, arXiv 2503.14125, write the rate as ``n = 1/m``); our default.
         orthogonal_eps (`float`, defaults to 1e-6): the ``eps`` in `orthogonal`'s ``<x, x> + eps`` (the reference
             code's `residual_eps`, arXiv 2505.11881), so a zero stream projects nothing instead of dividing by 0.
-        laurel_variant (`str`, defaults to `"rw_lr"`): which LAuReL (arXiv 2411.07501, Sec. 2) `laurel` builds:
+        laurel_variant (`str`, defaults to `"rw_lr"`): which LAuReL (arXiv 2411.07501) `laurel` builds:
             `rw` (learned residual weights), `lr` (low-rank augmented skip) or `rw_lr` (both, the paper's combination).
         laurel_rank (`int`, defaults to 16): the rank ``r`` of LAuReL-LR's ``B A`` (``2 r d`` parameters per
-            sublayer); our default, the paper's LLM runs do not fix one value for every size.
+            sublayer); our default, small enough for tiny test models (Gemma 3n's LAuReL-LR block uses 64).
         architecture (`str`, defaults to `"transformer"`): `transformer` is the model the fields above describe;
             `ngpt` is the normalized Transformer (Loshchilov et al. 2024, arXiv 2410.01131; NVIDIA/ngpt): unit-norm
             embeddings and matrix rows, ``h <- Norm(h + alpha (Norm(F(h)) - h))`` per sublayer with per-channel

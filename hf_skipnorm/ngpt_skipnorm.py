@@ -4,7 +4,7 @@ Identical to the SkipNorm decoder except (`architecture="ngpt"`):
 - every embedding and every matrix row along the hidden dimension is a unit vector (``Norm(x) = x / ||x||``); the
   weights are normalized at init (`_init_weights`) and again after every optimizer step by
   `ngpt_training.NGPTNormalizeCallback` (`normalize_ngpt_weights_` here), and the paper trains without weight decay;
-- no norm layers; each sublayer moves the hidden state along the sphere (the paper's Eq. 10-11)::
+- no norm layers; each sublayer moves the hidden state along the sphere (the paper's block updates, Sec. 2)::
 
       h_A = Norm(Attn(h))           h <- Norm(h + alpha_A * (h_A - h))
       h_M = Norm(MLP(h))            h <- Norm(h + alpha_M * (h_M - h))
@@ -15,7 +15,7 @@ Identical to the SkipNorm decoder except (`architecture="ngpt"`):
 - logits ``z <- s_z * z``, and no final norm.
 
 Every scaling ``s`` is stored as the paper stores it, a parameter with value ``s_scale`` at init that the forward
-pass multiplies by ``s_init / s_scale`` (Sec. 2.6, NVIDIA/ngpt), so Adam moves it at the paper's effective rate. Here
+pass multiplies by ``s_init / s_scale`` (the paper, Sec. 2; NVIDIA/ngpt), so Adam moves it at the paper's effective rate. Here
 the parameter is kept as its offset from that init, ``s = s_init * (s_scale + s_bias) / s_scale`` with ``s_bias = 0``
 at init: the same function, the same Adam updates (a constant shift changes neither gradients nor Adam's moments),
 and the name's ``bias`` keeps every scaling out of the Trainer's weight decay. (s_init, s_scale) as in the paper:
@@ -49,7 +49,7 @@ from .modeling_skipnorm import (
     eager_attention_forward,
 )
 
-# (s_init, s_scale) of the paper's scalings that do not come from the config (arXiv 2410.01131, Sec. 2.6; NVIDIA/ngpt
+# (s_init, s_scale) of the paper's scalings that do not come from the config (arXiv 2410.01131; NVIDIA/ngpt
 # model.py: sqk 1 / base_scale, suv 1 / 1, sz 1 / base_scale with base_scale = 1/sqrt(d)).
 QK_SCALE_INIT = 1.0
 UV_SCALE_INIT, UV_SCALE_SCALE = 1.0, 1.0
@@ -88,7 +88,7 @@ class NGPTScaling(nn.Module):
 
 
 class NGPTAttention(SkipNormAttention):
-    """nGPT attention (arXiv 2410.01131, Sec. 2.3): ``q <- s_qk Norm(RoPE(W_q h))``, ``k <- s_qk Norm(RoPE(W_k h))``
+    """nGPT attention (arXiv 2410.01131): ``q <- s_qk Norm(RoPE(W_q h))``, ``k <- s_qk Norm(RoPE(W_k h))``
     per head, ``v = W_v h``, ``softmax(sqrt(d_k) q k^T) v``, ``W_o``. The unit-norm rows of W_q, W_k, W_v (and
     columns of W_o) are kept by `normalize_ngpt_weights_`. Q/K are normalized after RoPE, as NVIDIA/ngpt does."""
 
@@ -129,7 +129,7 @@ class NGPTAttention(SkipNormAttention):
 
 
 class NGPTMLP(SkipNormGatedMLP):
-    """nGPT's SwiGLU (arXiv 2410.01131, Sec. 2.4): ``W_o (u * SiLU(v))`` with ``u = s_u * W_u h`` (`up_proj`) and
+    """nGPT's SwiGLU (arXiv 2410.01131): ``W_o (u * SiLU(v))`` with ``u = s_u * W_u h`` (`up_proj`) and
     ``v = s_v * sqrt(d) * W_v h`` (`gate_proj`); ``sqrt(d)`` undoes the unit-norm rows' 1/sqrt(d) scale so SiLU
     sees O(1) inputs. (NVIDIA/ngpt also multiplies u by sqrt(d); the block's Norm of the output cancels that factor.)"""
 
@@ -146,7 +146,7 @@ class NGPTMLP(SkipNormGatedMLP):
 
 
 class SkipNormNGPTBlock(SkipNormBlock):
-    """One nGPT block (arXiv 2410.01131, Eq. 10-11): ``h <- Norm(h + alpha_A (Norm(Attn(h)) - h))``, then the same
+    """One nGPT block (arXiv 2410.01131): ``h <- Norm(h + alpha_A (Norm(Attn(h)) - h))``, then the same
     with the MLP and ``alpha_M``. The eigen learning rates are per channel, ``|alpha|`` as in NVIDIA/ngpt; the block
     input is normalized first (NVIDIA/ngpt's ``A_norm``: a no-op on unit vectors, it keeps a caller's
     `inputs_embeds` on the sphere). A `SkipNormBlock` subclass so `output_hidden_states` records it, but built from
@@ -181,7 +181,7 @@ class SkipNormNGPTBlock(SkipNormBlock):
 
 
 class NGPTLogitScale(NGPTScaling):
-    """nGPT's logits ``z <- s_z * z`` (arXiv 2410.01131, Sec. 2.1): ``z = E_out h`` are cosine similarities (unit
+    """nGPT's logits ``z <- s_z * z`` (arXiv 2410.01131): ``z = E_out h`` are cosine similarities (unit
     rows, unit h), ``s_z`` per vocabulary entry, init 1 stored with scale 1/sqrt(d)."""
 
     def __init__(self, config: SkipNormConfig):

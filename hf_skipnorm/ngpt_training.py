@@ -1,4 +1,4 @@
-"""nGPT's training rule as a `transformers.TrainerCallback` (arXiv 2410.01131, Sec. 2.6; NVIDIA/ngpt train.py).
+"""nGPT's training rule as a `transformers.TrainerCallback` (arXiv 2410.01131; NVIDIA/ngpt train.py).
 
 nGPT keeps its embeddings and matrix rows on the unit sphere by normalizing them again after every optimizer step
 (NVIDIA/ngpt: ``normalize_matrices()`` right after ``optimizer.step()``), and trains without weight decay (and
@@ -43,7 +43,7 @@ class NGPTNormalizeCallback(TrainerCallback):
         if args.weight_decay != 0:
             raise ValueError(
                 f"TrainingArguments.weight_decay={args.weight_decay!r} is not valid for nGPT: the paper (arXiv "
-                f"2410.01131, Sec. 2.6) trains without weight decay, its weights live on the unit sphere and its "
+                f"2410.01131; NVIDIA/ngpt train.py) trains without weight decay, its weights live on the unit sphere and its "
                 f"scalings would be pulled toward 0; valid choices: 0.0"
             )
         normalize_ngpt_weights_(model)

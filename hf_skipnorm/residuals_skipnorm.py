@@ -165,7 +165,7 @@ class GatedResidual(nn.Module):
 # ----------------------------------------------------------------------------------------------------- issue 15
 class OrthogonalResidual(nn.Module):
     """``x + F_perp`` with ``F_perp = F - (<x, F> / (<x, x> + eps)) x``: the Orthogonal Residual Update (Oh et al.
-    2025, arXiv 2505.11881, Sec. 3), per token over the hidden size (the reference code's "feature" variant,
+    2025, arXiv 2505.11881), per token over the hidden size (the reference code's "feature" variant,
     BootsofLagrangian/ortho-residual `_orthogonal_channel`, ``eps = orthogonal_eps = 1e-6``). The branch's component
     along the stream is dropped, so a sublayer can rotate the stream but not rescale it. The projection coefficient
     is computed in at least float32 (the reference keeps ``<x, x>`` in float32 for mixed precision)."""
@@ -184,7 +184,7 @@ class OrthogonalResidual(nn.Module):
 
 
 class LaurelRWResidual(nn.Module):
-    """LAuReL-RW (Menghani et al., arXiv 2411.07501, Sec. 2.1): ``alpha * F + beta * x`` with two learned scalars per
+    """LAuReL-RW (Menghani et al., arXiv 2411.07501): ``alpha * F + beta * x`` with two learned scalars per
     sublayer, stored as offsets from the plain residual, ``alpha = 1 + alpha_bias``, ``beta = 1 + beta_bias``."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
@@ -200,7 +200,7 @@ class LaurelRWResidual(nn.Module):
 
 
 class LaurelLRResidual(nn.Module):
-    """LAuReL-LR (arXiv 2411.07501, Sec. 2.2): ``F + x + B A x``, the skip ``W x`` with ``W = I + B A`` of rank-r
+    """LAuReL-LR (arXiv 2411.07501): ``F + x + B A x``, the skip ``W x`` with ``W = I + B A`` of rank-r
     update, ``A`` = `laurel_down` (d -> r), ``B`` = `laurel_up` (r -> d). ``A`` gets the usual linear init, ``B = 0``,
     so the model starts as the plain residual. Both are weight matrices, decayed like every linear map."""
 
@@ -217,7 +217,7 @@ class LaurelLRResidual(nn.Module):
 
 
 class LaurelRWLRResidual(LaurelRWResidual):
-    """LAuReL-RW+LR (arXiv 2411.07501, Sec. 2.4): ``alpha * F + beta * (x + B A x)``, both of the above."""
+    """LAuReL-RW+LR (arXiv 2411.07501): ``alpha * F + beta * (x + B A x)``, both of the above."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
         super().__init__(config, layer_idx, sublayer)

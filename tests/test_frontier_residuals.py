@@ -76,7 +76,7 @@ def decay_groups(model, tmp_path, weight_decay=0.1):
 
 # ---------------------------------------------------------------------------------------------- orthogonal
 def ref_orthogonal(x, y, eps=1e-6):
-    """Oh et al. 2025, Eq. (4)-(5): f_par = (<x, f> / (||x||^2 + eps)) x per token; x_{n+1} = x_n + (f - f_par)."""
+    """Oh et al. 2025 (and the reference code's _orthogonal_channel): f_par = (<x, f> / (||x||^2 + eps)) x per token; x_{n+1} = x_n + (f - f_par)."""
     out = torch.empty_like(x)
     for index in range(x.shape[0] * x.shape[1]):
         b, t = divmod(index, x.shape[1])
@@ -131,7 +131,7 @@ def test_orthogonal_parallel_block_projects_the_branch_sum():
 # ---------------------------------------------------------------------------------------------- LAuReL
 @pytest.mark.parametrize("variant", ["rw", "lr", "rw_lr"])
 def test_laurel_combine_matches_the_papers_formula(variant):
-    """LAuReL, Sec. 2: RW  x' = a f(x) + b x;  LR  x' = f(x) + B A x + x;  RW+LR  x' = a f(x) + b (B A x + x)."""
+    """LAuReL: RW  x' = a f(x) + b x;  LR  x' = f(x) + B A x + x;  RW+LR  x' = a f(x) + b (B A x + x)."""
     module = randomize_(build_residual(tiny(residual="laurel", laurel_variant=variant, laurel_rank=3), 0, "mlp")
                         .double())
     x, y = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 5, 16, dtype=torch.float64)
@@ -225,7 +225,7 @@ def ref_unit(x):
 
 
 def ref_ngpt_logits(model, ids):
-    """nGPT written out from arXiv 2410.01131 (Eq. 10-11, Sec. 2.3-2.6) with NVIDIA/ngpt's scalings, in float64.
+    """nGPT written out from arXiv 2410.01131 (Sec. 2) with NVIDIA/ngpt's scalings, in float64.
 
     h = E_in[ids]; per block  h_A = Norm(W_o Attn(q, k, v)),  h <- Norm(h + |alpha_A| (h_A - h)),
     h_M = Norm(W_down (u * SiLU(v))),  h <- Norm(h + |alpha_M| (h_M - h)),  with q, k = s_qk Norm(RoPE(W h)) per
