@@ -32,9 +32,10 @@ def _unwrap(model):
 class NGPTNormalizeCallback(TrainerCallback):
     """Renormalize nGPT's weights after every optimizer step, and refuse weight decay (see the module docstring)."""
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        model = _unwrap(model)
-        architecture = getattr(getattr(model, "config", None), "architecture", None)
+    @staticmethod
+    def check_arguments(args, config) -> None:
+        """Refuse a run nGPT does not define, before any work: another architecture, or weight decay."""
+        architecture = getattr(config, "architecture", None)
         if architecture != "ngpt":
             raise ValueError(
                 f"NGPTNormalizeCallback needs a model with SkipNormConfig.architecture='ngpt', got {architecture!r}: "
@@ -43,9 +44,13 @@ class NGPTNormalizeCallback(TrainerCallback):
         if args.weight_decay != 0:
             raise ValueError(
                 f"TrainingArguments.weight_decay={args.weight_decay!r} is not valid for nGPT: the paper (arXiv "
-                f"2410.01131; NVIDIA/ngpt train.py) trains without weight decay, its weights live on the unit sphere and its "
-                f"scalings would be pulled toward 0; valid choices: 0.0"
+                f"2410.01131; NVIDIA/ngpt train.py) trains without weight decay, its weights live on the unit sphere "
+                f"and its scalings would be pulled toward 0; valid choices: 0.0 (train.py: --weight_decay 0)"
             )
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model = _unwrap(model)
+        self.check_arguments(args, getattr(model, "config", None))
         normalize_ngpt_weights_(model)
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):

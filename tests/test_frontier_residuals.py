@@ -488,3 +488,15 @@ def test_frac_refusals_say_why(fields, words):
         tiny(**fields)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+def test_train_py_refuses_ngpt_with_weight_decay_before_any_data_work(tmp_path):
+    """train.py adds NGPTNormalizeCallback by itself; its default weight_decay=0.1 is refused first, with the fix."""
+    from training import train
+
+    argv = ["--output_dir", str(tmp_path / "run"), "--hidden_size", "32", "--num_hidden_layers", "2",
+            "--num_attention_heads", "2", "--block_size", "32", "--max_steps", "1",
+            "--config_overrides", "architecture=ngpt,norm_position=none,tie_word_embeddings=false"]
+    with pytest.raises(ValueError, match=r"weight_decay=0.1 is not valid for nGPT.*--weight_decay 0"):
+        train.main(argv)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

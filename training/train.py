@@ -238,6 +238,8 @@ def main(argv=None, callbacks=()):
         config_values = assemble_config_values(model_args, skipnorm_args)
         config = new_config(config_values, tokenizer, vocab_size=model_args.tokenizer_vocab_size)
     check_block_size(data_args.block_size, config)
+    if config.architecture == "ngpt":  # its training rule (no weight decay) is checked before any data work
+        NGPTNormalizeCallback.check_arguments(training_args, config)
     if tokenizer is not None:
         data.check_tokenizer_fits(tokenizer, config.vocab_size, masked_lm=not config.is_causal)
     record = run_record(training_args, data_args, model_args)
