@@ -128,7 +128,8 @@ DECODER_OVERRIDE_FIELDS: tuple[str, ...] = (
 # The decoder's cross-attention block is the sequential one: placements and residuals that rewire a block (or carry
 # several streams) are defined by their papers for two sublayers, and have no cross-attention variant here.
 DECODER_REFUSED_PLACEMENTS: tuple[str, ...] = ("b2t", "resi_dual")
-DECODER_REFUSED_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense", "frac")  # frac runs on the hyper-connection block
+# Every multi-stream residual, and frac (one stream, but it runs on the hyper-connection block).
+DECODER_REFUSED_RESIDUALS: tuple[str, ...] = STREAM_RESIDUALS + ("frac",)
 ENCODER_DECODER_STACKS: tuple[str, ...] = ("encoder", "decoder")
 MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
@@ -209,9 +210,11 @@ def deepnet_beta(num_layers: int) -> float:
 
 
 def deepnet_encoder_decoder_constants(encoder_layers: int, decoder_layers: int) -> dict[str, float]:
-    """DeepNet's constants for an encoder-decoder with N encoder and M decoder layers (arXiv 2203.00555, Table 1 /
-    Figure 2 pseudo-code): encoder ``alpha = 0.81 (N^4 M)^(1/16)``, ``beta = 0.87 (N^4 M)^(-1/16)``; decoder
-    ``alpha = (3M)^(1/4)``, ``beta = (12M)^(-1/4)``.
+    """DeepNet's constants for an encoder-decoder with N encoder and M decoder layers (arXiv 2203.00555, the
+    encoder-decoder row of its constants table): encoder ``alpha = 0.81 (N^4 M)^(1/16)``, ``beta = 0.87
+    (N^4 M)^(-1/16)``; decoder ``alpha = (3M)^(1/4)``, ``beta = (12M)^(-1/4)``. (The paper's text was not reachable
+    offline when this was written; the values are issue 16's quotation of the table, and torchscale's alphas and
+    decoder beta agree with them.)
 
     torchscale's code (``torchscale/architecture/encoder.py``) writes the encoder's init as a *division* of the
     fairseq init by ``(N^4 M)^(1/16) / 1.15``, i.e. a multiplication by ``1.15 (N^4 M)^(-1/16)``, on top of fairseq's
@@ -514,6 +517,8 @@ FIELDS: tuple[Field, ...] = (
     Field("frac_rate", Check(_check_divisor_of_width), "", "Frac-Connections, arXiv 2503.14125"),
     Field("architecture", Choice(ARCHITECTURES), "", "nGPT, arXiv 2410.01131"),
     Field("ngpt_alpha_init", _POSITIVE_SCALE, _SCALE, "nGPT, arXiv 2410.01131 (0.05)"),
+    Field("stream_recompute", Bool(), "trades a second run of the stream mixing for its saved activations",
+          "mHC, arXiv 2512.24880, Sec. 4.3"),
     # --- issue 15: the depth-mixing frontier ---
     Field("attn_res_blocks", Int(1, MAX_LAYERS, optional=True), "None: Full AttnRes; N blocks of L/N layers",
           "Attention Residuals, arXiv 2603.15031"),
@@ -743,6 +748,15 @@ def post_ln_residuals_need_post_ln(c: Any, layers: list) -> None:
                 f"N(w*x + F(x)) and its constants are for post-LN; valid choices: norm_position='post' (no "
                 f"per-sublayer overrides)"
             )
+
+
+@rule
+def stream_recompute_needs_stream_mixing(c: Any, layers: list) -> None:
+    if c.stream_recompute and c.residual not in ("hyper", "mhc"):
+        raise ValueError(
+            f"SkipNormConfig.stream_recompute=True is not valid with residual={c.residual!r}: it recomputes the "
+            f"stream mixing of hyper-connections; valid choices: residual='hyper' or 'mhc', or stream_recompute=False"
+        )
 
 
 @rule
@@ -1192,6 +1206,10 @@ class SkipNormConfig(PreTrainedConfig):
             (set them as listed; anything else is refused with the reason).
         ngpt_alpha_init (`float`, defaults to 0.05): initial eigen learning rates ``alpha_A``, ``alpha_M`` of `ngpt`
             (the paper's and NVIDIA/ngpt's 0.05, stored with scale ``1/sqrt(d)``).
+        stream_recompute (`bool`, defaults to `False`): with `hyper` / `mhc`, recompute each sublayer's stream mixing
+            (the width connection: dynamic norms, projections, Sinkhorn, the mixed streams) in the backward pass instead
+            of keeping its intermediates, as the mHC paper does to keep memory flat (arXiv 2512.24880, Sec. 4.3); the
+            same values and gradients, less saved-activation memory, one more mixing pass per sublayer.
         value_residual (`str`, defaults to `"none"`): ResFormer's value residual (Zhou et al., arXiv 2410.17897, ACL
             2025): every layer after the first attends with ``lambda_1 V_1 + lambda_2 V_n`` instead of ``V_n`` (``V_1``
             the first layer's values, mixed before the KV cache). `fixed`: the paper's constants 0.5 / 0.5; `learned`:
@@ -1358,6 +1376,7 @@ class SkipNormConfig(PreTrainedConfig):
     residual_streams: int = 4
     hyper_dynamic: bool = True
     sinkhorn_iters: int = 20
+    stream_recompute: bool = False
 
     # --- issue 15: the residual frontier (arXiv ids and paper defaults in the docstring) ---
     orthogonal_eps: float = 1e-6
@@ -1559,7 +1578,8 @@ class SkipNormConfig(PreTrainedConfig):
             fields.update(overrides, num_hidden_layers=self.decoder_depth, is_causal=True, admin_omegas=None)
         else:
             fields.update(is_causal=False)
-        config = SkipNormConfig(**fields, encoder_decoder_stack=stack)
+        # Both stack configs keep M: Magneto's encoder-decoder gains read both depths (`subln_init_gain`).
+        config = SkipNormConfig(**fields, decoder_layers=self.decoder_depth, encoder_decoder_stack=stack)
         config._attn_implementation_internal = self._attn_implementation_internal
         return config
 
@@ -1594,7 +1614,13 @@ class SkipNormConfig(PreTrainedConfig):
     @property
     def subln_init_gain(self) -> float:
         """Magneto's branch init gain ``gamma = sqrt(log(2L))`` for encoder-only and decoder-only stacks
-        (Foundation Transformers, arXiv 2210.06423, Sec. 2.2; torchscale's `subln` init)."""
+        (Foundation Transformers, arXiv 2210.06423, Sec. 2.2; torchscale's `subln` init). In an encoder-decoder
+        (N encoder, M decoder layers) torchscale uses the paper's pair: encoder ``sqrt(log(3M) log(2N) / 3)``,
+        decoder ``sqrt(log(3M))``."""
+        if self.encoder_decoder_stack == "encoder":
+            return math.sqrt(math.log(3 * self.decoder_layers) * math.log(2 * self.num_hidden_layers) / 3)
+        if self.encoder_decoder_stack == "decoder":
+            return math.sqrt(math.log(3 * self.num_hidden_layers))
         return math.sqrt(math.log(2 * self.num_hidden_layers))
 
     def dyt_alpha_init_for(self, sublayer: str) -> float:

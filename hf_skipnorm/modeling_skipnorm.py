@@ -63,6 +63,7 @@ from .hyper_connections_skipnorm import (
     MultiStream,
     StaticHyperConnection,
     build_depth_average,
+    stream_mixer,
 )
 from .depth_mixing_skipnorm import (
     AttnResStream,
@@ -89,6 +90,44 @@ from .residuals_skipnorm import (
     ReZeroResidual,
     build_residual,
 )
+
+
+# ----------------------------------------------------------------------------------------------------- inputs
+# Bad inputs get a ValueError naming the input, the value and the valid range, not torch's bare IndexError (CPU) or
+# device-side assert (CUDA). Shape checks are free; value checks cost one host sync per call and are skipped while
+# torch.compile traces (a data-dependent branch would break fullgraph).
+def check_input_shape(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> None:
+    if (input_ids is None) ^ (inputs_embeds is not None):
+        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    name, tensor, dims = ("input_ids", input_ids, 2) if input_ids is not None else ("inputs_embeds", inputs_embeds, 3)
+    if tensor.dim() != dims:
+        raise ValueError(f"{name} must be {dims}-D, (batch, seq_len{', hidden_size' if dims == 3 else ''}); got shape "
+                         f"{tuple(tensor.shape)}")
+    if 0 in tensor.shape[:2]:
+        raise ValueError(f"{name} is empty: shape {tuple(tensor.shape)}; valid: at least one sequence of one token")
+
+
+def check_ids_in_range(name: str, ids: torch.Tensor | None, size: int, field: str) -> None:
+    """Every id of `ids` must index a row of an embedding with `size` rows (`SkipNormConfig.<field>`)."""
+    if ids is None or torch.compiler.is_compiling():
+        return
+    low, high = torch.aminmax(ids)  # one reduction, compared as Python ints (tensor comparisons cost 4x more)
+    low, high = low.item(), high.item()
+    if low < 0 or high >= size:
+        raise ValueError(f"{name} holds {low if low < 0 else high}, outside the valid range [0, {size - 1}] "
+                         f"(SkipNormConfig.{field}={size})")
+
+
+def check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor | None,
+                 inputs_embeds: torch.Tensor | None) -> None:
+    """One label per token (-100: ignored), for the causal LM, masked LM and token classification heads."""
+    inputs = input_ids if input_ids is not None else inputs_embeds
+    if labels is None or inputs is None:
+        return  # no inputs: the base model names that
+    expected = tuple(inputs.shape[:2])
+    if tuple(labels.shape) != expected:
+        raise ValueError(f"labels have shape {tuple(labels.shape)} but the inputs have {expected} tokens; valid: one "
+                         f"label per token, shape {expected} (-100 for tokens without a label)")
 
 
 # ----------------------------------------------------------------------------------------------------- positions
@@ -140,6 +179,7 @@ class SkipNormLearnedPositions(nn.Embedding):
         super().__init__(config.max_position_embeddings, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor):
+        check_ids_in_range("position_ids", position_ids, self.num_embeddings, "max_position_embeddings")
         return hidden_states + super().forward(position_ids), None
 
 
@@ -527,8 +567,12 @@ class SkipNormHyperConnectionBlock(SkipNormBlock):
         H = mixed + w^T T(h)                  (connection.depth)
 
     The connection modules sit in the `attn_residual` / `mlp_residual` slots; the config refuses placements with a
-    norm after the skip.
+    norm after the skip. `stream_recompute` runs `width` under a checkpoint (`mix`), recomputed in backward.
     """
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.mix = stream_mixer(config)  # a module-level function: (connection, streams) -> width(streams)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -540,13 +584,13 @@ class SkipNormHyperConnectionBlock(SkipNormBlock):
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         streams = hidden_states
-        h, mixed, write = self.attn_residual.width(streams)
+        h, mixed, write = self.mix(self.attn_residual, streams)
         attn, _ = self.self_attn(
             self.attn_pre_norm(h), position_embeddings=position_embeddings, attention_mask=attention_mask,
             cache=cache, **kwargs,
         )
         streams = self.attn_residual.depth(mixed, write, self.branch_dropout(self.attn_out_norm(attn)), streams.dtype)
-        h, mixed, write = self.mlp_residual.width(streams)
+        h, mixed, write = self.mix(self.mlp_residual, streams)
         mlp = self.mlp(self.mlp_pre_norm(h))
         return self.mlp_residual.depth(mixed, write, self.branch_dropout(self.mlp_out_norm(mlp)), streams.dtype)
 
@@ -1010,7 +1054,8 @@ def tensor_parallel_blockers(layer: nn.Module) -> dict[str, list[str]]:
             ("nGPT's s_qk (one gain per global head and dim)", getattr(attn, "qk_scale", Identity())),
         ) if not isinstance(module, Identity)
     ]
-    mlp_blockers = [] if isinstance(mlp.sub_norm, Identity) else ["the MLP sub_norm over intermediate_size (subln, normformer)"]
+    mlp_blockers = [] if isinstance(mlp.sub_norm, Identity) else [
+        "the MLP sub_norm over intermediate_size (subln, normformer)"]
     if hasattr(mlp, "up_scale"):  # nGPT's s_u, s_v: one gain per global hidden unit
         mlp_blockers.append("nGPT's s_u / s_v over intermediate_size")
     return {"self_attn": attn_blockers, "mlp": mlp_blockers}
@@ -1109,6 +1154,7 @@ class SkipNormModel(SkipNormPreTrainedModel):
         if self.embed_token_types is not None:
             if token_type_ids is None:  # BERT's default: every token is segment 0
                 token_type_ids = torch.zeros_like(position_ids)
+            check_ids_in_range("token_type_ids", token_type_ids, self.config.type_vocab_size, "type_vocab_size")
             hidden_states = hidden_states + self.embed_token_types(token_type_ids)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids were given but SkipNormConfig.type_vocab_size=0 (no token-type embedding)")
@@ -1129,8 +1175,8 @@ class SkipNormModel(SkipNormPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
-        if (input_ids is None) ^ (inputs_embeds is not None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        check_input_shape(input_ids, inputs_embeds)
+        check_ids_in_range("input_ids", input_ids, self.config.vocab_size, "vocab_size")
         if inputs_embeds is None:
             # Gemma: * sqrt(hidden_size), on the token lookup only; a caller's inputs_embeds are used as given
             inputs_embeds = self.scale_embeddings(self.embed_tokens(input_ids))
@@ -1222,6 +1268,7 @@ class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
+        check_labels(labels, input_ids, inputs_embeds)
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
@@ -1276,6 +1323,7 @@ class SkipNormForMaskedLM(SkipNormPreTrainedModel):
         labels: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
+        check_labels(labels, input_ids, inputs_embeds)
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             inputs_embeds=inputs_embeds, token_type_ids=token_type_ids, use_cache=False, **kwargs,
@@ -1368,6 +1416,7 @@ class SkipNormForTokenClassification(SkipNormPreTrainedModel):
         labels: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> TokenClassifierOutput:
+        check_labels(labels, input_ids, inputs_embeds)
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             inputs_embeds=inputs_embeds, token_type_ids=token_type_ids, use_cache=False, **kwargs,
