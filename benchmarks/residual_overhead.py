@@ -34,11 +34,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (the shared harness: interleaved rounds, ratio statistics, the clock)
 from hf_skipnorm import SkipNormConfig, SkipNormForCausalLM  # noqa: E402
 from hf_skipnorm.configuration_skipnorm import POST_LN_RESIDUALS, RESIDUALS  # noqa: E402
+from hf_skipnorm.ngpt_skipnorm import normalize_ngpt_weights_  # noqa: E402
 
 # name -> config fields on top of the shared cell; "hyper" is the paper's best (dynamic), "hyper_static" SHC.
 VARIANTS: dict[str, dict] = {residual: {"residual": residual} for residual in RESIDUALS}
 VARIANTS["hyper_static"] = {"residual": "hyper", "hyper_dynamic": False}
 VARIANTS["add@post"] = {"residual": "add", "norm_position": "post"}
+VARIANTS["laurel_rw"] = {"residual": "laurel", "laurel_variant": "rw"}  # "laurel" itself is the RW+LR default
+VARIANTS["laurel_lr"] = {"residual": "laurel", "laurel_variant": "lr"}
+VARIANTS["frac_static"] = {"residual": "frac", "hyper_dynamic": False}  # "frac" itself is dynamic (DFC)
+# nGPT replaces the block (arXiv 2410.01131); its step includes the renormalization after the optimizer step.
+VARIANTS["ngpt"] = {"architecture": "ngpt", "norm_position": "none", "tie_word_embeddings": False}
 VARIANTS["resi_dual"] = {"residual": "add", "norm_position": "resi_dual"}  # the dual-stream placement
 # `stream_recompute`: the stream mixing recomputed in backward (mHC's trade of time for saved activations)
 VARIANTS["hyper_recompute"] = {"residual": "hyper", "stream_recompute": True}
@@ -80,6 +86,8 @@ class ResidualCandidate:
         start = bench.clock()
         self.forward(input_ids=self.batch, labels=self.batch, use_cache=False).loss.backward()
         self.optimizer.step()
+        if self.model.config.architecture == "ngpt":  # what NGPTNormalizeCallback does after every step
+            normalize_ngpt_weights_(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         bench.sync(self.env)
         return self.batch.numel(), bench.clock() - start

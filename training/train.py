@@ -41,6 +41,7 @@ from transformers import (  # noqa: E402
 )
 
 from hf_skipnorm import SkipNormConfig  # noqa: E402
+from hf_skipnorm.ngpt_training import NGPTNormalizeCallback  # noqa: E402
 from training import data  # noqa: E402
 from training.arguments import (  # noqa: E402
     HELP_ALL,
@@ -238,6 +239,8 @@ def main(argv=None, callbacks=()):
         config_values = assemble_config_values(model_args, skipnorm_args)
         config = new_config(config_values, tokenizer, vocab_size=model_args.tokenizer_vocab_size)
     check_block_size(data_args.block_size, config)
+    if config.architecture == "ngpt":  # its training rule (no weight decay) is checked before any data work
+        NGPTNormalizeCallback.check_arguments(training_args, config)
     if tokenizer is not None:
         data.check_tokenizer_fits(tokenizer, config.vocab_size, masked_lm=not config.is_causal)
     record = run_record(training_args, data_args, model_args)
@@ -294,7 +297,8 @@ def main(argv=None, callbacks=()):
         eval_dataset=packed["validation"],
         processing_class=tokenizer,
         data_collator=collator,
-        callbacks=list(callbacks),
+        # nGPT renormalizes its weights after every optimizer step (arXiv 2410.01131): its callback comes with it.
+        callbacks=list(callbacks) + ([NGPTNormalizeCallback()] if config.architecture == "ngpt" else []),
         on_nonfinite=run_args.on_nonfinite,
         report_perplexity=True,
         run_record=record,
