@@ -969,19 +969,18 @@ def encoder_decoder_stacks_are_valid_configs(c: Any, layers: list) -> None:
 
 
 @rule
-def encoder_decoder_stacks_wire_no_stack_level_depth_mixing(c: Any, layers: list) -> None:
-    """Attention over depth, value residuals and U-Net skips are wired in `SkipNormModel`'s forward (they carry state
-    across blocks); the encoder and decoder stacks have forwards of their own that do not carry it, so refuse them
-    rather than build a model that silently ignores (or crashes on) the field."""
+def encoder_decoder_stacks_wire_no_value_residual_or_unet(c: Any, layers: list) -> None:
+    """Value residuals and U-Net skips are wired in `SkipNormModel`'s forward (they carry the first layer's values /
+    the first half's outputs across blocks); the encoder and decoder stacks have forwards of their own that do not
+    carry them, so refuse them rather than build a model that crashes on, or silently ignores, the field."""
     if not (c.is_encoder_decoder or c.encoder_decoder_stack is not None):
         return
-    for name, value, default in (("residual", c.residual, None), ("value_residual", c.value_residual, "none"),
-                                 ("unet_skips", c.unet_skips, False)):
-        if (name == "residual" and value == "attn_res") or (name != "residual" and value != default):
+    for name, default in (("value_residual", "none"), ("unet_skips", False)):
+        if getattr(c, name) != default:
             raise ValueError(
-                f"SkipNormConfig.{name}={value!r} is not valid with is_encoder_decoder=True: it carries state across "
-                f"the blocks of a decoder-only or encoder-only stack, and the encoder-decoder stacks do not wire it "
-                f"(yet); valid choices here: {'any residual but attn_res' if name == 'residual' else repr(default)}"
+                f"SkipNormConfig.{name}={getattr(c, name)!r} is not valid with is_encoder_decoder=True: it carries "
+                f"state across the blocks of a decoder-only or encoder-only stack, which the encoder-decoder stacks "
+                f"do not wire (yet); valid choices here: {default!r}"
             )
 
 

@@ -70,6 +70,8 @@ def test_decoder_overrides_give_the_decoder_its_own_axes():
     (dict(norm_position="post", residual="add", decoder_overrides={"norm_position": "resi_dual"}), "resi_dual"),
     (dict(residual="hyper"), "multi-stream"),
     (dict(residual="attn_res"), "multi-stream"),
+    (dict(value_residual="learned"), "value_residual='learned' is not valid with is_encoder_decoder=True"),
+    (dict(unet_skips=True), "unet_skips=True is not valid with is_encoder_decoder=True"),
     (dict(parallel_block=True), "parallel_block"),
     (dict(decoder_overrides={"hidden_size": 8}), "valid keys"),
     (dict(decoder_layers=0), "decoder_layers"),
