@@ -100,8 +100,10 @@ def test_translation_jsonl_run_and_resume_equals_uninterrupted(tmp_path):
 def test_refusals_before_any_data_is_read(tmp_path):
     train = _write_translation(tmp_path / "train.jsonl", PAIRS)
     out = ["--output_dir", str(tmp_path / "never")]
+    decoder_only = tmp_path / "gpt.json"
+    decoder_only.write_text(json.dumps({"is_encoder_decoder": False, "norm_position": "pre"}))
     with pytest.raises(ValueError, match="is_encoder_decoder=False: training/seq2seq.py trains encoder-decoders"):
-        seq2seq.main([*out, *TINY, "--is_encoder_decoder", "false", "--decoder_layers", "null"])
+        seq2seq.main([*out, *TINY, "--config_file", str(decoder_only)])
     with pytest.raises(ValueError, match="translation needs both"):
         seq2seq.main([*out, *TINY, "--train_file", train, "--source_lang", "en"])
     with pytest.raises(ValueError, match="need data"):
@@ -111,7 +113,7 @@ def test_refusals_before_any_data_is_read(tmp_path):
     with pytest.raises(ValueError, match="exceed max_position_embeddings=8"):
         seq2seq.main([*out, *TINY, "--max_position_embeddings", "8"])
     assert not (tmp_path / "never").exists()  # refused before the output folder was made
-    with pytest.raises(ValueError, match=r"give --source_lang and --target_lang .*\['de', 'en'\]"):
+    with pytest.raises(ValueError, match=r"languages in the first row: \['de', 'en'\]\): give --source_lang and --target_lang"):
         seq2seq.main([*out, *TINY, "--train_file", train])
     with pytest.raises(ValueError, match=r"\['fr'\] not in the data's translation pairs"):
         seq2seq.main([*out, *TINY, "--train_file", train, "--source_lang", "en", "--target_lang", "fr"])

@@ -210,14 +210,24 @@ def check_seq2seq_arguments(data_args, training_args) -> None:
         raise ValueError("impossible seq2seq settings:\n  " + "\n  ".join(problems))
 
 
+DECODER_ONLY_REFUSAL = (
+    "SkipNormConfig.is_encoder_decoder=False: training/seq2seq.py trains encoder-decoders "
+    "(SkipNormForConditionalGeneration); drop is_encoder_decoder from --config_file/--preset (seq2seq.py sets it true), "
+    "or train a decoder-only model with training/train.py"
+)
+
+
+def check_encoder_decoder_values(values: dict) -> None:
+    """Before the config is built: a decoder-only cell (--config_file/--preset with is_encoder_decoder false) is
+    refused here, not by the config's own complaint about the decoder fields seq2seq.py's defaults add."""
+    if values.get("is_encoder_decoder") is not True:
+        raise ValueError(DECODER_ONLY_REFUSAL + f" (got is_encoder_decoder={values.get('is_encoder_decoder')!r})")
+
+
 def check_encoder_decoder(config, data_args) -> None:
     """seq2seq.py trains encoder-decoders only; the sequences must fit the position table."""
     if not config.is_encoder_decoder:
-        raise ValueError(
-            "SkipNormConfig.is_encoder_decoder=False: training/seq2seq.py trains encoder-decoders "
-            "(SkipNormForConditionalGeneration). Set --is_encoder_decoder true (or drop it from --config_file/--preset), "
-            "or train a decoder-only model with training/train.py"
-        )
+        raise ValueError(DECODER_ONLY_REFUSAL)
     longest = max(data_args.max_source_length, data_args.max_target_length)
     if config.position_embedding in ("learned",) and longest + config.position_offset > config.max_position_embeddings:
         raise ValueError(
@@ -422,6 +432,7 @@ def main(argv=None, callbacks=()):
     tokenizer = load_tokenizer(model_args, source, resume)
     if not (resume or source):
         config_values = assemble_config_values(model_args, skipnorm_args, defaults=SEQ2SEQ_MODEL_DEFAULTS)
+        check_encoder_decoder_values(config_values)
         if tokenizer is None:
             config_values.setdefault("decoder_start_token_id", data.SPECIAL_TOKENS.index(data.EOS_TOKEN))
         else:
