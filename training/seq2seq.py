@@ -104,8 +104,7 @@ SEQ2SEQ_TRAINING_DEFAULTS = dict(
     save_steps=200,
     save_total_limit=2,
     report_to="none",
-    predict_with_generate=True,
-    generation_max_length=64,
+    predict_with_generate=True,  # generation_max_length: --max_target_length (offline: the chunk's length + 8)
     dataloader_pin_memory=torch.cuda.is_available(),
     ddp_find_unused_parameters=False,
 )
@@ -283,6 +282,11 @@ def text_infilling(ids, mask_id: int, rng: np.random.Generator, mask_ratio: floa
     return noised
 
 
+def denoising_chunk(data_args) -> int:
+    """Tokens per offline example, EOS included."""
+    return min(data_args.denoising_chunk_tokens, data_args.max_source_length, data_args.max_target_length)
+
+
 def denoising_dataset(raw, tokenizer, data_args, seed: int):
     """Offline task: every passage cut into chunks of `denoising_chunk_tokens` tokens; source = the chunk noised by
     `text_infilling` + EOS, labels = the chunk + EOS. The noise of split s, chunk i comes from seed (seed, s, i)."""
@@ -290,7 +294,7 @@ def denoising_dataset(raw, tokenizer, data_args, seed: int):
     if mask is None:
         raise ValueError(f"the tokenizer has no mask token, which text infilling needs (special tokens: "
                          f"{tokenizer.all_special_tokens})")
-    chunk = min(data_args.denoising_chunk_tokens, data_args.max_source_length, data_args.max_target_length) - 1
+    chunk = denoising_chunk(data_args) - 1  # + EOS
     out = {}
     for split_index, (split, dataset) in enumerate(sorted(raw.items())):
         ids = tokenizer([t for t in dataset["text"] if t], add_special_tokens=False)["input_ids"]
@@ -493,8 +497,8 @@ def main(argv=None, callbacks=()):
         )
     else:
         model = AutoModelForSeq2SeqLM.from_config(config, dtype=getattr(torch, "float32" if dtype == "auto" else dtype))
-    if training_args.generation_max_length is None:
-        training_args.generation_max_length = data_args.max_target_length
+    if training_args.generation_max_length is None:  # counts the decoder-start token too
+        training_args.generation_max_length = (denoising_chunk(data_args) + 8) if offline else data_args.max_target_length
     model.generation_config.max_length = training_args.generation_max_length  # also what a reloaded model generates
     if training_args.generation_num_beams:
         model.generation_config.num_beams = training_args.generation_num_beams
