@@ -135,7 +135,10 @@ RULES: list[Callable[[Any, list], None]] = []
 
 
 def rule(function: Callable[[Any, list], None]) -> Callable[[Any, list], None]:
-    """Register a cross-field rule (see the module docstring); returns the function unchanged."""
+    """Register a cross-field rule (see the module docstring); returns the function unchanged. Registering a
+    function of the same name again (a module reload) replaces it rather than running it twice."""
+    key = (function.__module__, function.__qualname__)
+    RULES[:] = [known for known in RULES if (known.__module__, known.__qualname__) != key]
     RULES.append(function)
     return function
 

@@ -8,7 +8,9 @@ Identical in spirit to `LlamaConfig` except for three axes, each one string-valu
 
 Every sublayer (attention, then MLP) computes ``N_post(R(x, N_out(F(N_in(x)))))`` where the placement chooses
 which of ``N_in`` / ``N_out`` / ``N_post`` exist (the others are identities) and the residual chooses ``R``.
-This module imports no torch so configs can be read and validated anywhere.
+This module imports no torch so configs can be read and validated anywhere. Validation is data: every field is
+one row of `FIELDS` and every cross-field rule one `@rule` function below it (`config_fields_skipnorm.py` holds the
+row kinds and the validator, and says how to add a row or a rule).
 """
 
 from __future__ import annotations
@@ -856,6 +858,23 @@ def encoder_decoder_stacks_are_valid_configs(c: Any, layers: list) -> None:
 
 
 @rule
+def encoder_decoder_stacks_wire_no_stack_level_depth_mixing(c: Any, layers: list) -> None:
+    """Attention over depth, value residuals and U-Net skips are wired in `SkipNormModel`'s forward (they carry state
+    across blocks); the encoder and decoder stacks have forwards of their own that do not carry it, so refuse them
+    rather than build a model that silently ignores (or crashes on) the field."""
+    if not (c.is_encoder_decoder or c.encoder_decoder_stack is not None):
+        return
+    for name, value, default in (("residual", c.residual, None), ("value_residual", c.value_residual, "none"),
+                                 ("unet_skips", c.unet_skips, False)):
+        if (name == "residual" and value == "attn_res") or (name != "residual" and value != default):
+            raise ValueError(
+                f"SkipNormConfig.{name}={value!r} is not valid with is_encoder_decoder=True: it carries state across "
+                f"the blocks of a decoder-only or encoder-only stack, and the encoder-decoder stacks do not wire it "
+                f"(yet); valid choices here: {'any residual but attn_res' if name == 'residual' else repr(default)}"
+            )
+
+
+@rule
 def decoder_block_is_sequential(c: Any, layers: list) -> None:
     """The decoder block (self-attention, cross-attention, MLP) is sequential: refuse what rewires it."""
     if c.encoder_decoder_stack != "decoder":
@@ -887,6 +906,16 @@ def output_attentions_needs_eager_attention(c: Any, layers: list) -> None:
             f"SkipNormConfig.output_attentions=True is not valid with attn_implementation="
             f"{c._attn_implementation!r}: only eager attention returns the attention weights; valid choices: "
             f"attn_implementation='eager'"
+        )
+
+
+@rule
+def return_dict_stays_on_in_the_config(c: Any, layers: list) -> None:
+    if c.return_dict is False:
+        raise ValueError(
+            "SkipNormConfig.return_dict=False is not valid: with it the base model returns a tuple and every task "
+            "head, which reads the base model's output by name, fails (LlamaForCausalLM does too in transformers "
+            "5.24); valid choices: True or None, and pass return_dict=False to forward() for tuples"
         )
 
 
@@ -1246,7 +1275,9 @@ class SkipNormConfig(PreTrainedConfig):
         self.resolve_residual_constants()
         super().__post_init__(**kwargs)
         if self.position_embedding != "rope" and _is_default_rope(self.rope_parameters):
-            self.rope_parameters = None  # nothing reads it; kept, transformers' save-time RoPE checks would judge it
+            # Nothing reads it without RoPE, and transformers' save-time validate_rope would judge head_dim by it
+            # (an odd head_dim of 5 with NoPE failed in save_pretrained). The default every earlier file carries.
+            self.rope_parameters = None
         if self.output_attentions and self._attn_implementation is None:
             self._attn_implementation = "eager"  # what transformers' output_attentions setter does; only eager returns them
         self.validate_skipnorm()

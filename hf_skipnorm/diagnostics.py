@@ -512,7 +512,7 @@ def plot_profiles(profiles: dict[str, dict], path: str, title: str = "") -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     num_blocks = max((len(result["layers"]) for result in profiles.values()), default=0)
@@ -535,17 +535,17 @@ def plot_profiles(profiles: dict[str, dict], path: str, title: str = "") -> str:
         axis.set_title(panel_title, fontsize=12)
         axis.set_xlabel("block (emb = embedding output)", fontsize=11)
         axis.set_ylabel(y_label, fontsize=11)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(num_blocks + 1, 12)))
+        step = max(1, math.ceil(num_blocks / 12))  # at most ~12 block ticks, always integers, always "emb"
+        axis.xaxis.set_major_locator(FixedLocator([-1] + list(range(0, num_blocks, step))))
         axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: "emb" if value == -1 else f"{value:.0f}"))
         axis.set_xlim(-1.4, max(num_blocks - 1, 0) + 0.4)
         axis.tick_params(labelsize=10)
-        if log_scale:
+        values = [v for line in axis.get_lines() for v in line.get_ydata() if math.isfinite(v)]
+        if log_scale and values and min(values) > 0 and max(values) / min(values) >= 10:
+            # Log scale where the values span a decade or more; plain numbers on the decade ticks.
             axis.set_yscale("log")
-            # Plain numbers on every labelled tick: within one decade matplotlib otherwise labels minor ticks 1.2x10^-1.
-            plain = FuncFormatter(lambda value, _: f"{value:.3g}")
-            axis.yaxis.set_major_formatter(plain)
-            low, high = axis.get_ylim()
-            axis.yaxis.set_minor_formatter(plain if 0 < low and high / low < 10 else NullFormatter())
+            axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+            axis.yaxis.set_minor_formatter(NullFormatter())
         axis.grid(alpha=0.3)
         if key == "branch_ratio" or (axis is axes.flat[0] and len(profiles) > 1):
             if axis.get_legend_handles_labels()[0]:

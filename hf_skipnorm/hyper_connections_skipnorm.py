@@ -39,6 +39,20 @@ def full_precision(tensor: torch.Tensor):
     return torch.autocast(device_type=tensor.device.type, enabled=False)
 
 
+def read_streams(weights: torch.Tensor, streams: torch.Tensor) -> torch.Tensor:
+    """``W^T H`` per token: (n, m) or per-token (B, T, n, m) weights, (B, T, n, C) streams -> (B, T, m, C).
+
+    A stack-wide (n, m) matrix is applied as ONE matrix multiply over all tokens (the streams flattened to
+    (B*T, n, C)); per-token weights take one batched multiply. Both replace a broadcast (m, n) @ (B, T, n, C), whose
+    expanded batched GEMMs of 4 x 4 matrices (and their backward) cost 2.5x as much on CPU (benchmarks/RESULTS.md).
+    Products with the paper's init (0/1 entries) are exact, so the model still starts as the pre-norm model."""
+    if weights.dim() == 2:
+        flat = streams.reshape(-1, *streams.shape[-2:])  # (B*T, n, C)
+        return torch.einsum("nm,bnc->bmc", weights, flat).reshape(*streams.shape[:-2], weights.shape[-1],
+                                                                   streams.shape[-1])
+    return weights.transpose(-1, -2) @ streams
+
+
 def sublayer_index(layer_idx: int, sublayer: str) -> int:
     """Position of a sublayer in the whole stack: layer 0 attention = 0, layer 0 MLP = 1, layer 1 attention = 2, ..."""
     return 2 * layer_idx + (0 if sublayer == "attn" else 1)
@@ -80,16 +94,19 @@ class StaticHyperConnection(nn.Module):
         with full_precision(streams):
             h32 = at_least_float32(streams)
             input_offset, mixing_offset, output_offset = self.connection_offsets(h32)
-            # A_m^T H = H_k + (A_m - e_k)^T H;  A_r^T H = H + (A_r - I)^T H   (matmuls: faster than einsum here)
-            sublayer_input = h32[..., self.input_stream, :] + (input_offset.unsqueeze(-2) @ h32).squeeze(-2)
-            mixed = h32 + mixing_offset.transpose(-1, -2) @ h32
-        return sublayer_input.to(streams.dtype), mixed, 1.0 + output_offset
+            n = self.num_streams
+            identity = torch.eye(n, dtype=h32.dtype, device=h32.device)
+            # [A_m | A_r] = [e_k + (A_m - e_k) | I + (A_r - I)]: (n, 1 + n), or (B, T, n, 1 + n) when dynamic
+            weights = torch.cat(((identity[:, self.input_stream] + input_offset).unsqueeze(-1),
+                                 identity + mixing_offset), dim=-1)
+            both = read_streams(weights, h32)  # (B, T, 1 + n, C): [A_m^T H ; A_r^T H]
+        return both[..., 0, :].to(streams.dtype), both[..., 1:, :], 1.0 + output_offset
 
     @staticmethod
     def depth(mixed: torch.Tensor, write_weights: torch.Tensor, branch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """H' = A_r^T H + B^T y: the sublayer output y (B, T, C) added to stream i with weight B_i."""
-        with full_precision(mixed):
-            return (mixed + write_weights[..., None] * branch.to(mixed.dtype)[..., None, :]).to(dtype)
+        with full_precision(mixed):  # one fused op: mixed + B_i * y for every stream i
+            return torch.addcmul(mixed, write_weights[..., None], branch.to(mixed.dtype)[..., None, :]).to(dtype)
 
     def extra_repr(self) -> str:
         return f"streams={self.num_streams}, input_stream={self.input_stream}"
@@ -120,8 +137,10 @@ class DynamicHyperConnection(StaticHyperConnection):
         static_input, static_mixing, static_output = super().connection_offsets(streams)
         dtype = streams.dtype
         normed = self.dynamic_norm(streams).to(dtype)  # (B, T, n, C)
-        width = torch.tanh(normed @ self.dynamic_width_proj.weight.to(dtype).t())  # (B, T, n, 1 + n): row j = stream j
-        depth = torch.tanh(normed @ self.dynamic_depth_proj.weight.to(dtype).t())[..., 0]  # (B, T, n)
+        # [W_m | W_r | W_b] in one projection: one pass over the normalized streams instead of two
+        projection = torch.cat((self.dynamic_width_proj.weight, self.dynamic_depth_proj.weight)).to(dtype)
+        dynamic = torch.tanh(normed @ projection.t())  # (B, T, n, 2 + n): row j = stream j
+        width, depth = dynamic[..., :-1], dynamic[..., -1]  # (B, T, n, 1 + n), (B, T, n)
         width_scale = DYNAMIC_SCALE_INIT + self.width_scale_bias.to(dtype)
         depth_scale = DYNAMIC_SCALE_INIT + self.depth_scale_bias.to(dtype)
         return (static_input + width_scale * width[..., 0], static_mixing + width_scale * width[..., 1:],
@@ -182,8 +201,10 @@ class ManifoldHyperConnection(nn.Module):
         """(H_pre (B, T, n), H_post (B, T, n), H_res (B, T, n, n)) for (B, T, n, C) float32 (or 64) streams."""
         n, dtype = self.num_streams, streams.dtype
         flat = streams.flatten(-2)  # (B, T, n*C)
-        normed = flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + self.eps)
-        dynamic = normed @ self.dynamic_proj.weight.to(dtype).t()  # (B, T, 2n + n^2)
+        # RMS(x~) phi = (x~ phi) / rms(x~): the per-token scale applied after the projection, as the mHC paper's
+        # kernels reorder it (Sec. 4.3), so no normalized copy of the n*C stream vector is made (or saved for backward)
+        inverse_rms = torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + self.eps)
+        dynamic = (flat @ self.dynamic_proj.weight.to(dtype).t()) * inverse_rms  # (B, T, 2n + n^2)
         pre_scale, post_scale, res_scale = (DYNAMIC_SCALE_INIT + p.to(dtype) for p in (
             self.pre_scale_bias, self.post_scale_bias, self.res_scale_bias))
         pre = torch.sigmoid(pre_scale * dynamic[..., :n] + self.pre_bias.to(dtype))
@@ -198,9 +219,9 @@ class ManifoldHyperConnection(nn.Module):
         with full_precision(streams):
             h32 = at_least_float32(streams)
             pre, post, res = self.mappings(h32)
-            sublayer_input = (pre.unsqueeze(-2) @ h32).squeeze(-2)  # H_pre x_l
-            mixed = res @ h32  # H_res x_l
-        return sublayer_input.to(streams.dtype), mixed, post
+            # [H_pre ; H_res] x_l in one batched multiply: (B, T, n, 1 + n) read weights -> (B, T, 1 + n, C)
+            both = read_streams(torch.cat((pre.unsqueeze(-1), res.transpose(-1, -2)), dim=-1), h32)
+        return both[..., 0, :].to(streams.dtype), both[..., 1:, :], post
 
     depth = staticmethod(StaticHyperConnection.depth)  # x_{l+1} = H_res x_l + H_post^T y
 

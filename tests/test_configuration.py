@@ -246,6 +246,7 @@ REFUSED = [
     ("output_attentions-str", dict(output_attentions="yes"), ["output_attentions='yes'"]),
     ("output_hidden_states-str", dict(output_hidden_states="no"), ["output_hidden_states='no'"]),
     ("return_dict-int", dict(return_dict=0), ["return_dict=0"]),
+    ("return_dict-false", dict(return_dict=False), ["return_dict=False", "forward()"]),
     ("dtype-unknown", dict(dtype="float8"), ["dtype='float8'", "bfloat16"]),
     ("torch_dtype-unknown", dict(torch_dtype="half"), ["torch_dtype='half'", "float16"]),
     ("problem_type", dict(problem_type="ranking"), ["problem_type='ranking'", "regression"]),
@@ -305,6 +306,20 @@ def test_output_attentions_dispatches_eager_and_returns_the_weights(tmp_path):
     out = model(torch.tensor([[1, 2, 3]]))
     assert len(out.attentions) == 4 and out.attentions[0].shape == (1, 4, 3, 3)
     model.save_pretrained(tmp_path)  # raised StrictDataclassClassValidationError before
+
+
+def test_transformers_switches_on_the_config_work():
+    """The values transformers reads from a config that are accepted do what transformers documents."""
+    import torch
+
+    from hf_skipnorm import SkipNormForCausalLM
+
+    ids = torch.tensor([[1, 2, 3]])
+    assert len(SkipNormForCausalLM(tiny(output_hidden_states=True))(ids).hidden_states) == 5  # embeddings + 4 blocks
+    assert SkipNormForCausalLM(tiny(use_cache=False))(ids).past_key_values is None
+    untied = SkipNormForCausalLM(tiny(tie_word_embeddings=False))
+    assert untied.lm_head.weight.data_ptr() != untied.model.embed_tokens.weight.data_ptr()
+    assert isinstance(SkipNormForCausalLM(tiny())(ids, return_dict=False), tuple)
 
 
 def test_without_rope_rope_parameters_is_none_and_old_files_still_load():
@@ -370,3 +385,22 @@ def test_each_rule_is_a_named_function_in_the_registry():
     names = [rule.__name__ for rule in fields.RULES]
     assert len(names) == len(set(names)) and all(not name.startswith("_") for name in names)
     assert "norm_eps_positive_where_norms_divide" in names and "transformers_save_checks_pass" in names
+
+
+# Rows whose key transformers' loader consumes itself before our constructor sees it (an argument of from_pretrained,
+# not a config.json entry), so a config.json cannot carry them.
+NOT_A_FILE_ENTRY = {"output_attentions-sdpa", "torch_dtype-unknown"}
+
+
+@pytest.mark.parametrize("overrides,fragments", [pytest.param(o, f, id=i) for i, o, f in REFUSED
+                                                 if i not in NOT_A_FILE_ENTRY])
+def test_every_check_also_refuses_the_value_in_a_config_json(overrides, fragments, tmp_path):
+    """A config.json is read through the same constructor: each refused value is refused on load too, by AutoConfig."""
+    data = tiny().to_dict()
+    data.pop("rope_parameters")  # as saved it repeats partial_rotary_factor and rope_theta: let the row set them
+    data.update(overrides)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError) as info:
+        AutoConfig.from_pretrained(tmp_path)
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))

@@ -203,8 +203,9 @@ def test_training_card_states_what_the_run_did(journey):
     for row, entry in zip(rows, evals):
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert int(cells[2]) == entry["step"] and float(cells[3]) == pytest.approx(entry["eval_loss"], rel=1e-3)
-    assert "![loss curve](loss_curve.png)" in card.text
-    assert (folder / "loss_curve.png").stat().st_size > 5_000
+    for alt, png in (("loss curve", "loss_curve.png"), ("diagnostics", "diagnostics.png")):
+        assert f"![{alt}]({png})" in card.text
+        assert (folder / png).stat().st_size > 5_000
 
 
 @pytest.mark.parametrize("which", ["main/checkpoint-4", "topics"])
@@ -232,6 +233,13 @@ def test_generated_card_reads_the_folder(journey, tmp_path, which):
         assert (out / png).stat().st_size > 5_000
     if which == "topics":
         assert "accuracy" in index and index["accuracy"] == round(last_eval["eval_accuracy"], 4)
+
+
+def test_publish_copies_the_card_figures(journey, tmp_path):
+    publish = _load_publish()
+    publish.build_repo_folder(str(journey["main"]), str(tmp_path / "repo"), "someone/skipnorm-journey")
+    for png in ("loss_curve.png", "diagnostics.png"):
+        assert (tmp_path / "repo" / png).read_bytes() == (journey["main"] / png).read_bytes()
 
 
 def test_publish_dry_run_on_a_checkpoint(journey, tmp_path, capsys):

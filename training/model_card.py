@@ -87,6 +87,16 @@ From `all_results.json` (final train and evaluation metrics of this run):
 {% endif %}
 {% if loss_curve %}![loss curve]({{ loss_curve }})
 {% endif %}
+## Stability diagnostics
+
+![diagnostics]({{ diagnostics_png }})
+
+Per block at initialization and after training (`python -m hf_skipnorm.diagnostics`), on the embedded corpus encoded
+with this folder's tokenizer: residual-stream norm, mean pairwise token cosine, each branch's output relative to the
+stream, gradient norms. Blocks are numbered from 0; `emb` is the embedding output entering block 0.
+
+{{ diagnostics_table }}
+
 ## Usage
 
 ```python
@@ -190,6 +200,18 @@ def final_eval_metrics(results: dict, history: list[dict]) -> dict:
     return metrics
 
 
+def _diagnostics(folder: str, has_tokenizer: bool) -> tuple[str, str]:
+    """(diagnostics.png written into `folder`, markdown table): the saved model's init-vs-trained profile on text
+    encoded with the folder's own tokenizer (model_cards/generate.py computes the same for any checkpoint)."""
+    from transformers import AutoTokenizer
+
+    from model_cards.generate import diagnostics_figure
+
+    tokenizer = AutoTokenizer.from_pretrained(folder) if has_tokenizer else None
+    png, table, _ = diagnostics_figure(folder, folder, tokenizer)
+    return png, table
+
+
 def _format(value) -> str:
     if isinstance(value, enum.Enum):  # TrainingArguments stores e.g. SchedulerType.COSINE
         value = value.value
@@ -257,10 +279,14 @@ def write_model_card(
     world_size = max(getattr(training_args, "world_size", 1), 1)
     name = output_dir.rstrip("/").split("/")[-1] or "skipnorm"
     loss_curve = plot_loss_curve(history, os.path.join(output_dir, LOSS_CURVE_PNG), name) if history else None
+    tokenizer_facts = describe_tokenizer(output_dir)
+    diagnostics_png, diagnostics_table = _diagnostics(output_dir, tokenizer_facts is not None)
     card = ModelCard.from_template(
         card_data,
         template_str=TEMPLATE,
-        tokenizer=tokenizer_sentence(describe_tokenizer(output_dir), config),
+        tokenizer=tokenizer_sentence(tokenizer_facts, config),
+        diagnostics_png=diagnostics_png,
+        diagnostics_table=diagnostics_table,
         training_results=markdown_table(training_results(history)),
         has_state=bool(history),
         loss_curve=LOSS_CURVE_PNG if loss_curve else None,

@@ -56,8 +56,11 @@ modules), so no package install is needed; read those files before trusting them
 from transformers import {auto_class}, AutoTokenizer
 
 model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
 ```
+
+The tokenizer is a stock class; `trust_remote_code=True` only spares the question transformers asks because
+`AutoTokenizer` first reads the model's config, whose class is remote code.
 
 Weights are safetensors only{shards}. The same checkpoint also opens as `AutoModel` (the backbone) or under a new
 task head (`AutoModelForSequenceClassification`, `AutoModelForTokenClassification`, ...).
@@ -165,8 +168,21 @@ def build_repo_folder(checkpoint: str, out: str, repo_id: str, tokenizer_path: s
         shutil.rmtree(out)
     export_for_hub(model, out, tokenizer=tokenizer, max_shard_size=max_shard_size)
     sharded = not os.path.isfile(os.path.join(out, "model.safetensors"))
-    model_card(checkpoint, model, repo_id, sharded, license_name).save(os.path.join(out, "README.md"))
+    card = model_card(checkpoint, model, repo_id, sharded, license_name)
+    card.save(os.path.join(out, "README.md"))
+    for image in card_images(card.text):  # the training card's figures (loss curve, diagnostics) travel with it
+        source = os.path.join(checkpoint, image)
+        if os.path.isfile(source):
+            shutil.copyfile(source, os.path.join(out, image))
     return model
+
+
+def card_images(text: str) -> list[str]:
+    """Plain file names of the images a card shows (``![alt](name.png)``); links and paths are left alone."""
+    import re
+
+    names = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
+    return [name for name in names if os.path.basename(name) == name and not name.startswith(".")]
 
 
 def validate_repo_folder(out: str, model) -> list[str]:
