@@ -91,17 +91,21 @@ SEQ2SEQ_MODEL_DEFAULTS = {
     "num_attention_heads": 4, "max_position_embeddings": 256,
 }
 
+# 600 steps of 16 chunks of 32 tokens (~3 passes over the corpus): 203 s of training plus the tokenizer and a 3 s
+# evaluation on a shared 2-core CPU (load ~10, one thread); eval_bleu 4.2, eval_chrf 12.1 (the model starts to copy
+# the unmasked tokens; 400 steps at lr 1e-3 with 4096 tokens gave 0.5 / 5.8). More steps score higher.
 SEQ2SEQ_TRAINING_DEFAULTS = dict(
-    max_steps=400,
+    max_steps=600,
     per_device_train_batch_size=16,
     per_device_eval_batch_size=32,
-    learning_rate=1e-3,
+    learning_rate=2e-3,
+    tokenizer_vocab_size=2048,  # a ModelArguments option; a smaller softmax learns faster at this size
     lr_scheduler_type="cosine",
     warmup_steps=0.05,  # Post-LN cells need warm-up (Xiong et al. 2020, arXiv 2002.04745)
     weight_decay=0.1,
     eval_strategy="no",  # generation-based evaluation is slow on CPU: once, after training (--eval_strategy steps: more)
     logging_steps=25,
-    save_steps=200,
+    save_steps=300,
     save_total_limit=2,
     report_to="none",
     predict_with_generate=True,  # generation_max_length: --max_target_length (offline: the chunk's length + 8)
