@@ -117,6 +117,12 @@ def test_refusals_before_any_data_is_read(tmp_path):
         seq2seq.main([*out, *TINY, "--train_file", train])
     with pytest.raises(ValueError, match=r"\['fr'\] not in the data's translation pairs"):
         seq2seq.main([*out, *TINY, "--train_file", train, "--source_lang", "en", "--target_lang", "fr"])
+    summaries = tmp_path / "sum.jsonl"
+    summaries.write_text("".join(json.dumps({"text": f"long text {i}", "summary": f"t{i}"}) + "\n" for i in range(8)))
+    with pytest.raises(ValueError, match=r"--summary_column 'abstract' is not a column of the data; columns: \['text', 'summary'\]"):
+        seq2seq.main([*out, *TINY, "--train_file", str(summaries), "--summary_column", "abstract"])
+    with pytest.raises(ValueError, match="need a 'translation' column"):
+        seq2seq.main([*out, *TINY, "--train_file", str(summaries), "--source_lang", "en", "--target_lang", "de"])
 
 
 def test_metric_module_equals_sacrebleu_called_directly():
