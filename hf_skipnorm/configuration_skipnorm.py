@@ -99,11 +99,15 @@ UNIT_OFFSET_NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm", "dyt", "derf"
 # Residuals whose combine R(x, y) is one module on one stream, so a parallel block can feed it y = Attn + MLP.
 # Residuals not listed (multi-stream, or post-LN schemes such as DeepNet) are refused with parallel_block until
 # someone checks that the pair means something.
-PARALLEL_RESIDUALS: tuple[str, ...] = ("add", "none", "scaled", "rezero", "skipinit", "layerscale", "gated")
+PARALLEL_RESIDUALS: tuple[str, ...] = (
+    "add", "none", "scaled", "rezero", "skipinit", "layerscale", "gated",
+    "orthogonal", "laurel",  # issue 15: both are one combine on one stream, linear in the branch sum
+)
 NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dyt", "derf", "none")
 RESIDUALS: tuple[str, ...] = (
     "add", "none", "scaled", "deepnorm", "admin", "rezero", "skipinit", "layerscale", "gated", "hyper", "mhc", "dense",
-    "attn_res",  # issue 15
+    "orthogonal", "laurel", "frac",
+    "attn_res",  # issue 15 (attn_res: depth mixing; orthogonal, laurel, frac: the residual frontier)
 )
 # Residuals that replace the single residual stream by several (hyper-connections) or by the history of block
 # outputs (DenseFormer): their blocks take and return a stream state, not (B, T, C) (modeling_skipnorm.BLOCK_CLASSES).
@@ -124,14 +128,45 @@ DECODER_OVERRIDE_FIELDS: tuple[str, ...] = (
 # The decoder's cross-attention block is the sequential one: placements and residuals that rewire a block (or carry
 # several streams) are defined by their papers for two sublayers, and have no cross-attention variant here.
 DECODER_REFUSED_PLACEMENTS: tuple[str, ...] = ("b2t", "resi_dual")
-DECODER_REFUSED_RESIDUALS: tuple[str, ...] = ("hyper", "mhc", "dense")
+# Every multi-stream residual, and frac (one stream, but it runs on the hyper-connection block).
+DECODER_REFUSED_RESIDUALS: tuple[str, ...] = STREAM_RESIDUALS + ("frac",)
 ENCODER_DECODER_STACKS: tuple[str, ...] = ("encoder", "decoder")
 MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
 CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
-MLP_TYPES: tuple[str, ...] = ("gated", "plain")
-BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
-CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
+# --- issue 15: the 2024-2026 residual frontier ---
+LAUREL_VARIANTS: tuple[str, ...] = ("rw", "lr", "rw_lr")  # LAuReL (arXiv 2411.07501): RW, LR, RW+LR
+# Whole-model architectures: `transformer` is everything above; `ngpt` (arXiv 2410.01131) replaces the block, the
+# embeddings and the logits by the normalized Transformer (ngpt_skipnorm.py), so it fixes several fields itself.
+ARCHITECTURES: tuple[str, ...] = ("transformer", "ngpt")
+# What nGPT needs of the other fields, with the reason: field -> (required value or tuple of values, why). The rule
+# ngpt_fixes_its_fields refuses anything else, so no field is silently ignored.
+NGPT_REQUIRED_FIELDS: dict[str, tuple[Any, str]] = {
+    "norm_position": ("none", "nGPT has no norm layers: its normalizations to the unit sphere are part of the block"),
+    "attn_norm_position": (None, "nGPT has no norm layers"),
+    "mlp_norm_position": (None, "nGPT has no norm layers"),
+    "residual": ("add", "nGPT's block has its own update h <- Norm(h + alpha (h_A - h))"),
+    "parallel_block": (False, "nGPT's attention and MLP updates are sequential (the paper's block)"),
+    "qk_norm": ("none", "nGPT normalizes q and k itself, times its s_qk"),
+    "embedding_norm": (False, "nGPT's embeddings are normalized weights, not a norm layer"),
+    "final_norm": ((None, False), "nGPT's last hidden state is already on the unit sphere"),
+    "norm_depth_scaling": (False, "nGPT has no input norms to scale"),
+    "mlp_type": ("gated", "nGPT's MLP is SwiGLU with its s_u, s_v scalings"),
+    "tie_word_embeddings": (False, "the paper keeps E_input and E_output separate (NVIDIA/ngpt: no tying)"),
+    "is_causal": (True, "nGPT is the paper's decoder-only LM; the masked-LM head has a norm layer and no s_z"),
+    "is_encoder_decoder": (False, "nGPT is the paper's decoder-only LM"),
+    "attention_bias": (False, "nGPT's matrices are normalized; a bias would move the outputs off their scale"),
+    "mlp_bias": (False, "nGPT's matrices are normalized; a bias would move the outputs off their scale"),
+    "lm_head_bias": (False, "nGPT's logits are s_z times cosine similarities"),
+    "attention_multiplier": (None, "nGPT's softmax scale is sqrt(d_k), fixed by the paper (its q, k are unit vectors)"),
+    "embedding_multiplier": (1.0, "nGPT's embeddings are unit vectors"),
+    "branch_init": ("normal", "nGPT's matrices are normalized after init, so a branch init has no effect"),
+    "branch_init_gain": (None, "nGPT's matrices are normalized after init, so a branch init has no effect"),
+    "value_residual": ("none", "nGPT's attention is the paper's, with no value mixing"),
+    "layer_drop": (0.0, "nGPT's update moves along the sphere; the paper has no stochastic depth"),
+    "unet_skips": (False, "adding block outputs onto the unit-norm stream is not in the paper"),
+}
+NGPT_POSITION_EMBEDDINGS: tuple[str, ...] = ("rope", "none")  # learned positions would add an un-normalized vector
 VALUE_RESIDUALS: tuple[str, ...] = ("none", "fixed", "learned", "per_token")  # issue 15: ResFormer, 2410.17897
 LAYER_DROP_SCHEDULES: tuple[str, ...] = ("linear", "uniform")  # issue 15: Huang et al. 1603.09382; Fan et al. 1909.11556
 PROBLEM_TYPES: tuple[str, ...] = ("regression", "single_label_classification", "multi_label_classification")
@@ -175,9 +210,11 @@ def deepnet_beta(num_layers: int) -> float:
 
 
 def deepnet_encoder_decoder_constants(encoder_layers: int, decoder_layers: int) -> dict[str, float]:
-    """DeepNet's constants for an encoder-decoder with N encoder and M decoder layers (arXiv 2203.00555, Table 1 /
-    Figure 2 pseudo-code): encoder ``alpha = 0.81 (N^4 M)^(1/16)``, ``beta = 0.87 (N^4 M)^(-1/16)``; decoder
-    ``alpha = (3M)^(1/4)``, ``beta = (12M)^(-1/4)``.
+    """DeepNet's constants for an encoder-decoder with N encoder and M decoder layers (arXiv 2203.00555, the
+    encoder-decoder row of its constants table): encoder ``alpha = 0.81 (N^4 M)^(1/16)``, ``beta = 0.87
+    (N^4 M)^(-1/16)``; decoder ``alpha = (3M)^(1/4)``, ``beta = (12M)^(-1/4)``. (The paper's text was not reachable
+    offline when this was written; the values are issue 16's quotation of the table, and torchscale's alphas and
+    decoder beta agree with them.)
 
     torchscale's code (``torchscale/architecture/encoder.py``) writes the encoder's init as a *division* of the
     fairseq init by ``(N^4 M)^(1/16) / 1.15``, i.e. a multiplication by ``1.15 (N^4 M)^(-1/16)``, on top of fairseq's
@@ -376,6 +413,22 @@ MAX_POSITIONS = 2**24  # Llama 4 Scout: 10M context
 MAX_SINKHORN_ITERS = 1_000  # mHC uses t_max = 20 (arXiv 2512.24880); every forward runs them all
 MAX_STREAMS = 64  # hyper-connections use n = 2..8 (arXiv 2409.19606); the streams multiply activation memory
 
+
+def _check_divisor_of_width(name: str, value: Any, config: Any) -> None:
+    """`laurel_rank` / `frac_rate`: an integer >= 1; where its residual uses it, at most hidden_size (a rank of a
+    d x d map) or a divisor of it (a number of equal fractions of d)."""
+    fractions = name == "frac_rate"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise refuse(name, value, "an integer >= 1")
+    if config.residual != ("frac" if fractions else "laurel") or (not fractions and config.laurel_variant == "rw"):
+        return  # bounded by the width only where it is used: a field of an unused residual must not refuse a model
+    d = config.hidden_size
+    if not value <= d or (fractions and d % value):
+        what = ("an integer >= 1 that divides hidden_size={d} (Frac-Connections split the hidden state into that many "
+                "equal fractions)" if fractions else "an integer in [1, hidden_size={d}] (the rank r of LAuReL-LR's B A)")
+        raise refuse(name, value, what.format(d=d))
+
+
 # Multipliers and init gains are applied in the activation dtype: float16's largest finite value bounds them.
 _SCALE = "a constant multiplied into activations or weights, so it must stay finite in float16 (max 65504)"
 _POSITIVE_SCALE = Float(0.0, FLOAT16_MAX, open_low=True)
@@ -456,6 +509,16 @@ FIELDS: tuple[Field, ...] = (
     Field("hyper_dynamic", Bool(), "", "arXiv 2409.19606"),
     Field("sinkhorn_iters", Int(1, MAX_SINKHORN_ITERS), "every forward runs them all; the paper uses 20",
           "mHC, arXiv 2512.24880"),
+    # --- the residual frontier (issue 15) ---
+    Field("orthogonal_eps", Float(0.0, 1.0, open_low=True), "a floor under <x, x> so a zero stream projects nothing",
+          "Orthogonal Residual Update, arXiv 2505.11881 (reference code 1e-6)"),
+    Field("laurel_variant", Choice(LAUREL_VARIANTS), "", "LAuReL, arXiv 2411.07501"),
+    Field("laurel_rank", Check(_check_divisor_of_width), "", "LAuReL-LR, arXiv 2411.07501"),
+    Field("frac_rate", Check(_check_divisor_of_width), "", "Frac-Connections, arXiv 2503.14125"),
+    Field("architecture", Choice(ARCHITECTURES), "", "nGPT, arXiv 2410.01131"),
+    Field("ngpt_alpha_init", _POSITIVE_SCALE, _SCALE, "nGPT, arXiv 2410.01131 (0.05)"),
+    Field("stream_recompute", Bool(), "trades a second run of the stream mixing for its saved activations",
+          "mHC, arXiv 2512.24880, Sec. 4.3"),
     # --- issue 15: the depth-mixing frontier ---
     Field("attn_res_blocks", Int(1, MAX_LAYERS, optional=True), "None: Full AttnRes; N blocks of L/N layers",
           "Attention Residuals, arXiv 2603.15031"),
@@ -688,6 +751,15 @@ def post_ln_residuals_need_post_ln(c: Any, layers: list) -> None:
 
 
 @rule
+def stream_recompute_needs_stream_mixing(c: Any, layers: list) -> None:
+    if c.stream_recompute and c.residual not in ("hyper", "mhc"):
+        raise ValueError(
+            f"SkipNormConfig.stream_recompute=True is not valid with residual={c.residual!r}: it recomputes the "
+            f"stream mixing of hyper-connections; valid choices: residual='hyper' or 'mhc', or stream_recompute=False"
+        )
+
+
+@rule
 def stream_residuals_need_the_sequential_block(c: Any, layers: list) -> None:
     if c.residual in STREAM_RESIDUALS and c.parallel_block:
         raise ValueError(
@@ -786,6 +858,45 @@ def dense_sparsity_only_for_dense(c: Any, layers: list) -> None:
                 f"SkipNormConfig.{name}={value!r} is not valid with residual={c.residual!r}: it sparsifies "
                 f"DenseFormer's depth-weighted averages; valid choices: residual='dense' or {name}=1"
             )
+
+
+# --- the residual frontier (issue 15: ORTHOGONAL, LAUREL, FRAC, NGPT_REQUIRED_FIELDS) ---
+@rule
+def frac_connections_need_no_post_norm(c: Any, layers: list) -> None:
+    if c.residual != "frac":
+        return
+    for layer, (attn, mlp) in enumerate(layers):
+        bad = [p for p, sub in ((attn, 0), (mlp, 1)) if PLACEMENT_SLOTS[p][sub].post]
+        if bad:
+            raise ValueError(
+                f"SkipNormConfig.norm_position={bad[0]!r} (block {layer}) is not valid with residual='frac': "
+                f"Frac-Connections, like hyper-connections, write the sublayer output back through their depth "
+                f"connection, leaving no sum for a norm after the skip; valid choices: placements without a post "
+                f"norm, e.g. pre, sandwich, output, none"
+            )
+
+
+@rule
+def ngpt_fixes_its_fields(c: Any, layers: list) -> None:
+    """nGPT replaces the block, the embeddings and the logits: every field it would otherwise ignore must say so."""
+    if c.architecture != "ngpt":
+        return
+    for field, (required, why) in NGPT_REQUIRED_FIELDS.items():
+        value, accepted = getattr(c, field), required if isinstance(required, tuple) else (required,)
+        # bool is an int subclass: False must not pass for 0.0, nor 1 for True
+        if not any(value == ok and isinstance(value, bool) == isinstance(ok, bool) for ok in accepted):
+            raise ValueError(f"SkipNormConfig.{field}={value!r} is not valid with architecture='ngpt': {why}; "
+                             f"valid choices: {', '.join(map(repr, accepted))}")
+    if c.position_embedding not in NGPT_POSITION_EMBEDDINGS:
+        raise ValueError(
+            f"SkipNormConfig.position_embedding={c.position_embedding!r} is not valid with architecture='ngpt': "
+            f"learned positions add an un-normalized vector to the unit-norm embeddings (the paper uses RoPE); "
+            f"valid choices: {', '.join(NGPT_POSITION_EMBEDDINGS)}")
+    if c.num_key_value_heads != c.num_attention_heads:
+        raise ValueError(
+            f"SkipNormConfig.num_key_value_heads={c.num_key_value_heads} is not valid with architecture='ngpt': the "
+            f"paper's one s_qk scales q and k of every head alike, which grouped-query attention's fewer key heads "
+            f"cannot share; valid choices: num_attention_heads={c.num_attention_heads}")
 
 
 # --- what transformers reads from our config ---
@@ -889,8 +1000,8 @@ def decoder_block_is_sequential(c: Any, layers: list) -> None:
     if c.residual in DECODER_REFUSED_RESIDUALS:
         raise ValueError(
             f"SkipNormConfig.residual={c.residual!r} is not valid for the decoder of an encoder-decoder: multi-stream "
-            f"residuals are not implemented around cross-attention; set decoder_overrides={{'residual': ...}} (the "
-            f"encoder may keep it)"
+            f"residuals (and Frac-Connections, which run on the hyper-connection block) are not implemented around "
+            f"cross-attention; set decoder_overrides={{'residual': ...}} (the encoder may keep it)"
         )
     if c.parallel_block:
         raise ValueError(
@@ -1047,6 +1158,20 @@ class SkipNormConfig(PreTrainedConfig):
             and more uniform output magnitudes and gradients across depth than PreNorm (Kimi Linear 48B).
             `hyper`, `mhc`, `dense` and `attn_res` need the sequential block (no `parallel_block`, `b2t` or
             `resi_dual`); `hyper`, `mhc` and `attn_res` need placements without a norm after the skip.
+            `orthogonal`: Orthogonal Residual Update (Oh et al. 2025, arXiv 2505.11881): ``x + F_perp`` with
+            ``F_perp = F - (<x, F> / (<x, x> + eps)) x`` per token over the hidden size (the reference code's
+            "feature" variant, BootsofLagrangian/ortho-residual), so each sublayer adds only directions new to the
+            stream; +3.78 pp ImageNet-1k top-1 for ViT-B. No parameters; not the plain residual at init.
+            `laurel`: LAuReL (Menghani et al., ICML 2025, arXiv 2411.07501), by `laurel_variant`: `rw`
+            ``alpha*F + beta*x`` with learned scalars, `lr` ``F + x + B A x`` with a rank-`laurel_rank` ``B A``,
+            `rw_lr` ``alpha*F + beta*(x + B A x)``; initialized to the plain residual (``alpha = beta = 1``,
+            ``B = 0``). The paper reports 2.5%-20% better downstream scores for 1B and 4B LLMs at +0.012% / +0.1%
+            parameters.
+            `frac`: Frac-Connections (Zhu et al. 2025, arXiv 2503.14125): hyper-connections on `frac_rate` fractions of
+            the hidden state, ``h_in = Concat(Y^T H)``, ``H' = A^T H + B^T o Reshape(F(h_in))`` with
+            ``H = Reshape(h, (m, d/m))``, static or input-dependent (`hyper_dynamic`), initialized to the plain
+            residual; keeps hyper-connections' benefit without widening the stream (the paper trains up to a 7B MoE
+            on 3T tokens, beating residual connections). Needs placements without a norm after the skip.
         residual_alpha (`float` or `None`): constant on the skip path for `scaled` and `deepnorm`. `None` resolves to
             DeepNet's ``(2L)^(1/4)`` for `deepnorm` and to 1.0 otherwise; the resolved value is stored.
         branch_init_gain (`float` or `None`): when set, the branch weights (`v_proj`, `o_proj`, `gate_proj`,
@@ -1060,8 +1185,31 @@ class SkipNormConfig(PreTrainedConfig):
             schedule: 0.1 for ``L <= 18``, 1e-5 for ``L <= 24``, 1e-6 deeper (arXiv 2103.17239, Sec. 3.1).
         residual_streams (`int`, defaults to 4): the expansion rate ``n`` of `hyper` and `mhc` (both papers use 4).
         hyper_dynamic (`bool`, defaults to `True`): `hyper` with the input-dependent connections (DHC, the paper's
-            best) as well as the static ones; `False` gives static hyper-connections (SHC).
+            best) as well as the static ones; `False` gives static hyper-connections (SHC). The same for `frac`
+            (dynamic DFC or static SFC Frac-Connections).
         sinkhorn_iters (`int`, defaults to 20): Sinkhorn-Knopp iterations of `mhc` (the paper's ``t_max = 20``).
+        frac_rate (`int`, defaults to 4): the number ``m`` of fractions `frac` splits the hidden state into (each
+            ``hidden_size / m`` wide; Frac-Connections, arXiv 2503.14125, write the rate as ``n = 1/m``); our default.
+        orthogonal_eps (`float`, defaults to 1e-6): the ``eps`` in `orthogonal`'s ``<x, x> + eps`` (the reference
+            code's `residual_eps`, arXiv 2505.11881), so a zero stream projects nothing instead of dividing by 0.
+        laurel_variant (`str`, defaults to `"rw_lr"`): which LAuReL (arXiv 2411.07501) `laurel` builds:
+            `rw` (learned residual weights), `lr` (low-rank augmented skip) or `rw_lr` (both, the paper's combination).
+        laurel_rank (`int`, defaults to 16): the rank ``r`` of LAuReL-LR's ``B A`` (``2 r d`` parameters per
+            sublayer); our default, small enough for tiny test models (Gemma 3n's LAuReL-LR block uses 64).
+        architecture (`str`, defaults to `"transformer"`): `transformer` is the model the fields above describe;
+            `ngpt` is the normalized Transformer (Loshchilov et al. 2024, arXiv 2410.01131; NVIDIA/ngpt): unit-norm
+            embeddings and matrix rows, ``h <- Norm(h + alpha (Norm(F(h)) - h))`` per sublayer with per-channel
+            eigen learning rates alpha, ``s_qk``-scaled unit q and k with softmax scale ``sqrt(d_k)``, SwiGLU scaled by
+            ``s_u``, ``s_v sqrt(d)``, logits ``s_z * E_out h``, no norm layers, no weight decay; the weights are
+            renormalized after every optimizer step by `ngpt_training.NGPTNormalizeCallback`. The paper reports 4x
+            to 20x fewer training steps to the same loss. It fixes the fields listed in `NGPT_REQUIRED_FIELDS`
+            (set them as listed; anything else is refused with the reason).
+        ngpt_alpha_init (`float`, defaults to 0.05): initial eigen learning rates ``alpha_A``, ``alpha_M`` of `ngpt`
+            (the paper's and NVIDIA/ngpt's 0.05, stored with scale ``1/sqrt(d)``).
+        stream_recompute (`bool`, defaults to `False`): with `hyper` / `mhc`, recompute each sublayer's stream mixing
+            (the width connection: dynamic norms, projections, Sinkhorn, the mixed streams) in the backward pass instead
+            of keeping its intermediates, as the mHC paper does to keep memory flat (arXiv 2512.24880, Sec. 4.3); the
+            same values and gradients, less saved-activation memory, one more mixing pass per sublayer.
         value_residual (`str`, defaults to `"none"`): ResFormer's value residual (Zhou et al., arXiv 2410.17897, ACL
             2025): every layer after the first attends with ``lambda_1 V_1 + lambda_2 V_n`` instead of ``V_n`` (``V_1``
             the first layer's values, mixed before the KV cache). `fixed`: the paper's constants 0.5 / 0.5; `learned`:
@@ -1228,6 +1376,15 @@ class SkipNormConfig(PreTrainedConfig):
     residual_streams: int = 4
     hyper_dynamic: bool = True
     sinkhorn_iters: int = 20
+    stream_recompute: bool = False
+
+    # --- issue 15: the residual frontier (arXiv ids and paper defaults in the docstring) ---
+    orthogonal_eps: float = 1e-6
+    laurel_variant: str = "rw_lr"
+    laurel_rank: int = 16
+    architecture: str = "transformer"
+    ngpt_alpha_init: float = 0.05
+    frac_rate: int = 4
 
     # --- issue 15: the depth-mixing frontier (arXiv ids and paper defaults in the docstring) ---
     attn_res_blocks: int | None = None
@@ -1421,7 +1578,8 @@ class SkipNormConfig(PreTrainedConfig):
             fields.update(overrides, num_hidden_layers=self.decoder_depth, is_causal=True, admin_omegas=None)
         else:
             fields.update(is_causal=False)
-        config = SkipNormConfig(**fields, encoder_decoder_stack=stack)
+        # Both stack configs keep M: Magneto's encoder-decoder gains read both depths (`subln_init_gain`).
+        config = SkipNormConfig(**fields, decoder_layers=self.decoder_depth, encoder_decoder_stack=stack)
         config._attn_implementation_internal = self._attn_implementation_internal
         return config
 
@@ -1456,7 +1614,13 @@ class SkipNormConfig(PreTrainedConfig):
     @property
     def subln_init_gain(self) -> float:
         """Magneto's branch init gain ``gamma = sqrt(log(2L))`` for encoder-only and decoder-only stacks
-        (Foundation Transformers, arXiv 2210.06423, Sec. 2.2; torchscale's `subln` init)."""
+        (Foundation Transformers, arXiv 2210.06423, Sec. 2.2; torchscale's `subln` init). In an encoder-decoder
+        (N encoder, M decoder layers) torchscale uses the paper's pair: encoder ``sqrt(log(3M) log(2N) / 3)``,
+        decoder ``sqrt(log(3M))``."""
+        if self.encoder_decoder_stack == "encoder":
+            return math.sqrt(math.log(3 * self.decoder_layers) * math.log(2 * self.num_hidden_layers) / 3)
+        if self.encoder_decoder_stack == "decoder":
+            return math.sqrt(math.log(3 * self.num_hidden_layers))
         return math.sqrt(math.log(2 * self.num_hidden_layers))
 
     def dyt_alpha_init_for(self, sublayer: str) -> float:

@@ -19,6 +19,7 @@ small matrices in full precision); the results are cast back to the stream's dty
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .configuration_skipnorm import SkipNormConfig
@@ -51,6 +52,23 @@ def read_streams(weights: torch.Tensor, streams: torch.Tensor) -> torch.Tensor:
         return torch.einsum("nm,bnc->bmc", weights, flat).reshape(*streams.shape[:-2], weights.shape[-1],
                                                                    streams.shape[-1])
     return weights.transpose(-1, -2) @ streams
+
+
+def mix_streams(connection: nn.Module, streams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The width connection, its intermediates kept for backward (the default)."""
+    return connection.width(streams)
+
+
+def mix_streams_recomputed(connection: nn.Module, streams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor]:
+    """The width connection under a non-reentrant checkpoint: only its input is kept, and the mixing runs again in
+    the backward pass (`stream_recompute`, as mHC recomputes its kernels, arXiv 2512.24880, Sec. 4.3)."""
+    return torch.utils.checkpoint.checkpoint(connection.width, streams, use_reentrant=False)
+
+
+def stream_mixer(config: SkipNormConfig):
+    """`mix_streams` or its recomputed twin by `stream_recompute`: chosen once, at construction."""
+    return mix_streams_recomputed if config.stream_recompute else mix_streams
 
 
 def sublayer_index(layer_idx: int, sublayer: str) -> int:

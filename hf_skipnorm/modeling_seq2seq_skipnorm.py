@@ -56,6 +56,7 @@ from .modeling_skipnorm import (
     SkipNormRotaryEmbedding,
     block_topology,
     build_dropout,
+    fp32_residual_patterns,
     build_residual,
     build_stream,
     eager_attention_forward,
@@ -207,7 +208,8 @@ def stack_position_ids(config: SkipNormConfig, input_ids: torch.Tensor | None, i
     return SkipNormModel.default_position_ids(inputs_embeds, attention_mask, cache).expand(inputs_embeds.shape[:2])
 
 
-def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None) -> torch.Tensor:
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None,
+                       decoder_start_token_id: int | None) -> torch.Tensor:
     """Teacher forcing: ``[start, y_1, ..., y_{T-1}]`` from labels ``[y_1, ..., y_T]`` (-100 becomes pad)."""
     if decoder_start_token_id is None:
         raise ValueError("SkipNormConfig.decoder_start_token_id=None is not valid for shifting labels right; set it "
@@ -250,7 +252,8 @@ class SkipNormCrossAttention(SkipNormAttention):
             source_shape = encoder_hidden_states.shape[:-1]
             key = self.k_norm(self.k_proj(encoder_hidden_states).view(*source_shape, *self.qk_norm_shape))
             key = key.view(*source_shape, -1, self.head_dim).transpose(1, 2)  # (B, H_kv, S, hd)
-            value = self.v_norm(self.v_proj(encoder_hidden_states).view(*source_shape, -1, self.head_dim)).transpose(1, 2)
+            value = self.v_norm(self.v_proj(encoder_hidden_states).view(*source_shape, -1, self.head_dim))
+            value = value.transpose(1, 2)  # (B, H_kv, S, hd)
             if cache is not None:
                 key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
                 cache.is_updated[self.layer_idx] = True
@@ -326,20 +329,42 @@ class SkipNormDecoderBlock(SkipNormBlock):
 
 # ----------------------------------------------------------------------------------------------------- stacks
 class _SharedEmbedding:
-    """The stacks read the token embedding owned by `SkipNormEncoderDecoderModel` (one tensor, one state-dict key,
-    `model.embed_tokens.weight`), without registering it as their own submodule."""
+    """The stacks read the token embedding of the model that owns it (`SkipNormEncoderDecoderModel.embed_tokens`: one
+    tensor, one state-dict key), looked up at each use, so replacing the owner's embedding (`set_input_embeddings`,
+    `resize_token_embeddings`, a plain assignment) reaches both stacks; it is never registered as their submodule."""
 
-    def __init__(self, embedding: nn.Embedding):
-        self.embedding = embedding
+    def __init__(self, owner: nn.Module):
+        self.owner = owner
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        return self.owner.embed_tokens
+
+    @embedding.setter
+    def embedding(self, value: nn.Embedding) -> None:
+        self.owner.embed_tokens = value
 
 
-class SkipNormStack(SkipNormPreTrainedModel):
+class AdditiveScoreBiasBackends:
+    """T5's relative bias is added to the attention mask as a float tensor: flash kernels take no additive bias and
+    flex attention takes a BlockMask, so with `t5_relative` only eager and SDPA are offered (transformers' T5 too)."""
+
+    @property
+    def _supports_flash_attn(self) -> bool:
+        return self.config.position_embedding != "t5_relative"
+
+    @property
+    def _supports_flex_attn(self) -> bool:
+        return self.config.position_embedding != "t5_relative"
+
+
+class SkipNormStack(AdditiveScoreBiasBackends, SkipNormPreTrainedModel):
     """What both stacks share: the embedding path ``embedding_norm(positions(scale * E[ids]))``, the score bias, the
     final norm. `config` is the stack's own (`SkipNormConfig.stack_config`)."""
 
-    def __init__(self, config: SkipNormConfig, embed_tokens: nn.Embedding):
+    def __init__(self, config: SkipNormConfig, owner: nn.Module):
         super().__init__(config)
-        self._shared = _SharedEmbedding(embed_tokens)
+        self._shared = _SharedEmbedding(owner)  # `owner.embed_tokens` is the token embedding
         self.scale_embeddings = fold_affine(0.0, float(config.embedding_multiplier))
         self.embed_positions = SEQ2SEQ_POSITION_CLASSES[config.position_embedding](config)
         self.score_bias = build_score_bias(config, bidirectional=not config.is_causal)
@@ -371,8 +396,8 @@ class SkipNormEncoder(SkipNormStack):
 
     _can_record_outputs = {"hidden_states": SkipNormBlock, "attentions": SkipNormAttention}
 
-    def __init__(self, config: SkipNormConfig, embed_tokens: nn.Embedding):
-        super().__init__(config, embed_tokens)
+    def __init__(self, config: SkipNormConfig, owner: nn.Module):
+        super().__init__(config, owner)
         self.layers = nn.ModuleList(
             [BLOCK_CLASSES[block_topology(config, i)](config, i) for i in range(config.num_hidden_layers)]
         )
@@ -412,8 +437,8 @@ class SkipNormDecoder(SkipNormStack):
         "cross_attentions": OutputRecorder(SkipNormCrossAttention, index=1, layer_name="cross_attn"),
     }
 
-    def __init__(self, config: SkipNormConfig, embed_tokens: nn.Embedding, admin_omegas: list | None = None):
-        super().__init__(config, embed_tokens)
+    def __init__(self, config: SkipNormConfig, owner: nn.Module, admin_omegas: list | None = None):
+        super().__init__(config, owner)
         self.layers = nn.ModuleList(
             [SkipNormDecoderBlock(config, i, admin_omegas) for i in range(config.num_hidden_layers)]
         )
@@ -471,15 +496,19 @@ SEQ2SEQ_AUTO_MAP_HEADS = {
 }
 
 
-class SkipNormSeq2SeqPreTrainedModel(SkipNormPreTrainedModel):
-    """Shared behaviour of the encoder-decoder classes: the T5 bias needs the mask, so no flash attention with it;
-    Admin's profiling pass runs per stack; `auto_map` names the encoder-decoder classes."""
+class SkipNormSeq2SeqPreTrainedModel(AdditiveScoreBiasBackends, SkipNormPreTrainedModel):
+    """Shared behaviour of the encoder-decoder classes: the T5 bias needs the mask, so no flash or flex attention
+    with it; Admin's profiling pass runs per stack; `auto_map` names the encoder-decoder classes."""
 
     auto_map_heads = SEQ2SEQ_AUTO_MAP_HEADS
 
-    @property
-    def _supports_flash_attn(self) -> bool:
-        return self.config.position_embedding != "t5_relative"  # flash kernels take no additive score bias
+    def check_tensor_parallel(self) -> None:
+        """The config's tensor-parallel plan names the decoder-only layout (`layers.*`); under an encoder-decoder it
+        would match nothing and every rank would silently hold the whole model: refuse instead."""
+        tp_size = getattr(self, "_tp_size", None) or 1
+        if tp_size > 1:
+            raise ValueError(f"tp_size={tp_size} is not valid for {type(self).__name__}: tensor parallelism is not "
+                             f"implemented for SkipNorm encoder-decoders; valid: tp_plan=None")
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -549,19 +578,18 @@ class SkipNormEncoderDecoderModel(SkipNormSeq2SeqPreTrainedModel):
             raise ValueError("SkipNormEncoderDecoderModel needs SkipNormConfig(is_encoder_decoder=True); decoder-only "
                              "and encoder-only models are SkipNormModel / SkipNormForCausalLM / SkipNormForMaskedLM")
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.encoder = SkipNormEncoder(config.stack_config("encoder"), self.embed_tokens)
-        self.decoder = SkipNormDecoder(config.stack_config("decoder"), self.embed_tokens, config.decoder_admin_omegas)
+        self.encoder = SkipNormEncoder(config.stack_config("encoder"), self)
+        self.decoder = SkipNormDecoder(config.stack_config("decoder"), self, config.decoder_admin_omegas)
         self._no_split_modules = sorted({type(layer).__name__ for stack in (self.encoder, self.decoder)
                                          for layer in stack.layers})
+        self._keep_in_fp32_modules_strict = fp32_residual_patterns(self)  # the encoder's hyper-connections, if any
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
-        self.encoder.set_input_embeddings(value)
-        self.decoder.set_input_embeddings(value)
+        self.embed_tokens = value  # the stacks look it up here
 
     def get_encoder(self, modality: str | None = None) -> SkipNormEncoder:
         return self.encoder
@@ -640,8 +668,10 @@ class SkipNormForConditionalGeneration(SkipNormSeq2SeqPreTrainedModel, Generatio
         self.model = SkipNormEncoderDecoderModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.scale_lm_head_input = fold_affine(0.0, float(config.lm_head_multiplier))  # T5 tied: d**-0.5
-        self.final_logits_bias = SkipNormFinalLogitsBias(config.vocab_size) if config.final_logits_bias else nn.Identity()
+        self.final_logits_bias = (SkipNormFinalLogitsBias(config.vocab_size) if config.final_logits_bias
+                                  else nn.Identity())
         self._no_split_modules = self.model._no_split_modules  # the block classes present (FSDP / device_map)
+        self._keep_in_fp32_modules_strict = self.model._keep_in_fp32_modules_strict
         self.post_init()
 
     def get_encoder(self, modality: str | None = None) -> SkipNormEncoder:
@@ -653,12 +683,19 @@ class SkipNormForConditionalGeneration(SkipNormSeq2SeqPreTrainedModel, Generatio
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True) -> nn.Embedding:
-        """transformers' resize (shared embedding, tied lm_head), plus `final_logits_bias`: kept rows stay, new ones 0."""
+        """transformers' resize (shared embedding, tied lm_head), plus `final_logits_bias`: kept rows stay, new
+        ones 0."""
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         if isinstance(self.final_logits_bias, SkipNormFinalLogitsBias):
             old, rows = self.final_logits_bias.bias, embeddings.weight.shape[0]

@@ -63,6 +63,7 @@ from .hyper_connections_skipnorm import (
     MultiStream,
     StaticHyperConnection,
     build_depth_average,
+    stream_mixer,
 )
 from .depth_mixing_skipnorm import (
     AttnResStream,
@@ -80,11 +81,53 @@ from .depth_mixing_skipnorm import (
 from .residuals_skipnorm import (
     GATE_BIAS_INIT,
     AdminResidual,
+    DynamicFracConnection,
     GatedResidual,
+    LaurelLRResidual,
+    LaurelRWLRResidual,
+    LaurelRWResidual,
     LayerScaleResidual,
     ReZeroResidual,
     build_residual,
 )
+
+
+# ----------------------------------------------------------------------------------------------------- inputs
+# Bad inputs get a ValueError naming the input, the value and the valid range, not torch's bare IndexError (CPU) or
+# device-side assert (CUDA). Shape checks are free; value checks cost one host sync per call and are skipped while
+# torch.compile traces (a data-dependent branch would break fullgraph).
+def check_input_shape(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> None:
+    if (input_ids is None) ^ (inputs_embeds is not None):
+        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    name, tensor, dims = ("input_ids", input_ids, 2) if input_ids is not None else ("inputs_embeds", inputs_embeds, 3)
+    if tensor.dim() != dims:
+        raise ValueError(f"{name} must be {dims}-D, (batch, seq_len{', hidden_size' if dims == 3 else ''}); got shape "
+                         f"{tuple(tensor.shape)}")
+    if 0 in tensor.shape[:2]:
+        raise ValueError(f"{name} is empty: shape {tuple(tensor.shape)}; valid: at least one sequence of one token")
+
+
+def check_ids_in_range(name: str, ids: torch.Tensor | None, size: int, field: str) -> None:
+    """Every id of `ids` must index a row of an embedding with `size` rows (`SkipNormConfig.<field>`)."""
+    if ids is None or torch.compiler.is_compiling():
+        return
+    low, high = torch.aminmax(ids)  # one reduction, compared as Python ints (tensor comparisons cost 4x more)
+    low, high = low.item(), high.item()
+    if low < 0 or high >= size:
+        raise ValueError(f"{name} holds {low if low < 0 else high}, outside the valid range [0, {size - 1}] "
+                         f"(SkipNormConfig.{field}={size})")
+
+
+def check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor | None,
+                 inputs_embeds: torch.Tensor | None) -> None:
+    """One label per token (-100: ignored), for the causal LM, masked LM and token classification heads."""
+    inputs = input_ids if input_ids is not None else inputs_embeds
+    if labels is None or inputs is None:
+        return  # no inputs: the base model names that
+    expected = tuple(inputs.shape[:2])
+    if tuple(labels.shape) != expected:
+        raise ValueError(f"labels have shape {tuple(labels.shape)} but the inputs have {expected} tokens; valid: one "
+                         f"label per token, shape {expected} (-100 for tokens without a label)")
 
 
 # ----------------------------------------------------------------------------------------------------- positions
@@ -136,6 +179,7 @@ class SkipNormLearnedPositions(nn.Embedding):
         super().__init__(config.max_position_embeddings, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor):
+        check_ids_in_range("position_ids", position_ids, self.num_embeddings, "max_position_embeddings")
         return hidden_states + super().forward(position_ids), None
 
 
@@ -516,14 +560,19 @@ class SkipNormResiDualBlock(SkipNormBlock):
 
 class SkipNormHyperConnectionBlock(SkipNormBlock):
     """A block on ``n`` residual streams (B, T, n, C): hyper-connections (`hyper`, arXiv 2409.19606) or mHC (`mhc`,
-    arXiv 2512.24880). Per sublayer, with ``T(h) = N_out(F(N_in(h)))`` the sequential block's own sublayer::
+    arXiv 2512.24880); or on the ``m`` fractions of one stream (B, T, C): Frac-Connections (`frac`, arXiv 2503.14125,
+    whose `width` / `depth` reshape to fractions and back). Per sublayer, with ``T(h) = N_out(F(N_in(h)))`` the sequential block's own sublayer::
 
         h, mixed, w = connection.width(H)     (h = A_m^T H, mixed = A_r^T H, w = B)
         H = mixed + w^T T(h)                  (connection.depth)
 
     The connection modules sit in the `attn_residual` / `mlp_residual` slots; the config refuses placements with a
-    norm after the skip.
+    norm after the skip. `stream_recompute` runs `width` under a checkpoint (`mix`), recomputed in backward.
     """
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.mix = stream_mixer(config)  # a module-level function: (connection, streams) -> width(streams)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -535,13 +584,13 @@ class SkipNormHyperConnectionBlock(SkipNormBlock):
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         streams = hidden_states
-        h, mixed, write = self.attn_residual.width(streams)
+        h, mixed, write = self.mix(self.attn_residual, streams)
         attn, _ = self.self_attn(
             self.attn_pre_norm(h), position_embeddings=position_embeddings, attention_mask=attention_mask,
             cache=cache, **kwargs,
         )
         streams = self.attn_residual.depth(mixed, write, self.branch_dropout(self.attn_out_norm(attn)), streams.dtype)
-        h, mixed, write = self.mlp_residual.width(streams)
+        h, mixed, write = self.mix(self.mlp_residual, streams)
         mlp = self.mlp(self.mlp_pre_norm(h))
         return self.mlp_residual.depth(mixed, write, self.branch_dropout(self.mlp_out_norm(mlp)), streams.dtype)
 
@@ -621,12 +670,14 @@ BLOCK_CLASSES: dict[str, type[nn.Module]] = {
 def block_topology(config: SkipNormConfig, layer_idx: int) -> str:
     """The `BLOCK_CLASSES` key for block `layer_idx`: placements that rewire the block name their own class (the
     config refuses mixing them across sublayers or with `parallel_block`), then the parallel block, else sequential."""
+    if config.architecture == "ngpt":  # the normalized Transformer replaces the whole block (ngpt_skipnorm.py)
+        return "ngpt"
     attn_position, _ = config.layer_norm_positions(layer_idx)
     if attn_position in ("b2t", "resi_dual"):
         return attn_position
     if config.parallel_block:
         return "parallel"
-    if config.residual in ("hyper", "mhc"):  # the config refuses them with parallel / b2t / resi_dual blocks
+    if config.residual in ("hyper", "mhc", "frac"):  # the config refuses them with parallel / b2t / resi_dual blocks
         return "hyper"
     if config.residual == "dense":
         return "dense"
@@ -817,10 +868,15 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         | hyper-connections (SHC / DHC) | offsets 0: A_m = e_{k mod n}, A_r = I, B = 1; dynamic W = 0, s = 0.01 |
         | mHC | b_pre = e_{k mod n}, b_post = 0, b_res = I (logits); phi = 0; gating offsets 0 (alpha = 0.01) |
         | DenseFormer depth weights | offsets 0: the plain residual (weight 1 on the latest block output) |
+        | Frac-Connections (SFC / DFC) | offsets 0: Y = A = I, B = 1 (the plain residual); dynamic W = 0, s = 0.01 |
+        | LAuReL alpha / beta offsets, B (`laurel_up`) | 0: alpha = beta = 1, W = I + B A = I (the plain residual); A
+          (`laurel_down`) as every Linear |
         | value residual: learned lambda offsets / per-token mix_proj W, b | 0 (lambda = (0.5, 0.5); sigmoid(0) = 0.5) |
         | U-Net skip weights w (`unet_skips.weight_bias`) | offsets 0: w = 1 (modded-nanogpt) |
         | AttnRes pseudo-queries w (`query_bias`), key RMSNorm gain | 0 (uniform weights over depth, the paper's init) / 1 |
         | rotary inv_freq | recomputed from the config (transformers' default) |
+        | nGPT (`architecture="ngpt"`) | the above, then embeddings, lm_head, q/k/v/gate/up rows and o/down columns unit
+          vectors; alpha, s_qk, s_u, s_v, s_z offsets 0 (their paper inits, ngpt_skipnorm.py) |
         """
         super()._init_weights(module)
         if hasattr(module, "unit_offset") and getattr(module, "weight", None) is not None:
@@ -852,6 +908,21 @@ class SkipNormPreTrainedModel(PreTrainedModel):
                         init.normal_(getattr(module, name).weight, mean=0.0,
                                      std=self.config.initializer_range * module.init_gain)
         self._init_residual_weights(module)
+        self._init_ngpt_weights(module)
+
+    def _init_ngpt_weights(self, module: nn.Module) -> None:
+        """nGPT's rows of the `_init_weights` table (arXiv 2410.01131; NVIDIA/ngpt): the usual normal draw, then every
+        matrix row (column for W_o / down_proj) and embedding along the hidden dimension made a unit vector, after
+        the module's own Linears are drawn (children first); scalings at their paper init (offsets 0)."""
+        if isinstance(module, NGPTScaling):
+            init.zeros_(module.s_bias)
+        unit_weights = dict(NGPT_UNIT_WEIGHTS)
+        for attribute, dim in unit_weights.get(type(module), ()):
+            weight = getattr(module, attribute).weight
+            init.copy_(weight, ngpt_unit(weight, dim=dim))
+        if self.config.architecture == "ngpt" and isinstance(module, (SkipNormModel, SkipNormForCausalLM)):
+            embedding = module.embed_tokens if isinstance(module, SkipNormModel) else module.lm_head
+            init.copy_(embedding.weight, ngpt_unit(embedding.weight, dim=-1))
 
     def _init_residual_weights(self, module: nn.Module) -> None:
         """The residual catalogue's rows of the `_init_weights` table."""
@@ -891,6 +962,15 @@ class SkipNormPreTrainedModel(PreTrainedModel):
                 init.zeros_(param)
         if isinstance(module, DepthWeightedAverage):
             init.zeros_(module.alpha_bias)
+        if isinstance(module, DynamicFracConnection):  # its static offsets are zeroed by the hyper-connection row
+            for param in (module.dynamic_width_proj.weight, module.dynamic_depth_proj.weight, module.width_scale_bias,
+                          module.depth_scale_bias):
+                init.zeros_(param)
+        if isinstance(module, LaurelRWResidual):  # RW and RW+LR: alpha = beta = 1, the plain residual
+            init.zeros_(module.alpha_bias)
+            init.zeros_(module.beta_bias)
+        if isinstance(module, (LaurelLRResidual, LaurelRWLRResidual)):  # B = 0: W = I + B A starts as the identity
+            init.zeros_(module.laurel_up.weight)
         if isinstance(module, DepthAttention):
             init.zeros_(module.query_bias)
         if isinstance(module, UNetSkips):
@@ -971,9 +1051,13 @@ def tensor_parallel_blockers(layer: nn.Module) -> dict[str, list[str]]:
             ("qk_norm='per_head_gains' (one gain vector per global head)",
              attn.q_norm if isinstance(attn.q_norm, tuple(PER_HEAD_GAIN_NORMS.values())) else Identity()),
             ("the attention sub_norm over heads * head_dim (subln, normformer)", attn.sub_norm),
+            ("nGPT's s_qk (one gain per global head and dim)", getattr(attn, "qk_scale", Identity())),
         ) if not isinstance(module, Identity)
     ]
-    mlp_blockers = [] if isinstance(mlp.sub_norm, Identity) else ["the MLP sub_norm over intermediate_size (subln, normformer)"]
+    mlp_blockers = [] if isinstance(mlp.sub_norm, Identity) else [
+        "the MLP sub_norm over intermediate_size (subln, normformer)"]
+    if hasattr(mlp, "up_scale"):  # nGPT's s_u, s_v: one gain per global hidden unit
+        mlp_blockers.append("nGPT's s_u / s_v over intermediate_size")
     return {"self_attn": attn_blockers, "mlp": mlp_blockers}
 
 
@@ -1070,6 +1154,7 @@ class SkipNormModel(SkipNormPreTrainedModel):
         if self.embed_token_types is not None:
             if token_type_ids is None:  # BERT's default: every token is segment 0
                 token_type_ids = torch.zeros_like(position_ids)
+            check_ids_in_range("token_type_ids", token_type_ids, self.config.type_vocab_size, "type_vocab_size")
             hidden_states = hidden_states + self.embed_token_types(token_type_ids)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids were given but SkipNormConfig.type_vocab_size=0 (no token-type embedding)")
@@ -1090,8 +1175,8 @@ class SkipNormModel(SkipNormPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
-        if (input_ids is None) ^ (inputs_embeds is not None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        check_input_shape(input_ids, inputs_embeds)
+        check_ids_in_range("input_ids", input_ids, self.config.vocab_size, "vocab_size")
         if inputs_embeds is None:
             # Gemma: * sqrt(hidden_size), on the token lookup only; a caller's inputs_embeds are used as given
             inputs_embeds = self.scale_embeddings(self.embed_tokens(input_ids))
@@ -1152,6 +1237,11 @@ def build_logit_softcap(cap: float | None) -> nn.Module:
     return nn.Identity() if cap is None else LogitSoftCap(cap)
 
 
+def build_logit_scale(config: SkipNormConfig) -> nn.Module:
+    """nGPT's learned logit scale ``s_z`` (arXiv 2410.01131) for `architecture="ngpt"`, else `nn.Identity`."""
+    return NGPTLogitScale(config) if config.architecture == "ngpt" else nn.Identity()
+
+
 class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
@@ -1160,6 +1250,7 @@ class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = SkipNormModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
+        self.logit_scale = build_logit_scale(config)  # nGPT's s_z; identity otherwise
         self.logit_softcap = build_logit_softcap(config.final_logit_softcapping)
         self.post_init()
 
@@ -1177,13 +1268,14 @@ class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
+        check_labels(labels, input_ids, inputs_embeds)
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.logit_softcap(self.lm_head(hidden_states[:, keep, :]))  # (B, T_keep, V)
+        logits = self.logit_softcap(self.logit_scale(self.lm_head(hidden_states[:, keep, :])))  # (B, T_keep, V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
@@ -1231,6 +1323,7 @@ class SkipNormForMaskedLM(SkipNormPreTrainedModel):
         labels: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
+        check_labels(labels, input_ids, inputs_embeds)
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             inputs_embeds=inputs_embeds, token_type_ids=token_type_ids, use_cache=False, **kwargs,
@@ -1323,6 +1416,7 @@ class SkipNormForTokenClassification(SkipNormPreTrainedModel):
         labels: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> TokenClassifierOutput:
+        check_labels(labels, input_ids, inputs_embeds)
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             inputs_embeds=inputs_embeds, token_type_ids=token_type_ids, use_cache=False, **kwargs,
@@ -1344,3 +1438,15 @@ __all__ = [
     "SkipNormForTokenClassification",
     "SkipNormBlock",
 ]
+
+
+# nGPT (arXiv 2410.01131) builds on the attention, MLP and block above, so its sibling module is imported last.
+from .ngpt_skipnorm import (  # noqa: E402
+    NGPT_UNIT_WEIGHTS,
+    NGPTLogitScale,
+    NGPTScaling,
+    SkipNormNGPTBlock,
+)
+from .ngpt_skipnorm import unit as ngpt_unit  # noqa: E402
+
+BLOCK_CLASSES["ngpt"] = SkipNormNGPTBlock

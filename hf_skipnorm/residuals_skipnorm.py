@@ -23,7 +23,16 @@ from torch import nn
 
 from .configuration_skipnorm import SkipNormConfig
 from .depth_mixing_skipnorm import SublayerDepthAttention
-from .hyper_connections_skipnorm import ManifoldHyperConnection, hyper_connection, sublayer_index
+from .hyper_connections_skipnorm import (
+    DYNAMIC_SCALE_INIT,
+    ManifoldHyperConnection,
+    StaticHyperConnection,
+    at_least_float32,
+    full_precision,
+    hyper_connection,
+    sublayer_index,
+)
+from .norms_skipnorm import build_norm
 
 
 class AddResidual(nn.Module):
@@ -153,6 +162,159 @@ class GatedResidual(nn.Module):
         return x + gate * y
 
 
+# ----------------------------------------------------------------------------------------------------- issue 15
+class OrthogonalResidual(nn.Module):
+    """``x + F_perp`` with ``F_perp = F - (<x, F> / (<x, x> + eps)) x``: the Orthogonal Residual Update (Oh et al.
+    2025, arXiv 2505.11881), per token over the hidden size (the reference code's "feature" variant,
+    BootsofLagrangian/ortho-residual `_orthogonal_channel`, ``eps = orthogonal_eps = 1e-6``). The branch's component
+    along the stream is dropped, so a sublayer can rotate the stream but not rescale it. The projection coefficient
+    is computed in at least float32 (the reference keeps ``<x, x>`` in float32 for mixed precision)."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.eps = float(config.orthogonal_eps)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x32, y32 = at_least_float32(x), at_least_float32(y)
+        coefficient = (x32 * y32).sum(-1, keepdim=True) / ((x32 * x32).sum(-1, keepdim=True) + self.eps)  # (B, T, 1)
+        return x + (y - coefficient.to(x.dtype) * x)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+class LaurelRWResidual(nn.Module):
+    """LAuReL-RW (Menghani et al., arXiv 2411.07501): ``alpha * F + beta * x`` with two learned scalars per
+    sublayer, stored as offsets from the plain residual, ``alpha = 1 + alpha_bias``, ``beta = 1 + beta_bias``."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.alpha_bias = nn.Parameter(torch.empty(1))
+        self.beta_bias = nn.Parameter(torch.empty(1))
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (1.0 + self.alpha_bias) * y + (1.0 + self.beta_bias) * self.skip(x)
+
+
+class LaurelLRResidual(nn.Module):
+    """LAuReL-LR (arXiv 2411.07501): ``F + x + B A x``, the skip ``W x`` with ``W = I + B A`` of rank-r
+    update, ``A`` = `laurel_down` (d -> r), ``B`` = `laurel_up` (r -> d). ``A`` gets the usual linear init, ``B = 0``,
+    so the model starts as the plain residual. Both are weight matrices, decayed like every linear map."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.laurel_down = nn.Linear(config.hidden_size, config.laurel_rank, bias=False)  # A
+        self.laurel_up = nn.Linear(config.laurel_rank, config.hidden_size, bias=False)  # B
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.laurel_up(self.laurel_down(x))  # (I + B A) x
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y + self.skip(x)
+
+
+class LaurelRWLRResidual(LaurelRWResidual):
+    """LAuReL-RW+LR (arXiv 2411.07501): ``alpha * F + beta * (x + B A x)``, both of the above."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__(config, layer_idx, sublayer)
+        self.laurel_down = nn.Linear(config.hidden_size, config.laurel_rank, bias=False)  # A
+        self.laurel_up = nn.Linear(config.laurel_rank, config.hidden_size, bias=False)  # B
+
+    skip = LaurelLRResidual.skip
+
+
+LAUREL_CLASSES: dict[str, type[nn.Module]] = {"rw": LaurelRWResidual, "lr": LaurelLRResidual, "rw_lr": LaurelRWLRResidual}
+
+
+def laurel_residual(config: SkipNormConfig, layer_idx: int, sublayer: str) -> nn.Module:
+    """`residual="laurel"`: the LAuReL variant named by `laurel_variant` (rw, lr or rw_lr)."""
+    return LAUREL_CLASSES[config.laurel_variant](config, layer_idx, sublayer)
+
+
+class StaticFracConnection(StaticHyperConnection):
+    """Static Frac-Connections (Zhu et al. 2025, arXiv 2503.14125): hyper-connections on ``m = frac_rate`` fractions
+    of the hidden state instead of ``n`` copies of it. With ``H = Reshape(h, (m, d/m))`` (rows ``h_1 .. h_m``) and the
+    connection matrix ``[[0, B], [Y, A]]`` (``B``: 1 x m, ``Y``, ``A``: m x m)::
+
+        h_in = Concat(Y^T H)              (width connection: the sublayer input, d wide)
+        H'   = A^T H + B^T o Reshape(T(h_in), (m, d/m))    (depth connection; B scales fraction i of T's output)
+
+    The math is the hyper-connections' (`StaticHyperConnection`, whose offsets and float32 mixing this reuses) with
+    the streams replaced by fractions, so the state stays one (B, T, d) tensor (`SingleStream`). Initialized to the
+    plain residual, ``Y = A = I``, ``B = 1`` (then ``H' = H + Reshape(T(h))``: ``x + T(x)`` exactly), stored as
+    offsets ``input_bias = Y - I``, ``mixing_bias = A - I``, ``output_bias = B - 1``, all 0 at init.
+    """
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        nn.Module.__init__(self)  # not StaticHyperConnection's: m fractions, and Y is m x m where A_m was n x 1
+        m = config.frac_rate
+        self.num_streams = m  # the fractions play the streams' part
+        self.input_bias = nn.Parameter(torch.empty(m, m))  # Y - I, indexed [from fraction j, to fraction i]
+        self.mixing_bias = nn.Parameter(torch.empty(m, m))  # A - I, indexed [from fraction j, to fraction i]
+        self.output_bias = nn.Parameter(torch.empty(m))  # B - 1
+
+    def width(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, d) -> (sublayer input Concat(Y^T H): (B, T, d), A^T H: (B, T, m, d/m) float32, B: (m,) or
+        (B, T, m) float32)."""
+        with full_precision(hidden):
+            fractions = at_least_float32(hidden).unflatten(-1, (self.num_streams, -1))  # (B, T, m, d/m)
+            input_offset, mixing_offset, output_offset = self.connection_offsets(fractions)
+            sublayer_input = fractions + input_offset.transpose(-1, -2) @ fractions  # Y^T H = H + (Y - I)^T H
+            mixed = fractions + mixing_offset.transpose(-1, -2) @ fractions  # A^T H = H + (A - I)^T H
+        return sublayer_input.flatten(-2).to(hidden.dtype), mixed, 1.0 + output_offset
+
+    @staticmethod
+    def depth(mixed: torch.Tensor, write_weights: torch.Tensor, branch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """H' = A^T H + B^T o Reshape(y): fraction i of the sublayer output y (B, T, d) added to fraction i, times B_i."""
+        with full_precision(mixed):
+            branch_fractions = branch.to(mixed.dtype).unflatten(-1, mixed.shape[-2:])  # (B, T, m, d/m)
+            return (mixed + write_weights[..., None] * branch_fractions).flatten(-2).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"fractions={self.num_streams}"
+
+
+class DynamicFracConnection(StaticFracConnection):
+    """Dynamic Frac-Connections (arXiv 2503.14125), the input-dependent connections of dynamic hyper-connections
+    (arXiv 2409.19606, Sec. 2.2) on fractions::
+
+        Hn = N(H)                           (each fraction normalized: `dynamic_norm` over d/m, of `norm_type`)
+        Y(H) = Y + s_a tanh(Hn W_y)         A(H) = A + s_a tanh(Hn W_a)        (W_y, W_a: d/m x m)
+        B(H) = B + s_b tanh(Hn W_b)^T       (W_b: d/m x 1)
+
+    ``W = 0`` at init (so it starts as the static, plain-residual connection), ``s_a = s_b = 0.01`` as in the HC
+    code, stored as ``width_scale_bias = s_a - 0.01``, ``depth_scale_bias = s_b - 0.01``."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__(config, layer_idx, sublayer)
+        m, width = config.frac_rate, config.hidden_size // config.frac_rate
+        self.dynamic_norm = build_norm(config, width)
+        self.dynamic_width_proj = nn.Linear(width, 2 * m, bias=False)  # [W_y | W_a]
+        self.dynamic_depth_proj = nn.Linear(width, 1, bias=False)  # W_b
+        self.width_scale_bias = nn.Parameter(torch.empty(1))  # s_a - 0.01
+        self.depth_scale_bias = nn.Parameter(torch.empty(1))  # s_b - 0.01
+
+    def connection_offsets(self, fractions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        static_input, static_mixing, static_output = super().connection_offsets(fractions)
+        m, dtype = self.num_streams, fractions.dtype
+        normed = self.dynamic_norm(fractions).to(dtype)  # (B, T, m, d/m)
+        width = torch.tanh(normed @ self.dynamic_width_proj.weight.to(dtype).t())  # (B, T, m, 2m): row j = fraction j
+        depth = torch.tanh(normed @ self.dynamic_depth_proj.weight.to(dtype).t())[..., 0]  # (B, T, m)
+        width_scale = DYNAMIC_SCALE_INIT + self.width_scale_bias.to(dtype)
+        depth_scale = DYNAMIC_SCALE_INIT + self.depth_scale_bias.to(dtype)
+        return (static_input + width_scale * width[..., :m], static_mixing + width_scale * width[..., m:],
+                static_output + depth_scale * depth)
+
+
+def frac_connection(config: SkipNormConfig, layer_idx: int, sublayer: str) -> StaticFracConnection:
+    """`residual="frac"`: dynamic (DFC) or static (SFC) Frac-Connections by `hyper_dynamic`."""
+    return (DynamicFracConnection if config.hyper_dynamic else StaticFracConnection)(config, layer_idx, sublayer)
+
+
 RESIDUAL_CLASSES: dict[str, Callable[[SkipNormConfig, int, str], nn.Module]] = {
     "add": AddResidual,
     "none": NoResidual,
@@ -166,6 +328,9 @@ RESIDUAL_CLASSES: dict[str, Callable[[SkipNormConfig, int, str], nn.Module]] = {
     "hyper": hyper_connection,  # static or dynamic by `hyper_dynamic`; used by HyperConnectionBlock
     "mhc": ManifoldHyperConnection,  # used by HyperConnectionBlock
     "dense": AddResidual,  # inside a DenseFormer block; the depth-weighted average sits after the block
+    "orthogonal": OrthogonalResidual,
+    "laurel": laurel_residual,  # rw, lr or rw_lr by `laurel_variant`
+    "frac": frac_connection,  # static or dynamic by `hyper_dynamic`; used by HyperConnectionBlock on one stream
     "attn_res": SublayerDepthAttention,  # Attention Residuals' depth attention; used by AttnResBlock
 }
 

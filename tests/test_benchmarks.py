@@ -137,7 +137,17 @@ def test_gpu_check_script_parses():
     commands = _gpu_check_commands()
     bench_calls = [c for c in commands if c[1] == "benchmarks/bench.py"]
     launches = [c for c in commands if c[1:3] == ["-m", "accelerate.commands.launch"]]
-    assert len(bench_calls) == 5 and len(launches) == 1
+    overheads = [c for c in commands if c[1] == "benchmarks/residual_overhead.py"]
+    assert len(bench_calls) == 4 and len(launches) == 1 and len(overheads) == 1
+    import residual_overhead
+
+    variants = overheads[0][overheads[0].index("--variants") + 1].split(",")
+    assert set(variants) <= set(residual_overhead.VARIANTS), set(variants) - set(residual_overhead.VARIANTS)
+    # the time boxes of the default run (opt-in extras excluded) add up to less than the 8 minutes it is sized for
+    script = open(os.path.join(BENCH_DIR, "gpu_check.sh")).read()
+    script = re.sub(r'\nif \[ "\$\{GPU_CHECK_[A-Z]+:-0\}" = 1 \]; then\n.*?\nfi\n', "\n", script, flags=re.S)
+    boxes = re.findall(r"timeout -k 5 (\d+)", script)
+    assert sum(map(int, boxes)) + 5 * len(boxes) <= 480, boxes
     for command in bench_calls:  # argparse exits on an unknown flag or a bad choice
         args = bench.parse_args(command[2:])
         for size in (args.sizes + "," + (args.compile_sizes or "")).split(","):

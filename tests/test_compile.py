@@ -32,6 +32,7 @@ TOPOLOGY_CELLS: dict[str, dict] = {
     "resi_dual": dict(norm_position="resi_dual"),
     "hyper": dict(residual="hyper"),
     "dense": dict(residual="dense"),
+    "ngpt": dict(architecture="ngpt", norm_position="none", tie_word_embeddings=False),
     "attn_res": dict(residual="attn_res"),
 }
 EXTRA_CELLS: dict[str, dict] = {
@@ -39,6 +40,9 @@ EXTRA_CELLS: dict[str, dict] = {
     "mhc": dict(residual="mhc", sinkhorn_iters=3),
     "post-admin": dict(norm_position="post", residual="admin"),
     "gated-qk_full": dict(residual="gated", qk_norm="full"),
+    "orthogonal": dict(residual="orthogonal"),
+    "laurel": dict(residual="laurel"),
+    "frac": dict(residual="frac"),
     # issue 15
     "attn_res_blocks": dict(residual="attn_res", attn_res_blocks=1),
     "value_residual-unet": dict(value_residual="per_token", unet_skips=True, qk_norm="per_head_gains"),

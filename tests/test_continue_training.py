@@ -61,7 +61,8 @@ def assert_same_weights(folder_a, folder_b):
 def test_continue_from_a_train_py_folder_and_from_its_checkpoint(corpus, source_run, tmp_path, capsys):
     out = tmp_path / "more"
     train.main(run_args(corpus, out, "--model_name_or_path", str(source_run), "--learning_rate", "0", "--max_steps", "2",
-                        "--hidden_dropout", "0.1", "--norm_position", "pre"))  # a runtime field; a cell field that agrees
+                        "--hidden_dropout", "0.1",  # a runtime field
+                        "--norm_position", "pre", "--residual_alpha", "null"))  # fields that agree (null: resolved to 1.0)
     assert f"continuing from {source_run}" in capsys.readouterr().out
     assert_same_weights(source_run, out)
     config = json.loads((out / "config.json").read_text())
@@ -147,6 +148,19 @@ def test_a_hub_id_resolves_through_the_local_cache_only(corpus, source_run, tmp_
                             "--cache_dir", str(tmp_path / "hub"), "--max_steps", "1"))
 
 
+def test_config_name_gives_a_new_cell_and_max_samples_limit_the_blocks(corpus, source_run, tmp_path):
+    out = tmp_path / "scratch"
+    train.main(run_args(corpus, out, "--config_name", str(source_run), "--tokenizer_name", str(corpus[0] / "tokenizer"),
+                        "--max_steps", "-1", "--num_train_epochs", "1", "--max_train_samples", "8",
+                        "--max_eval_samples", "2"))
+    source, new = json.loads((source_run / "config.json").read_text()), json.loads((out / "config.json").read_text())
+    for name in ("hidden_size", "num_hidden_layers", "norm_position", "vocab_size"):
+        assert new[name] == source[name], name
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2  # 8 blocks / batch 4, one epoch
+    with pytest.raises(AssertionError):
+        assert_same_weights(source_run, out)  # a new model from the config, not the source's weights
+
+
 def test_config_overrides_use_run_clm_syntax_typed_by_the_field():
     overrides = arguments.parse_config_overrides(
         'hidden_size=64,norm_type=layernorm,final_norm=true,norm_eps=1e-3,norm_position=["post","pre"],head_dim=null'
@@ -165,7 +179,8 @@ def test_help_is_grouped_short_and_lists_the_valid_choices(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
     text = capsys.readouterr().out
-    assert len(text.splitlines()) < 250  # 946 lines before the grouping
+    # 946 lines before the grouping; now one line per cell field (a few wrap), so a new config field adds one
+    assert len(text.splitlines()) < 160 + len(arguments.skipnorm_config_fields())
     for group in ("model source (run_clm.py-style):", "model cell, one option per SkipNormConfig field", "data:", "run:",
                   "Trainer options (TrainingArguments; the common ones)"):
         assert group in text, group

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
 import warnings
 
 import pytest
@@ -22,7 +24,7 @@ from hf_skipnorm import (
     SkipNormForTokenClassification,
     SkipNormModel,
 )
-from hf_skipnorm.loading_skipnorm import CheckpointMismatchError
+from hf_skipnorm.loading_skipnorm import CheckpointMismatchError, non_finite_tensors
 
 TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=48, max_position_embeddings=32)
@@ -74,7 +76,7 @@ def test_a_tensor_the_model_has_no_place_for_is_refused(tmp_path, saved_with, ed
     edit_config(tmp_path, **edited)
     if weights:
         edit_weights(tmp_path, weights)
-    with pytest.raises(CheckpointMismatchError, match=rf"{key}: in the checkpoint, but the config builds no tensor"):
+    with pytest.raises(CheckpointMismatchError, match=rf"{key}: in the checkpoint but not built from the config"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
@@ -88,9 +90,9 @@ MISSING = {
                            r"lm_head\.weight: missing from a checkpoint saved by SkipNormForCausalLM, which"),
     "backbone-key-renamed": (SkipNormForCausalLM, dict(), dict(),
                              rename("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weighs"),
-                             r"model\.layers\.0\.mlp\.up_proj\.weight: built from the config, but missing"),
+                             r"model\.layers\.0\.mlp\.up_proj\.weight: built from the config but missing"),
     "head-key-renamed": (SkipNormForCausalLM, dict(tie_word_embeddings=False), dict(),
-                         rename("lm_head.weight", "lm_head.weigh"), r"lm_head\.weigh: in the checkpoint"),
+                         rename("lm_head.weight", "lm_head.weigh"), r"lm_head\.weigh: in the checkpoint but not built"),
     "score-renamed": (SkipNormForSequenceClassification, dict(num_labels=3), dict(),
                       rename("score.weight", "score.weigh"), r"score\.weight: missing from a checkpoint saved by"),
 }
@@ -113,7 +115,7 @@ def test_a_renamed_head_key_in_an_unknown_checkpoint_is_still_refused(tmp_path):
     del config["architectures"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     edit_weights(tmp_path, rename("score.weight", "score.weigh"))
-    with pytest.raises(CheckpointMismatchError, match=r"score\.weigh: in the checkpoint"):
+    with pytest.raises(CheckpointMismatchError, match=r"score\.weigh: in the checkpoint but not built"):
         SkipNormForSequenceClassification.from_pretrained(tmp_path)
 
 
@@ -142,9 +144,13 @@ def test_a_new_task_head_on_a_backbone_checkpoint_is_initialized_with_a_warning(
 
 def test_another_tasks_head_is_dropped_with_a_warning(tmp_path):
     save(tmp_path, tie_word_embeddings=False)  # lm_head.weight is stored
-    with pytest.warns(UserWarning, match=r"another task's head.*lm_head\.weight"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         _, info = SkipNormForSequenceClassification.from_pretrained(tmp_path, num_labels=2, output_loading_info=True)
-    assert info["unexpected_keys"] == {"lm_head.weight"}
+    messages = [str(warning.message) for warning in caught]
+    assert any("another task's head" in m and "lm_head.weight" in m for m in messages), messages
+    assert any("newly initialized" in m and "score.weight" in m for m in messages), messages
+    assert info["unexpected_keys"] == {"lm_head.weight"} and info["missing_keys"] == {"score.weight"}
 
 
 def test_a_tied_checkpoint_with_distinct_head_values_keeps_both(tmp_path):
@@ -227,6 +233,25 @@ def test_non_finite_tensors_are_named_in_a_warning(tmp_path):
         SkipNormForCausalLM.from_pretrained(tmp_path)
 
 
+def test_the_non_finite_scan_reads_each_tensor_once_without_copies():
+    """Cheaper than one copy of the weights (a second read of the file costs at least that): min over 3 runs."""
+    model = SkipNormForCausalLM(SkipNormConfig(**{**TINY, "vocab_size": 8192, "hidden_size": 256,
+                                                  "intermediate_size": 1024, "num_attention_heads": 4}))
+    tensors = list(model.state_dict().values())
+
+    def best(run):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    scan = best(lambda: non_finite_tensors(model, set()))
+    copy = best(lambda: [tensor.clone() for tensor in tensors])
+    assert scan < copy, (scan, copy)
+
+
 # ------------------------------------------------------------------------------------------ config.json values
 # (config.json change or from_pretrained keyword, the field the error names)
 BAD_CONFIG = {
@@ -257,3 +282,18 @@ def test_a_keyword_override_that_is_valid_is_applied(tmp_path):
     save(tmp_path)
     model = SkipNormForCausalLM.from_pretrained(tmp_path, hidden_dropout=0.25)
     assert model.config.hidden_dropout == 0.25 and model.model.embedding_dropout.p == 0.25
+
+
+# ------------------------------------------------------------------------------------------ float32-kept weights
+@pytest.mark.parametrize("fields, names", [
+    (dict(), set()),
+    (dict(residual="hyper", hyper_dynamic=False), {"input_bias", "mixing_bias", "output_bias"}),
+    (dict(residual="mhc"), {"pre_bias", "post_bias", "res_bias", "dynamic_proj", "pre_scale_bias", "post_scale_bias",
+                            "res_scale_bias"}),
+], ids=["pre-norm", "static-hyper", "mhc"])
+def test_keep_in_fp32_lists_only_the_modules_the_model_has(fields, names):
+    model = SkipNormForCausalLM(SkipNormConfig(**{**TINY, **fields}))
+    assert model._keep_in_fp32_modules_strict == {rf"_residual\.{name}" for name in names}
+    parameters = [name for name, _ in model.named_parameters()]
+    for pattern in model._keep_in_fp32_modules_strict:
+        assert any(re.search(pattern, name) for name in parameters), pattern

@@ -9,6 +9,8 @@ equals uncached generation, and `residual="none"` has no identity path.
 """
 
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -471,3 +473,41 @@ def test_the_grid_of_placements_and_residuals_builds_or_says_why():
             assert out.shape == (1, 5, 16) and torch.isfinite(out).all(), (position, residual)
             built += 1
     assert built > refused > 0
+
+
+# ----------------------------------------------------------------------------------------------------- recompute
+@pytest.mark.parametrize("residual", ["hyper", "mhc"])
+def test_stream_recompute_gives_the_same_loss_and_gradients_and_saves_less(residual):
+    """`stream_recompute` (mHC, arXiv 2512.24880, Sec. 4.3): the width connection runs again in backward instead of
+    keeping its intermediates: bit-identical loss and gradients in float64, fewer bytes saved for backward."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import bench
+
+    results = {}
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        config = SkipNormConfig(vocab_size=97, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                residual=residual, stream_recompute=recompute)
+        model = SkipNormForCausalLM(config).double().train()
+        with torch.no_grad():  # off the paper's init, so every mixing weight matters
+            for name, parameter in model.named_parameters():
+                if "_residual." in name:
+                    parameter.add_(0.1 * torch.randn_like(parameter))
+        ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
+        holder = type("Holder", (), {"model": model, "forward": model, "batch": ids,
+                                     "env": bench.Env(torch.device("cpu"), torch.float64, "auto")})()
+        saved = bench.saved_activation_bytes(holder)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results[recompute] = (loss.item(), {n: p.grad for n, p in model.named_parameters()}, saved)
+    (plain_loss, plain_grads, plain_saved), (loss, grads, saved) = results[False], results[True]
+    assert loss == plain_loss
+    for name, grad in plain_grads.items():
+        assert torch.equal(grads[name], grad), name
+    assert saved < 0.85 * plain_saved, (saved, plain_saved)
+
+
+def test_stream_recompute_is_refused_without_stream_mixing():
+    with pytest.raises(ValueError, match=r"stream_recompute=True is not valid with residual='add'.*hyper"):
+        SkipNormConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       stream_recompute=True)

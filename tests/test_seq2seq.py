@@ -69,6 +69,7 @@ def test_decoder_overrides_give_the_decoder_its_own_axes():
     (dict(norm_position="b2t"), "no cross-attention form"),
     (dict(norm_position="post", residual="add", decoder_overrides={"norm_position": "resi_dual"}), "resi_dual"),
     (dict(residual="hyper"), "multi-stream"),
+    (dict(residual="attn_res"), "multi-stream"),
     (dict(parallel_block=True), "parallel_block"),
     (dict(decoder_overrides={"hidden_size": 8}), "valid keys"),
     (dict(decoder_layers=0), "decoder_layers"),
@@ -91,6 +92,17 @@ def test_deepnet_init_draws_each_stack_with_its_own_beta():
         assert weights.std().item() == pytest.approx(beta * math.sqrt(2 / 128), rel=0.08), stack
     cross = torch.cat([layer.cross_attn.v_proj.weight.flatten() for layer in model.model.decoder.layers])
     assert cross.std().item() == pytest.approx((12 * 2) ** -0.25 * math.sqrt(2 / 128), rel=0.08)
+
+
+def test_magneto_gains_follow_the_encoder_decoder_pair():
+    """Sub-LN in an encoder-decoder: encoder gamma = sqrt(log(3M) log(2N) / 3), decoder sqrt(log(3M)) (Magneto;
+    torchscale's encoder.py / decoder.py), on v_proj of self- and cross-attention alike."""
+    config = SkipNormConfig(**{**TINY, "num_hidden_layers": 3, "decoder_layers": 2}, norm_position="subln")
+    assert config.stack_config("encoder").subln_init_gain == pytest.approx(math.sqrt(math.log(6) * math.log(6) / 3))
+    assert config.stack_config("decoder").subln_init_gain == pytest.approx(math.sqrt(math.log(6)))
+    model = SkipNormForConditionalGeneration(config)
+    block = model.model.decoder.layers[0]
+    assert block.self_attn.init_gain == block.cross_attn.init_gain == pytest.approx(math.sqrt(math.log(6)))
 
 
 @pytest.mark.parametrize("norm_type", ["layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dyt", "derf", "none"])
@@ -369,6 +381,13 @@ def test_sdpa_and_eager_agree():
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_t5_bias_offers_only_the_backends_that_add_it():
+    t5, plain = tiny(position_embedding="t5_relative"), tiny()
+    for module in (t5, t5.model.encoder, t5.model.decoder):
+        assert not module._supports_flash_attn and not module._supports_flex_attn
+    assert plain._supports_flash_attn and plain.model.decoder._supports_flex_attn
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     ids, mask = source_batch()
     labels = torch.tensor([[7, 8, 2], [9, 2, -100]])
@@ -460,5 +479,8 @@ def test_resizing_the_vocabulary_resizes_every_vocabulary_tensor():
     assert model.model.encoder.embed_tokens.weight.shape[0] == model.lm_head.weight.shape[0] == 48
     assert model.model.encoder.embed_tokens is model.model.decoder.embed_tokens is model.get_input_embeddings()
     assert torch.equal(model.final_logits_bias.bias[0, :40], kept) and not model.final_logits_bias.bias[0, 40:].any()
+    replacement = nn.Embedding(48, 16)
+    model.set_input_embeddings(replacement)
+    assert model.model.encoder.embed_tokens is model.model.decoder.embed_tokens is replacement
     ids, mask = source_batch()
     assert model(input_ids=ids, attention_mask=mask).logits.shape[-1] == 48

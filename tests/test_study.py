@@ -178,3 +178,33 @@ def test_quick_study_runs_under_three_minutes(tmp_path):
     study.main(["--quick", "--output_dir", str(tmp_path / "quick")])
     assert time.perf_counter() - start < 180
     assert (tmp_path / "quick" / "report.md").exists()
+
+
+def _frontier_results(pre_norms, attn_norms, pre_grads, attn_grads, losses):
+    def run(cell, norms, grads, loss, seed=0):
+        layers = [{"layer": i, "stream_norm": n, "grad_norm/attn": g / 2, "grad_norm/mlp": g / 2, "token_cosine": 0.5}
+                  for i, (n, g) in enumerate(zip(norms, grads))]
+        return {"cell": cell, "depth": len(norms), "width": 64, "lr": 1e-3, "warmup": True, "seed": seed,
+                "status": "trained", "val_loss": loss, "run_id": f"{cell}-{seed}", "trained_profile": {"layers": layers}}
+
+    runs = [run("pre", pre_norms, pre_grads, losses["pre"]), run("pre", pre_norms, pre_grads, losses["pre"] + 0.02, 1),
+            run("attn_res", attn_norms, attn_grads, losses["attn_res"]),
+            run("value_residual", attn_norms, attn_grads, losses["value_residual"])]
+    cells = {c: study_findings.ROLES[c] for c in ("pre", "attn_res", "value_residual", "unet_skips")}
+    return {"grid": {"cells": cells}, "runs": runs, "unigram_entropy": 3.1,
+            "availability": {c: "available" for c in cells}}
+
+
+def test_frontier_verdicts_are_computed_from_the_numbers():
+    growing, flat = [1.0, 2.0, 4.0, 8.0], [3.0, 3.2, 3.1, 3.3]
+    uneven, even = [1.0, 0.5, 0.25, 0.1], [0.5, 0.45, 0.5, 0.48]
+    paper = _frontier_results(growing, flat, uneven, even, {"pre": 2.6, "attn_res": 2.4, "value_residual": 2.5})
+    seven, eight = study_findings.compute(paper)[6:8]
+    assert seven["verdict"] == "agree" and eight["verdict"].startswith("agree")
+    assert "unet_skips: not measured" in eight["verdict"]  # in the grid's cells but never run
+    opposite = _frontier_results(flat, growing, even, uneven, {"pre": 2.4, "attn_res": 2.6, "value_residual": 2.41})
+    seven, eight = study_findings.compute(opposite)[6:8]
+    assert seven["verdict"] == "disagree" and eight["verdict"].startswith("disagree")
+    # value_residual is 0.01 worse: inside the seed range (0.02), so it must not count as better either way
+    assert ("value_residual's final val loss is below Pre-LN's by more than the seed range (0.020)", False) in [
+        tuple(c) for c in eight["checks"]]

@@ -145,13 +145,22 @@ def test_a_grown_grid_trains_only_its_new_runs_and_changed_settings_are_refused(
     assert "2 already finished, 2 to train" in capsys.readouterr().out
     assert all(os.stat(os.path.join(out, "runs", r, "result.json")).st_mtime_ns == t for r, t in stamps.items())
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 4
+    # A run recorded as unavailable (its feature had not landed) is trained once its cell builds
+    path = os.path.join(out, "runs", RUNS[1], "result.json")
+    with open(path, "w") as handle:
+        json.dump({"run_id": RUNS[1], "status": study.NOT_AVAILABLE, "reason": "not yet"}, handle)
+    study.main(["--grid", _grid_file(str(tmp_path), seeds=[0, 1]), "--output_dir", str(out)])
+    assert "3 already finished, 1 to train" in capsys.readouterr().out
+    assert _result(str(out), RUNS[1])["status"] == "trained"
     with pytest.raises(ValueError, match="was made with other settings \\(changed: \\['steps'"):
         study.main(["--grid", _grid_file(str(tmp_path), steps=9), "--output_dir", str(out)])
 
 
-def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
-    grid = _grid_file(str(tmp_path), cells={"pre": {"norm_position": "pre"}, "boom": {"norm_position": "post"}},
-                      blocks=[{"cells": ["boom"], "learning_rates": [1e6], "warmup": [False]}, {"cells": ["pre"]}])
+def test_a_diverging_cell_and_an_unavailable_cell_are_recorded_and_the_sweep_goes_on(tmp_path):
+    pytest.importorskip("tensorboard")
+    cells = {"pre": {"norm_position": "pre"}, "boom": {"norm_position": "post"}, "later": {"residual": "someday"}}
+    grid = _grid_file(str(tmp_path), cells=cells, skip_unavailable_cells=True, report_to=["tensorboard"],
+                      blocks=[{"cells": ["boom"], "learning_rates": [1e6], "warmup": [False]}, {"cells": ["pre", "later"]}])
     out = tmp_path / "diverging"
     study.main(["--grid", grid, "--output_dir", str(out)])
     boom, pre = _result(str(out), "boom-L1-d32-lr1e+06-nowarmup-s0"), _result(str(out), RUNS[0])
@@ -160,6 +169,10 @@ def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert 1 <= divergence["step"] <= GRID["steps"] and len(boom["train_loss"]) == divergence["step"] - 1
     assert divergence["first_nonfinite"].startswith(("embeddings", "block ", "output", "backward"))
     assert f"optimizer step {divergence['step']}" in divergence["message"]
+    later = _result(str(out), "later-L1-d32-lr0.003-warmup-s0")  # a cell this build lacks: reported, not trained
+    assert later["status"] == study.NOT_AVAILABLE and "residual='someday'" in later["reason"]
+    events = list((out / "runs" / RUNS[0] / "trainer").rglob("events.out.tfevents.*"))
+    assert events, "report_to=['tensorboard'] reached the run's Trainer"
     report = (out / "report.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| boom-"))
     assert f"| {divergence['step']} ({divergence['first_nonfinite']}) |" in row and "| diverged |" in row
@@ -179,3 +192,15 @@ def test_the_report_is_built_from_results_json_alone(tmp_path, reference):
         assert f"| {run_id} | trained |" in report
     assert study_report.loss_spikes([1.0] * 10 + [1.2, 1.0]) == [11]  # 1.2 > 1.10 x median of the 10 before
     assert study_report.loss_spikes([1.0] * 10 + [1.05]) == []
+
+
+@pytest.mark.parametrize("name", study_grid.BUILTIN_GRIDS)
+def test_builtin_grids_are_valid_and_gpu_check_runs_the_gpu_preset(name):
+    grid = study_grid.normalize_grid(study_grid.load_grid(name)[0])
+    runs = study_grid.expand(grid)
+    assert len(runs) == len(set(runs)) >= 20
+    assert set(study.check_cells(grid)) == set(grid["cells"])  # unavailable frontier cells are reported, not refused
+    if name == "gpu":
+        assert grid["precision"] == "bf16" and grid["widths"] == [256]
+        with open(os.path.join(ROOT, "benchmarks", "gpu_check.sh")) as handle:
+            assert "training/study.py --grid gpu" in handle.read()

@@ -99,6 +99,17 @@ def test_resume_refuses_a_command_that_differs_from_the_checkpoints_run(finished
     assert named in str(error.value)
 
 
+def test_resume_into_a_folder_of_another_run_is_refused(finished_run, tmp_path):
+    out, argv = finished_run
+    other = tmp_path / "other"
+    other.mkdir()
+    record = json.loads((out / rt.RUN_RECORD).read_text())
+    (other / rt.RUN_RECORD).write_text(json.dumps({**record, "seed": 99}))
+    argv = [a if a != str(out) else str(other) for a in argv]
+    with pytest.raises(ValueError, match=r"holds another run than this command's:\n  --seed 7 \(that folder's run: 99\)"):
+        train.main([*argv, "--resume_from_checkpoint", str(out / "checkpoint-2")])
+
+
 def test_resume_refuses_a_changed_train_file(finished_run, tmp_path):
     out, argv = finished_run
     edited = tmp_path / "train.txt"

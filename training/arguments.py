@@ -7,7 +7,7 @@ config later appears on the command line with no edit here), `DataArguments`, an
 
 Where a model config value comes from, later wins:
     training defaults (a small CPU-sized model, TRAIN_MODEL_DEFAULTS)  <  --preset NAME  <  --config_file JSON
-    <  --config_overrides "k=v,k2=v2"  <  one option per field (--norm_position post, --hidden_size 256,
+    (or --config_name FOLDER_OR_CACHED_ID)  <  --config_overrides "k=v,k2=v2"  <  one option per field (--norm_position post, --hidden_size 256,
     --norm_position '["post","pre"]').
 With --model_name_or_path (continue training) or --resume_from_checkpoint the checkpoint fixes the cell: a field
 given on the command line must equal the checkpoint's, except the runtime fields in RUNTIME_FIELDS.
@@ -32,6 +32,7 @@ from transformers import HfArgumentParser, PreTrainedConfig, TrainingArguments
 
 from hf_skipnorm import SkipNormConfig
 from hf_skipnorm import configuration_skipnorm as cells
+from hf_skipnorm.config_fields_skipnorm import Choice
 
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 
@@ -56,26 +57,21 @@ def cli_name(config_field: str) -> str:
 
 _SIMPLE_TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
 
-# The valid values of the string-valued cell fields, read from the tuples beside the registries in
-# configuration_skipnorm, so a value added there is listed by --help with no edit here.
+# The valid values of the string-valued cell fields, read from the config's field table (its Choice rows) and,
+# for the placements (checked by a function: a string or a per-layer list), from NORM_POSITIONS, so a value added
+# there is listed by --help with no edit here.
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
-    "norm_position": cells.NORM_POSITIONS,
-    "attn_norm_position": cells.NORM_POSITIONS,
-    "mlp_norm_position": cells.NORM_POSITIONS,
-    "norm_type": cells.NORM_TYPES,
-    "residual": cells.RESIDUALS,
-    "position_embedding": cells.POSITION_EMBEDDINGS,
-    "mlp_type": cells.MLP_TYPES,
-    "branch_init": cells.BRANCH_INITS,
-    "qk_norm": cells.QK_NORMS,
-    "classifier_pooling": cells.CLASSIFIER_POOLINGS,
+    **{row.name: row.spec.choices for row in cells.FIELDS
+       if isinstance(row.spec, Choice) and isinstance(row.spec.choices, tuple)},
+    **{name: cells.NORM_POSITIONS for name in ("norm_position", "attn_norm_position", "mlp_norm_position")},
 }
 
 # Fields that train.py takes from the tokenizer unless given.
 TOKENIZER_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
 
-# Fields that change how a loaded model runs, not what it computes: a continued or resumed run may change them.
-RUNTIME_FIELDS = ("attention_dropout", "hidden_dropout", "use_cache")
+# Fields that change how a loaded model trains or runs, not what its weights compute at inference: a continued or
+# resumed run may change them (dropout rates, stochastic depth, the KV cache switch).
+RUNTIME_FIELDS = ("attention_dropout", "hidden_dropout", "layer_drop", "layer_drop_schedule", "use_cache")
 
 
 def _field_type(config_field: dataclasses.Field):
@@ -198,11 +194,21 @@ def parse_config_overrides(text: str | None, config_class=SkipNormConfig) -> dic
 
 def checkpoint_conflicts(config, requested: dict) -> list[str]:
     """The requested cell values that contradict a checkpoint's config (runtime fields excepted), as
-    'name=new (checkpoint: old)'."""
+    'name=new (checkpoint: old)'. A value the config resolves on construction (residual_alpha=None becomes the
+    residual's constant, rope_parameters=None the default RoPE) is compared after that resolution."""
+    asked = {name: value for name, value in requested.items() if name not in RUNTIME_FIELDS}
+    differing = [name for name, value in asked.items() if getattr(config, name, None) != value]
+    if not differing:
+        return []
+    fields = {f.name: getattr(config, f.name) for f in skipnorm_config_fields(type(config))}
+    try:
+        rebuilt = type(config)(**{**fields, **asked})
+    except (ValueError, TypeError):
+        rebuilt = None  # the request does not even build: every differing value is a conflict
     return [
-        f"{name}={value!r} (checkpoint: {getattr(config, name, None)!r})"
-        for name, value in requested.items()
-        if name not in RUNTIME_FIELDS and getattr(config, name, None) != value
+        f"{name}={asked[name]!r} (checkpoint: {getattr(config, name, None)!r})"
+        for name in differing
+        if rebuilt is None or getattr(rebuilt, name, None) != getattr(config, name, None)
     ]
 
 
@@ -237,15 +243,32 @@ def preset_values(name: str) -> dict:
 _SAVED_CONFIG_BOOKKEEPING = {"model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype"}
 
 
+def config_name_file(model_args) -> str | None:
+    """The config.json of --config_name (a folder, or a Hub id in the local cache: never downloaded)."""
+    name = getattr(model_args, "config_name", None)
+    if not name:
+        return None
+    if os.path.isdir(name):
+        return os.path.join(name, "config.json")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json", cache_dir=model_args.cache_dir, revision=model_args.model_revision)
+    if not isinstance(cached, str):
+        raise FileNotFoundError(f"--config_name {name!r} is neither a folder nor a Hub id whose config.json is in the local "
+                                "Hugging Face cache (train.py never downloads)")
+    return cached
+
+
 def assemble_config_values(model_args, skipnorm_args, defaults: dict | None = None) -> dict:
     """Merge defaults < preset < config file < --config_overrides < one option per field into one dict of
     SkipNormConfig keyword arguments."""
     values = dict(TRAIN_MODEL_DEFAULTS if defaults is None else defaults)
     if model_args.preset:
         values.update(preset_values(model_args.preset))
-    if model_args.config_file:
-        from_file = load_config_values(model_args.config_file, "--config_file")
-        values.update({k: v for k, v in from_file.items() if k not in _SAVED_CONFIG_BOOKKEEPING})
+    for flag, path in (("--config_file", model_args.config_file), ("--config_name", config_name_file(model_args))):
+        if path:
+            from_file = load_config_values(path, flag)
+            values.update({k: v for k, v in from_file.items() if k not in _SAVED_CONFIG_BOOKKEEPING})
     values.update(parse_config_overrides(getattr(model_args, "config_overrides", None)))
     values.update(cli_config_overrides(skipnorm_args))
     known = {f.name for f in dataclasses.fields(SkipNormConfig)}
@@ -282,6 +305,10 @@ class ModelArguments:
     )
     config_file: str | None = field(
         default=None, metadata={"help": "JSON file of SkipNormConfig fields (a saved config.json works); overrides --preset."}
+    )
+    config_name: str | None = field(
+        default=None,
+        metadata={"help": "A folder or cached Hub id whose config.json gives the cell (run_clm.py); like --config_file."},
     )
     tokenizer_name: str | None = field(
         default=None,
@@ -337,6 +364,10 @@ class DataArguments:
     )
     mlm_probability: float = field(default=0.15, metadata={"help": "Masking rate for masked-LM training (is_causal=False)."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on the first N packed blocks only (run_clm.py; for quick checks)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N packed blocks only."})
 
 
 @dataclass
@@ -419,6 +450,9 @@ def check_arguments(model_args, data_args, run_args, training_args) -> None:
         problems.append(f"--validation_split_percentage {data_args.validation_split_percentage} must be in (0, 100)")
     if data_args.streaming_validation_rows < 1:
         problems.append(f"--streaming_validation_rows {data_args.streaming_validation_rows} must be at least 1")
+    for name in ("max_train_samples", "max_eval_samples"):
+        if getattr(data_args, name) is not None and getattr(data_args, name) < 1:
+            problems.append(f"--{name} {getattr(data_args, name)} must be at least 1")
     if data_args.preprocessing_num_workers is not None and data_args.preprocessing_num_workers < 1:
         problems.append(f"--preprocessing_num_workers {data_args.preprocessing_num_workers} must be at least 1")
     if data_args.streaming and max_steps <= 0:
@@ -480,6 +514,7 @@ def run_record(training_args, data_args=None, model_args=None, extra: dict | Non
             text_column=data_args.text_column, validation_split_percentage=data_args.validation_split_percentage,
             block_size=data_args.block_size, streaming=data_args.streaming,
             streaming_validation_rows=data_args.streaming_validation_rows, mlm_probability=data_args.mlm_probability,
+            max_train_samples=data_args.max_train_samples,
         )
     if model_args is not None:
         record.update(

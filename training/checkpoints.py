@@ -24,6 +24,7 @@ PREFIX_CHECKPOINT_DIR = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKP
 STAGING_DIR = ".staging"
 TRASH_PREFIX = ".trash-"  # a checkpoint being deleted; never matched by checkpoint-N, swept at the next save
 COMPLETE_MARKER = "checkpoint_complete.json"  # written last into a staged checkpoint: {"global_step": N}
+WRITE_PROBE = ".write-test-"  # a file that proves the output folder writable, deleted at once
 RUN_RECORD = "skipnorm_run.json"  # the arguments of the run that wrote a folder (training.arguments.run_record)
 _CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
@@ -127,10 +128,13 @@ def rotate_complete_checkpoints(output_dir: str, save_total_limit: int | None, b
 
 
 # ------------------------------------------------------------------------------------------- output folder
-def check_output_dir(output_dir: str, overwrite: bool, resume: str | None) -> None:
-    """Before any data is read: refuse a folder that holds another run (unless `overwrite` or resuming), and prove
-    the folder writable (it may be created, empty). Every rank checks; `claim_output_dir` then writes."""
-    existing = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+def check_output_dir(output_dir: str, overwrite: bool, resume: str | None, record: dict | None = None) -> None:
+    """Before any data is read: refuse a folder that holds another run (unless `overwrite`, or resuming that run:
+    the folder's RUN_RECORD must then match `record`), and prove the folder writable (it may be created, empty).
+    Every rank checks; `claim_output_dir` then writes."""
+    # Other ranks' write probes (below) are transient and not a run. Every rank checks before the main process
+    # claims the folder: train.py claims it after the data's main_process_first barrier.
+    existing = sorted(n for n in os.listdir(output_dir) if not n.startswith(WRITE_PROBE)) if os.path.isdir(output_dir) else []
     if existing and not resume and not overwrite:
         shown = ", ".join(existing[:8]) + (f", ... ({len(existing)} entries)" if len(existing) > 8 else "")
         raise ValueError(
@@ -138,11 +142,20 @@ def check_output_dir(output_dir: str, overwrite: bool, resume: str | None) -> No
             "checkpoints, and --resume_from_checkpoint last would then mix the two. Use a new --output_dir, "
             "--resume_from_checkpoint last to continue that run, or --overwrite_output_dir to replace it."
         )
+    if resume and record is not None and not overwrite and RUN_RECORD in existing:
+        with open(os.path.join(output_dir, RUN_RECORD), encoding="utf-8") as handle:
+            differences = run_record_differences(json.load(handle), json.loads(json.dumps(record, default=str)),
+                                                 "that folder's run")
+        if differences:
+            raise ValueError(
+                f"--output_dir {output_dir!r} holds another run than this command's:\n  " + "\n  ".join(differences)
+                + "\nResume into that run's folder, or give a new --output_dir."
+            )
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"--output_dir {output_dir!r} is a file, not a folder")
     try:
         os.makedirs(output_dir, exist_ok=True)
-        probe = os.path.join(output_dir, f".write-test-{os.getpid()}")
+        probe = os.path.join(output_dir, f"{WRITE_PROBE}{os.getpid()}")
         with open(probe, "wb") as handle:
             handle.write(b"0")
             handle.flush()
@@ -174,10 +187,10 @@ def claim_output_dir(output_dir: str, overwrite: bool, resume: str | None, recor
 
 
 # ------------------------------------------------------------------------------------------------ resuming
-def run_record_differences(saved: dict, current: dict) -> list[str]:
+def run_record_differences(saved: dict, current: dict, whose: str = "the checkpoint's run") -> list[str]:
     """'--name NEW (the checkpoint's run: OLD)' for every recorded option whose value differs."""
     return [
-        f"--{name} {current.get(name)!r} (the checkpoint's run: {saved.get(name)!r})"
+        f"--{name} {current.get(name)!r} ({whose}: {saved.get(name)!r})"
         for name in sorted(set(saved) | set(current))
         if saved.get(name) != current.get(name)
     ]

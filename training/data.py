@@ -274,6 +274,21 @@ def pack_for_language_modeling(
     return type(raw)(packed)
 
 
+def limit_blocks(packed, limits: dict):
+    """The first `limits[split]` blocks of each split (None: all), as run_clm.py's --max_train_samples and
+    --max_eval_samples do after grouping."""
+    out = {}
+    for split, dataset in packed.items():
+        limit = limits.get(split)
+        if limit is None:
+            out[split] = dataset
+        elif isinstance(dataset, datasets.IterableDataset):
+            out[split] = dataset.take(limit)
+        else:
+            out[split] = dataset.select(range(min(limit, len(dataset))))
+    return type(packed)(out)
+
+
 def check_tokenizer_fits(tokenizer, vocab_size: int, masked_lm: bool = False) -> None:
     """The model must have an embedding row for every token id the tokenizer can emit."""
     if len(tokenizer) > vocab_size:

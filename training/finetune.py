@@ -162,7 +162,7 @@ def main(argv=None, callbacks=()):
     } | {"train_file": file_identity(args.train_file), "validation_file": file_identity(args.validation_file)})
     if resume:
         check_resume_matches(resume, record)
-    check_output_dir(training_args.output_dir, args.overwrite_output_dir, resume)
+    check_output_dir(training_args.output_dir, args.overwrite_output_dir, resume, record)
     set_seed(training_args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     if tokenizer.pad_token is None:

@@ -69,12 +69,12 @@ RANK, LOCAL_RANK, WORLD_SIZE = read_launch_env() if __name__ == "__main__" else 
 import torch  # noqa: E402
 from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 from transformers.trainer_callback import PrinterCallback, ProgressCallback  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from hf_skipnorm import SkipNormConfig, SkipNormForCausalLM  # noqa: E402
 from hf_skipnorm.diagnostics import decoder_layers, profile, snapshot_weights, update_ratios  # noqa: E402
 from training import study_grid  # noqa: E402
+from training.checkpoints import checkpoint_folders, last_complete_checkpoint  # noqa: E402
 from training.reliable_trainer import NonFiniteTrainingError, SkipNormTrainer  # noqa: E402
 from training.study_grid import BASE_MODEL, RunSpec  # noqa: E402
 
@@ -111,7 +111,7 @@ def availability(grid: dict, cell: str) -> str | None:
         if key in choices and value not in choices[key]:
             return f"{key}={value!r} is not in this build's choices ({', '.join(choices[key])})"
     try:
-        SkipNormForCausalLM(make_config(grid, cell, 2, 32 if grid["widths"][0] >= 32 else grid["widths"][0]))
+        SkipNormForCausalLM(make_config(grid, cell, 2, grid["blocks"][0]["widths"][0]))  # 2 blocks: cheap to build
     except ValueError as error:
         return f"refused: {error}"
     return None
@@ -175,6 +175,9 @@ class ByteData:
             starts = torch.randint(0, len(ids) - self.seq_len - 1, (self.batch_size,), generator=generator)
             rows += [ids[i : i + self.seq_len] for i in starts.tolist()]
         return torch.stack(rows[:count])
+
+    def diagnostic_on(self, device) -> dict:
+        return {key: value.to(device) for key, value in self.diagnostic.items()}
 
     def train_rows(self, seed: int, steps: int) -> torch.Tensor:
         return self.windows(self.train, steps * self.batch_size, torch.Generator().manual_seed(seed))
@@ -272,6 +275,11 @@ def first_nonfinite_block(model, batch: dict) -> str | None:
     return found[0] if found else None
 
 
+def study_device() -> torch.device:
+    """Where the diagnostics run: this process's GPU when there is one (the Trainer trains there too)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 # ----------------------------------------------------------------------------------------------- files
 def write_json(path: str, value) -> None:
     """Write JSON atomically: a complete file or the previous one, never half of one."""
@@ -335,15 +343,16 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
         return {**result, "status": NOT_AVAILABLE, "reason": availability_status}
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "fingerprint.json"), fingerprint)
-    start = time.perf_counter()
+    transformers_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint drowns the progress lines
+    start, start_cpu = time.perf_counter(), time.process_time()
     torch.manual_seed(spec.seed)
     model = SkipNormForCausalLM(make_config(grid, spec.cell, spec.depth, spec.width))
     model.train()
     init_path = os.path.join(run_dir, "init_profile.json")
     if not os.path.isfile(init_path):  # computed once, on the freshly initialized model (a resumed run keeps it)
-        write_json(init_path, profile(model, data.diagnostic))
+        write_json(init_path, profile(model.to(study_device()), data.diagnostic_on(study_device())))
     trainer_dir = os.path.join(run_dir, "trainer")
-    resume = get_last_checkpoint(trainer_dir) if os.path.isdir(trainer_dir) else None
+    resume = last_complete_checkpoint(trainer_dir)  # only a checkpoint with its completion marker
     attempts = read_json(os.path.join(run_dir, "attempts.json"), [])
     ratios_path = os.path.join(run_dir, "update_ratios.json")
     extra = [UpdateRatios({1, max(1, grid["steps"] // 2)}, ratios_path), *callbacks]
@@ -352,7 +361,8 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
         extra.append(KillAfterSave(int(kill.rsplit(":", 1)[1])))
     trainer = StudyTrainer(model=model, args=training_arguments(grid, spec, trainer_dir),
                            train_dataset=Rows(data.train_rows(spec.seed, grid["steps"])),
-                           eval_dataset=Rows(data.eval_rows), callbacks=extra, on_nonfinite="stop")
+                           eval_dataset=Rows(data.eval_rows), callbacks=extra, on_nonfinite="stop",
+                           run_record=fingerprint)  # every checkpoint says which run it belongs to
     trainer.remove_callback(PrinterCallback)  # the study prints one line per run; the numbers go to result.json
     trainer.remove_callback(ProgressCallback)
     status, divergence = "trained", None
@@ -372,8 +382,11 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
         if not math.isfinite(val_loss):
             status = "diverged"
             divergence = {"step": grid["steps"], "message": f"validation loss {val_loss} after training",
-                          "first_nonfinite": first_nonfinite_block(model, {"input_ids": data.eval_rows[: data.batch_size]})}
+                          "first_nonfinite": first_nonfinite_block(
+                              model, {"input_ids": data.eval_rows[: data.batch_size].to(trainer.args.device)})}
+    # cpu_seconds: this process's CPU time (all its threads); on a shared machine it is what the run would take idle
     attempts.append({"resumed_from": resume and os.path.basename(resume), "seconds": time.perf_counter() - start,
+                     "cpu_seconds": time.process_time() - start_cpu,
                      "train_runtime": metrics.get("train_runtime"), "host": platform.node()})
     result.update(status=status, val_loss=val_loss if status == "trained" else None, divergence=divergence,
                   **history, init_profile=read_json(init_path), update_ratio=read_json(ratios_path, {}),
@@ -382,14 +395,14 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
                   seconds=sum(a["seconds"] for a in attempts),
                   device=str(trainer.args.device), resumed=any(a["resumed_from"] for a in attempts))
     if status == "trained":
-        result["trained_profile"] = profile(model, {k: v.to(trainer.args.device) for k, v in data.diagnostic.items()})
+        result["trained_profile"] = profile(model, data.diagnostic_on(trainer.args.device))
         if save_model_to:
             trainer.save_model(save_model_to)
             write_json(os.path.join(save_model_to, "training_info.json"), {
                 **spec.as_dict(), "fields": grid["cells"][spec.cell], "val_loss": val_loss, "steps": grid["steps"],
                 "batch_size": grid["batch_size"], "seq_len": grid["sequence_length"],
                 "warmup_steps": result["warmup_steps"], "optimizer": f"AdamW {grid['optimizer']} (decay on matrices)",
-                "schedule": "linear warm-up then cosine to 10%", "tokenizer": "bytes (vocab 256)",
+                "schedule": f"linear warm-up then cosine to {grid['min_lr_fraction']:.0%}", "tokenizer": "bytes (vocab 256)",
                 "dataset": describe_data(grid), "unigram_entropy": data.unigram_entropy})
     write_json(os.path.join(run_dir, "attempts.json"), attempts)
     return result
@@ -398,9 +411,11 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
 def describe_data(grid: dict) -> str:
     source = grid["data"]
     if source.get("dataset_name"):
-        return f"`datasets` {source['dataset_name']}" + (f" ({source['dataset_config_name']})" if source.get("dataset_config_name") else "")
+        config = source.get("dataset_config_name")
+        return f"`datasets` {source['dataset_name']}" + (f" ({config})" if config else "")
     if source.get("train_file"):
-        return f"local files {source['train_file']}" + (f", validation {source['validation_file']}" if source.get("validation_file") else "")
+        validation = source.get("validation_file")
+        return f"local files {source['train_file']}" + (f", validation {validation}" if validation else "")
     return "pydoc_data.topics (Python Language Reference, repeated paragraphs once), 90/10 split"
 
 
@@ -409,7 +424,7 @@ def init_gradients(grid: dict, data: ByteData) -> dict:
     """Per-layer MLP-weight gradient norms at init (finding 1) for the probe cells and depths, averaged over seeds;
     for a Pre-LN probe also with the embeddings multiplied by sqrt(d) (`pre_sqrt_d`, Vaswani et al.'s convention):
     a control for how much Pre-LN's profile depends on the scale the stream starts at."""
-    probes, width = grid["init_probes"], grid["widths"][0]
+    probes, width = grid["init_probes"], grid["blocks"][0]["widths"][0]
     out = {}
     variants = {cell: (cell, {}) for cell in probes["cells"]}
     if "pre" in probes["cells"] and "embedding_multiplier" in SkipNormConfig.__dataclass_fields__:
@@ -420,7 +435,8 @@ def init_gradients(grid: dict, data: ByteData) -> dict:
             for seed in probes["seeds"]:
                 torch.manual_seed(seed)
                 model = SkipNormForCausalLM(make_config(grid, cell, depth, width, **extra))
-                per_seed.append([row["grad_norm/mlp"] for row in profile(model, data.diagnostic)["layers"]])
+                batch = data.diagnostic_on(study_device())
+                per_seed.append([row["grad_norm/mlp"] for row in profile(model.to(study_device()), batch)["layers"]])
             out[f"{name}/{depth}"] = [sum(v) / len(v) for v in zip(*per_seed)]
     return out
 
@@ -433,11 +449,11 @@ def callback_overhead(grid: dict, data: ByteData, workdir: str) -> dict:
 
     steps, every = grid["overhead_steps"], max(1, grid["overhead_steps"] // 4)
     cell = "pre" if "pre" in grid["cells"] else next(iter(grid["cells"]))
-    depth = grid["depths"][0] if grid["blocks"] is None else grid["blocks"][0]["depths"][0]
+    depth = grid["blocks"][0]["depths"][0]
     timings = {}
     for label in ("without", "with", "with_2"):  # with_2: a second timed run, to show the wall-clock noise
         torch.manual_seed(0)
-        model = SkipNormForCausalLM(make_config(grid, cell, depth, grid["widths"][0]))
+        model = SkipNormForCausalLM(make_config(grid, cell, depth, grid["blocks"][0]["widths"][0]))
         args = TrainingArguments(output_dir=os.path.join(workdir, f"overhead_{label}"), max_steps=steps,
                                  per_device_train_batch_size=grid["batch_size"], learning_rate=1e-3,
                                  logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
@@ -484,7 +500,7 @@ def reference_model_names(grid: dict) -> dict[str, str]:
     names = {}
     for entry in grid["reference_models"]:
         run = entry["run"]
-        spec = RunSpec(run["cell"], run["depth"], run.get("width", grid["widths"][0]), float(run["lr"]),
+        spec = RunSpec(run["cell"], run["depth"], run.get("width", grid["blocks"][0]["widths"][0]), float(run["lr"]),
                        run.get("warmup", True), run.get("seed", 0))
         names[spec.run_id] = entry["name"]
     return names
@@ -521,8 +537,13 @@ class Sweep:
         result = self.finished(spec)
         return result is None or (result.get("status") == NOT_AVAILABLE and status[spec.cell] == "available")
 
-    def done_count(self) -> int:
-        return sum(os.path.isfile(os.path.join(self.run_dir(s), RESULT_NAME)) for s in self.runs)
+    def done_count(self, status: dict[str, str]) -> int:
+        """Runs with a result that stands (not an 'unavailable' one of a cell that is available now)."""
+        done = 0
+        for spec in self.runs:
+            result = read_json(os.path.join(self.run_dir(spec), RESULT_NAME))
+            done += result is not None and not (result.get("status") == NOT_AVAILABLE and status[spec.cell] == "available")
+        return done
 
     def eta(self, remaining_mine: list[RunSpec]) -> str:
         if not self.cost_done:
@@ -540,29 +561,30 @@ class Sweep:
         for index, spec in enumerate(todo):
             run_dir = self.run_dir(spec)
             save_to = os.path.join(run_dir, "model") if spec.run_id in references else None
-            resuming = os.path.isdir(os.path.join(run_dir, "trainer")) and get_last_checkpoint(
-                os.path.join(run_dir, "trainer")) is not None
+            resuming = last_complete_checkpoint(os.path.join(run_dir, "trainer")) is not None
             result = train_run(self.grid, spec, run_dir, data, status[spec.cell], save_to, callbacks)
-            result["process"] = self.rank
+            result["process"], result["finished_at"] = self.rank, time.time()
+            os.makedirs(run_dir, exist_ok=True)  # an unavailable cell's run has no folder yet
             write_json(os.path.join(run_dir, RESULT_NAME), result)
-            if not self.grid["keep_checkpoints"]:
-                for name in os.listdir(os.path.join(run_dir, "trainer")) if os.path.isdir(os.path.join(run_dir, "trainer")) else []:
-                    if name.startswith("checkpoint-"):
-                        shutil.rmtree(os.path.join(run_dir, "trainer", name), ignore_errors=True)
-            self.cost_done += study_grid.estimated_cost(self.grid, spec)
+            if not self.grid["keep_checkpoints"]:  # the result is written: its checkpoints are only disk space now
+                for checkpoint in checkpoint_folders(os.path.join(run_dir, "trainer")):
+                    shutil.rmtree(checkpoint, ignore_errors=True)
+            if result["status"] != NOT_AVAILABLE:  # a run that did not train says nothing about the time per run
+                self.cost_done += study_grid.estimated_cost(self.grid, spec)
             val = result.get("val_loss")
             self.log(f"[study] {spec.run_id}: {result['status']}"
                      + (f" val {val:.3f}" if val is not None else "")
                      + (f" at step {result['divergence']['step']} ({result['divergence']['first_nonfinite']})"
                         if result.get("divergence") else "")
                      + (" (resumed)" if resuming else "") + f", {result.get('seconds', 0):.0f}s | sweep "
-                     f"{self.done_count()}/{len(self.runs)} runs done, {self.eta(todo[index + 1:])}")
+                     f"{self.done_count(status)}/{len(self.runs)} runs done, {self.eta(todo[index + 1:])}")
 
-    def wait_for_all(self, poll_seconds: float = 2.0) -> list[dict]:
-        """Every run's result, in grid order (process 0 waits for the other processes' runs)."""
+    def wait_for_all(self, status: dict[str, str], poll_seconds: float = 2.0) -> list[dict]:
+        """Every run's result, in grid order (process 0 waits for the other processes' runs, including an
+        'unavailable' result of a cell that is available now and being trained elsewhere)."""
         announced = -1
         while True:
-            missing = [s for s in self.runs if not os.path.isfile(os.path.join(self.run_dir(s), RESULT_NAME))]
+            missing = [s for s in self.runs if self.pending(s, status)]
             if not missing:
                 return [read_json(os.path.join(self.run_dir(s), RESULT_NAME)) for s in self.runs]
             if len(missing) != announced:
@@ -602,8 +624,7 @@ def run_study(grid_source: str, output_dir: str, overwrite: bool = False, rank: 
 
     raw, grid_path = study_grid.load_grid(grid_source)
     grid = study_grid.normalize_grid(raw)
-    transformers_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint drowns the progress lines
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     if world_size > 1:
         # One barrier, so no process writes into the folder before process 0 has checked (or emptied) it; then the
         # group is closed and the launch variables hidden, so each process's Trainer trains alone.
@@ -643,13 +664,13 @@ def run_study(grid_source: str, output_dir: str, overwrite: bool = False, rank: 
     sweep.train_mine(data, status, callbacks)
     if rank != 0:
         return None
-    runs = sweep.wait_for_all()
+    runs = sweep.wait_for_all(status)
     results = {
         "grid": grid, "grid_file": raw, "grid_source": grid_path, "command": command or "python training/study.py",
         "processes": world_size, "environment": environment(), "availability": status,
         "unigram_entropy": data.unigram_entropy, "data": describe_data(grid), "runs": runs,
         **read_json(extras_path, {}),
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": time.perf_counter() - started, "started_at": started_at,
     }
     study_report.write_report_folder(results, output_dir)
     write_cards(sweep, cards or os.path.join(output_dir, "model_cards"), log)
@@ -665,8 +686,9 @@ def write_cards(sweep: Sweep, cards: str, log=print) -> None:
         checkpoint = os.path.join(sweep.runs_dir, run_id, "model")
         if os.path.isdir(checkpoint):
             cell = run_id.split("-L")[0]
+            fields = json.dumps(sweep.grid["cells"][cell])
             write_card(checkpoint, os.path.join(cards, name), name,
-                       f"`{cell}` reference model of the hf_skipnorm norm-placement study ({json.dumps(sweep.grid['cells'][cell])}).")
+                       f"`{cell}` reference model of the hf_skipnorm norm-placement study ({fields}).")
             validate_card(os.path.join(cards, name, "README.md"))
             log(f"[study] model card: {os.path.join(cards, name, 'README.md')}")
 

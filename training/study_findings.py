@@ -37,7 +37,7 @@ ROLES = {
     "rezero": {"norm_position": "none", "norm_type": "none", "residual": "rezero"},
     # issue 15 (the frontier of depth mixing): the fields those features add
     "attn_res": {"norm_position": "pre", "residual": "attn_res"},
-    "value_residual": {"norm_position": "pre", "value_residual": True},
+    "value_residual": {"norm_position": "pre", "value_residual": "fixed"},  # ResFormer's constants 0.5 / 0.5
     "unet_skips": {"norm_position": "pre", "unet_skips": True},
 }
 
@@ -127,6 +127,14 @@ def _any_of(r: dict, base: str, others, warmup: bool = True) -> set[tuple[int, f
 
 
 # ----------------------------------------------------------------------------------------------- where each finding looks
+def _deepest(points: set | None, depth_name: str, lr_name: str) -> SimpleNamespace | None:
+    """The largest depth among `points` and its smallest LR, under the names a finding's code reads."""
+    if not points:
+        return None
+    depth = max(d for d, _ in points)
+    return SimpleNamespace(**{depth_name: depth, lr_name: min(lr for d, lr in points if d == depth)})
+
+
 def params_1(r):
     grads = r["init_gradients"]
     depths = sorted({int(k.split("/")[1]) for k in grads if k.startswith("post/")}
@@ -151,19 +159,11 @@ def params_3(r):
 
 
 def params_4(r):
-    points = _any_of(r, "pre", ("peri", "ln_scaling"))
-    if not points:
-        return None
-    depth = max(d for d, _ in points)
-    return SimpleNamespace(mid_depth=depth, mid_lr=min(lr for d, lr in points if d == depth))
+    return _deepest(_any_of(r, "pre", ("peri", "ln_scaling")), "mid_depth", "mid_lr")
 
 
 def params_5(r):
-    points = _common(r, ("pre", "pre_noskip"))
-    if not points:
-        return None
-    depth = max(d for d, _ in points)
-    return SimpleNamespace(mid_depth=depth, mid_lr=min(lr for d, lr in points if d == depth))
+    return _deepest(_common(r, ("pre", "pre_noskip")), "mid_depth", "mid_lr")
 
 
 def params_6(r):
@@ -178,19 +178,11 @@ FRONTIER = ("attn_res", "value_residual", "unet_skips")
 
 
 def params_7(r):
-    points = _common(r, ("pre", "attn_res"))
-    if not points:
-        return None
-    depth = max(d for d, _ in points)
-    return SimpleNamespace(depth=depth, lr=min(lr for d, lr in points if d == depth))
+    return _deepest(_common(r, ("pre", "attn_res")), "depth", "lr")
 
 
 def params_8(r):
-    points = _any_of(r, "pre", FRONTIER)
-    if not points:
-        return None
-    depth = max(d for d, _ in points)
-    return SimpleNamespace(depth=depth, lr=min(lr for d, lr in points if d == depth))
+    return _deepest(_any_of(r, "pre", FRONTIER), "depth", "lr")
 
 
 # ----------------------------------------------------------------------------------------------- helpers (as before)
@@ -631,9 +623,13 @@ def figure_7(results: dict, s, path: str) -> None:
             a.plot(range(len(norms)), norms, "-o", ms=2, color=color, label=c)
             grads = _block_grads(runs[0], "trained_profile")
             b.plot(range(len(grads)), grads, "-o", ms=2, color=color, label=c)
+    from matplotlib.ticker import MaxNLocator
+
     a.set(yscale="log", xlabel="block", ylabel="mean token ||h|| after the block", title="output magnitude (trained)")
-    b.set(yscale="log", xlabel="block", ylabel="||grad|| attn + mlp", title="gradient by block (trained)")
-    a.legend(fontsize=7), b.legend(fontsize=7)
+    b.set(xlabel="block", ylabel="||grad|| attn + mlp", title="gradient by block (trained)")
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks numbered from 0, as the diagnostics table
+        ax.legend(fontsize=7)
     _save(fig, path)
 
 

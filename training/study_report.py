@@ -102,7 +102,7 @@ def figure_curves(results: dict, path: str) -> None:
     for ax, cell in zip(axes.flat, cells):
         keys = sorted(k for k in groups if k[0] == cell)
         for i, key in enumerate(keys):
-            runs, color = groups[key], plt.cm.viridis(i / max(1, len(keys) - 1)) if len(keys) > 1 else "C0"
+            runs, color = groups[key], f"C{i % 10}"  # qualitative colors: neighbouring settings stay apart
             curves = [_smooth(r["train_loss"]) for r in runs if r.get("train_loss")]
             if not curves:
                 continue
@@ -122,9 +122,9 @@ def figure_curves(results: dict, path: str) -> None:
         ax.axhline(results["unigram_entropy"], color="gray", ls=":", lw=0.8)
         ax.set(title=f"{cell}", xlabel="step", ylabel="loss (nats/byte)")
         ax.set_ylim(top=min(DIVERGED_LOSS + 0.3, ax.get_ylim()[1]))
-        ax.legend(fontsize=6, title="line: train, o: eval", title_fontsize=6)
+        ax.legend(fontsize=7, title="line: train, o: eval", title_fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=72)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -173,9 +173,9 @@ def _final_loss_figure(results: dict, path: str, x: str) -> bool:
                    + (f", d={width}" if many_widths else ""))
             ax.set_xticks(sorted({d for points in panels[panel].values() for d in points}))
         ax.set_ylabel("final val loss (nats/byte)")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=72)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return True
 
@@ -213,6 +213,16 @@ def rewrite(out_dir: str) -> dict:
     return write_report_folder(results, out_dir)
 
 
+def _cpu_time(runs: list[dict]) -> str:
+    """', X of CPU time' over the attempts that recorded it (what the runs would take on an idle machine)."""
+    attempts = [a for r in runs for a in r.get("attempts", [])]
+    timed = [a["cpu_seconds"] for a in attempts if a.get("cpu_seconds") is not None]
+    if not timed:
+        return ""
+    return f", {_seconds(sum(timed))} of CPU time" + ("" if len(timed) == len(attempts) else
+                                                      f" (over the {len(timed)} of {len(attempts)} attempts that recorded it)")
+
+
 def compact_json(value: dict) -> str:
     """One line per top-level key (and per block), the way a person writes a grid file."""
     def item(key, inner):
@@ -247,9 +257,14 @@ def markdown(results: dict) -> str:
         f"- Hardware: {env['platform']}, {env['cpu_count']} CPU cores"
         + (f", GPU {env['cuda']}" if env.get("cuda") else ", no GPU") + f"; {grid['threads']} torch thread(s) per process.",
         f"- Time: {len(runs)} runs, {_seconds(training_seconds)} of training summed over runs"
-        + (f" (median {statistics.median(step_times) * 1000:.0f} ms per optimizer step)" if step_times else "")
+        + (f" (median {statistics.median(step_times) * 1000:.0f} ms per optimizer step, evaluations and checkpoints "
+           "included)" if step_times else "")
+        + _cpu_time(runs)
         + f"; this invocation {_seconds(results['wall_seconds'])} wall clock"
-        + (" (it resumed or reused earlier runs)" if any(r.get("resumed") for r in runs) else "") + ".",
+        + (f" (it trained {fresh} of the {len(runs)} runs; the others were finished by an earlier invocation)"
+           if (fresh := sum(r.get("finished_at", 0) >= results.get("started_at", 0) for r in runs)) < len(runs) else "")
+        + (f"; {resumed} run(s) resumed from a checkpoint" if (resumed := sum(bool(r.get("resumed")) for r in runs)) else "")
+        + ".",
         f"- Runs spread over {results['processes']} process(es), one run per process at a time (runs sorted by "
         "estimated cost, dealt round-robin); every run through `StudyTrainer` (training/reliable_trainer.py: atomic "
         "checkpoints, the non-finite guard).",
@@ -293,6 +308,9 @@ def markdown(results: dict) -> str:
             f"{k}: {min(v):.3f} to {max(v):.3f} (range {max(v) - min(v):.3f})" for k, v in noise.items())
             + ". Loss differences smaller than this are not evidence either way: the loss-based checks use the "
             "largest range as their margin (measured where the grid repeats seeds, so a lower bound elsewhere).", ""]
+    else:
+        lines += ["This grid repeats no seeds, so no seed-to-seed range was measured: the loss-based checks use a "
+                  "margin of 0.05 nats, a guess (add seeds to measure it).", ""]
     lines += ["## Findings", "",
               "Each finding is checked wherever the grid holds its cells (recognized by their fields), at the grid's "
               "first width; its checks and thresholds are in `training/study_findings.py`.", ""]

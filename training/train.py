@@ -41,6 +41,7 @@ from transformers import (  # noqa: E402
 )
 
 from hf_skipnorm import SkipNormConfig  # noqa: E402
+from hf_skipnorm.ngpt_training import NGPTNormalizeCallback  # noqa: E402
 from training import data  # noqa: E402
 from training.arguments import (  # noqa: E402
     HELP_ALL,
@@ -143,15 +144,16 @@ def load_checkpoint_config(folder: str, name: str, requested: dict, flag: str) -
             f"{flag} {name!r} holds a {model_type!r} model, not {SkipNormConfig.model_type!r}: convert it first "
             f"(`python -m hf_skipnorm.convert {name} OUT`), then pass {flag} OUT"
         )
-    config = SkipNormConfig.from_pretrained(folder)
+    # Runtime values join the checkpoint's config before construction, so they are validated like any other field.
+    runtime = {name: requested[name] for name in RUNTIME_FIELDS if name in requested and name != "use_cache"}
+    config = SkipNormConfig.from_pretrained(folder, **runtime)
     conflicts = checkpoint_conflicts(config, requested)
     if conflicts:
         raise ValueError(
             f"{flag} {name}: the command line contradicts the checkpoint's cell: {'; '.join(conflicts)}. The checkpoint "
             f"fixes the architecture: drop these options (only {', '.join(RUNTIME_FIELDS)} may change)"
         )
-    for field_name in RUNTIME_FIELDS:  # the checkpoint stores the Trainer's use_cache=False: not a model choice
-        setattr(config, field_name, requested.get(field_name, True if field_name == "use_cache" else getattr(config, field_name)))
+    config.use_cache = requested.get("use_cache", True)  # checkpoints store the Trainer's use_cache=False
     return config
 
 
@@ -237,13 +239,15 @@ def main(argv=None, callbacks=()):
         config_values = assemble_config_values(model_args, skipnorm_args)
         config = new_config(config_values, tokenizer, vocab_size=model_args.tokenizer_vocab_size)
     check_block_size(data_args.block_size, config)
+    if config.architecture == "ngpt":  # its training rule (no weight decay) is checked before any data work
+        NGPTNormalizeCallback.check_arguments(training_args, config)
     if tokenizer is not None:
         data.check_tokenizer_fits(tokenizer, config.vocab_size, masked_lm=not config.is_causal)
     record = run_record(training_args, data_args, model_args)
     if resume:
         check_resume_matches(resume, record)
     data.check_data_files(data_args.train_file, data_args.validation_file)
-    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, resume)
+    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, resume, record)
     set_seed(training_args.seed)
 
     # ---- data (and the tokenizer, when one is trained)
@@ -270,6 +274,7 @@ def main(argv=None, callbacks=()):
         packed = data.pack_for_language_modeling(
             raw, tokenizer, data_args.block_size, data_args.text_column, data_args.preprocessing_num_workers
         )
+    packed = data.limit_blocks(packed, {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples})
 
     # ---- model and Trainer
     use_cache = config.use_cache  # the Trainer overwrites model.config.use_cache with TrainingArguments.use_cache
@@ -292,7 +297,8 @@ def main(argv=None, callbacks=()):
         eval_dataset=packed["validation"],
         processing_class=tokenizer,
         data_collator=collator,
-        callbacks=list(callbacks),
+        # nGPT renormalizes its weights after every optimizer step (arXiv 2410.01131): its callback comes with it.
+        callbacks=list(callbacks) + ([NGPTNormalizeCallback()] if config.architecture == "ngpt" else []),
         on_nonfinite=run_args.on_nonfinite,
         report_perplexity=True,
         run_record=record,
