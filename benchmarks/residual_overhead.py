@@ -118,7 +118,7 @@ def compiled_rounds(names: list[str], args) -> tuple[dict, dict]:
     reuses kernels another compiled (the project's rule for comparing compiled models)."""
     per_round: dict[str, list[float]] = {name: [] for name in names}
     first_calls: dict[str, list[float]] = {name: [] for name in names}
-    forwarded = [a for a in (argv_of(args)) if a]
+    forwarded = argv_of(args)
     for round_index in range(args.rounds):
         for name in (names if round_index % 2 == 0 else names[::-1]):
             with tempfile.TemporaryDirectory(prefix="overhead-inductor-") as cache:
