@@ -1436,6 +1436,10 @@ class SkipNormConfig(PreTrainedConfig):
             self.rope_parameters = None
         if self.output_attentions and self._attn_implementation is None:
             self._attn_implementation = "eager"  # what transformers' output_attentions setter does; only eager returns them
+        if self.is_encoder_decoder or self.encoder_decoder_stack is not None:
+            # Issue 16: tensor parallelism is refused for encoder-decoders (`check_tensor_parallel`), so no plan: the
+            # class plan names the decoder-only layout (`layers.*`), which matches nothing in the stacks
+            self.base_model_tp_plan = None
         self.validate_skipnorm()
 
     def _screen_kwargs(self, kwargs: dict) -> None:

@@ -318,11 +318,14 @@ class SkipNormDecoderBlock(SkipNormBlock):
             cache=self_cache, **kwargs,
         )
         x = self.attn_post_norm(self.attn_residual(x, self.branch_dropout(self.attn_out_norm(attn))))
-        cross, _ = self.cross_attn(
-            self.cross_attn_pre_norm(x), encoder_hidden_states, attention_mask=encoder_attention_mask, cache=cache,
-            **kwargs,
-        )
-        x = self.cross_attn_post_norm(self.cross_attn_residual(x, self.branch_dropout(self.cross_attn_out_norm(cross))))
+        if encoder_hidden_states is not None:  # without an encoder output the block is self-attention + MLP (BART's)
+            cross, _ = self.cross_attn(
+                self.cross_attn_pre_norm(x), encoder_hidden_states, attention_mask=encoder_attention_mask, cache=cache,
+                **kwargs,
+            )
+            x = self.cross_attn_post_norm(
+                self.cross_attn_residual(x, self.branch_dropout(self.cross_attn_out_norm(cross)))
+            )
         mlp = self.mlp(self.mlp_pre_norm(x))
         return self.mlp_post_norm(self.mlp_residual(x, self.branch_dropout(self.mlp_out_norm(mlp))))
 
@@ -360,11 +363,19 @@ class AdditiveScoreBiasBackends:
 
 class SkipNormStack(AdditiveScoreBiasBackends, SkipNormPreTrainedModel):
     """What both stacks share: the embedding path ``embedding_norm(positions(scale * E[ids]))``, the score bias, the
-    final norm. `config` is the stack's own (`SkipNormConfig.stack_config`)."""
+    final norm. `config` is the stack's own (`SkipNormConfig.stack_config`).
 
-    def __init__(self, config: SkipNormConfig, owner: nn.Module):
+    Inside an encoder-decoder the stack reads the owner's token embedding (`owner`). Built without an owner (a stack
+    saved on its own and loaded with `SkipNormEncoder.from_pretrained`, as transformers' BART tests do with
+    `model.get_encoder().save_pretrained`), it registers its own `embed_tokens`."""
+
+    def __init__(self, config: SkipNormConfig, owner: nn.Module | None = None):
         super().__init__(config)
-        self._shared = _SharedEmbedding(owner)  # `owner.embed_tokens` is the token embedding
+        if owner is None:
+            self._modules["embed_tokens"] = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+            self._shared = None
+        else:
+            self._shared = _SharedEmbedding(owner)  # `owner.embed_tokens` is the token embedding
         self.scale_embeddings = fold_affine(0.0, float(config.embedding_multiplier))
         self.embed_positions = SEQ2SEQ_POSITION_CLASSES[config.position_embedding](config)
         self.score_bias = build_score_bias(config, bidirectional=not config.is_causal)
@@ -373,13 +384,33 @@ class SkipNormStack(AdditiveScoreBiasBackends, SkipNormPreTrainedModel):
 
     @property
     def embed_tokens(self) -> nn.Embedding:
-        return self._shared.embedding
+        own = self._modules.get("embed_tokens")  # a standalone stack's (or one being saved on its own)
+        return own if own is not None else self._shared.embedding
 
     def get_input_embeddings(self) -> nn.Embedding:
-        return self._shared.embedding
+        return self.embed_tokens
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self._shared.embedding = value
+        if self._shared is None:
+            self._modules["embed_tokens"] = value  # (the property named embed_tokens blocks add_module)
+        else:
+            self._shared.embedding = value
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saved on its own, a stack carries the token embedding it reads (one tensor, `embed_tokens.weight`), so the
+        folder loads into a standalone stack; inside the encoder-decoder the embedding stays the owner's."""
+        if self._shared is None:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        profiled = [m.omega_init for m in self.modules() if isinstance(m, AdminResidual) and m.omega_init != 1.0]
+        if profiled and self.config.is_causal:
+            raise ValueError(f"{type(self).__name__}.save_pretrained is not valid for the decoder of an Admin "
+                             "encoder-decoder with profiled omegas: they live in the whole model's config "
+                             "(decoder_overrides['admin_omegas']); save the whole model instead")
+        self._modules["embed_tokens"] = self._shared.embedding
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            del self._modules["embed_tokens"]
 
     def embed(self, input_ids, inputs_embeds, attention_mask, cache: Cache | None):
         if (input_ids is None) ^ (inputs_embeds is not None):
@@ -396,7 +427,7 @@ class SkipNormEncoder(SkipNormStack):
 
     _can_record_outputs = {"hidden_states": SkipNormBlock, "attentions": SkipNormAttention}
 
-    def __init__(self, config: SkipNormConfig, owner: nn.Module):
+    def __init__(self, config: SkipNormConfig, owner: nn.Module | None = None):
         super().__init__(config, owner)
         self.layers = nn.ModuleList(
             [BLOCK_CLASSES[block_topology(config, i)](config, i) for i in range(config.num_hidden_layers)]
@@ -429,7 +460,9 @@ class SkipNormEncoder(SkipNormStack):
 
 
 class SkipNormDecoder(SkipNormStack):
-    """Causal stack of `SkipNormDecoderBlock`s reading the encoder output through cross-attention."""
+    """Causal stack of `SkipNormDecoderBlock`s reading the encoder output through cross-attention. Called without
+    `encoder_hidden_states` it runs as a causal language model whose blocks skip their cross-attention sublayer, as
+    transformers' BART / T5 decoders do (`model.get_decoder()(input_ids)`)."""
 
     _can_record_outputs = {
         "hidden_states": SkipNormDecoderBlock,
@@ -437,7 +470,7 @@ class SkipNormDecoder(SkipNormStack):
         "cross_attentions": OutputRecorder(SkipNormCrossAttention, index=1, layer_name="cross_attn"),
     }
 
-    def __init__(self, config: SkipNormConfig, owner: nn.Module, admin_omegas: list | None = None):
+    def __init__(self, config: SkipNormConfig, owner: nn.Module | None = None, admin_omegas: list | None = None):
         super().__init__(config, owner)
         self.layers = nn.ModuleList(
             [SkipNormDecoderBlock(config, i, admin_omegas) for i in range(config.num_hidden_layers)]
@@ -460,8 +493,6 @@ class SkipNormDecoder(SkipNormStack):
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
-        if encoder_hidden_states is None:
-            raise ValueError("SkipNormDecoder needs encoder_hidden_states (the encoder output) for cross-attention")
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         if cache is not None and not isinstance(cache, EncoderDecoderCache):
@@ -477,9 +508,11 @@ class SkipNormDecoder(SkipNormStack):
         mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                   cache=self_cache, allow_is_causal_skip=not with_bias)
         mask = self.score_bias(mask, seq_len, past + seq_len, past, inputs_embeds.dtype)
-        encoder_mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds,
-                                                 attention_mask=encoder_attention_mask,
-                                                 encoder_hidden_states=encoder_hidden_states)
+        encoder_mask = None
+        if encoder_hidden_states is not None:
+            encoder_mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds,
+                                                     attention_mask=encoder_attention_mask,
+                                                     encoder_hidden_states=encoder_hidden_states)
         for block in self.layers:
             hidden_states = block(
                 hidden_states, mask, encoder_hidden_states, encoder_attention_mask=encoder_mask,
