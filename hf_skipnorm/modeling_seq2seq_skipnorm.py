@@ -507,7 +507,9 @@ class SkipNormDecoder(SkipNormStack):
         with_bias = not isinstance(self.score_bias, NoScoreBias)
         mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                   cache=self_cache, allow_is_causal_skip=not with_bias)
-        mask = self.score_bias(mask, seq_len, past + seq_len, past, inputs_embeds.dtype)
+        # A static cache's mask spans its whole length (the slots past `past + seq_len` are masked out)
+        key_length = mask.shape[-1] if isinstance(mask, torch.Tensor) else past + seq_len
+        mask = self.score_bias(mask, seq_len, key_length, past, inputs_embeds.dtype)
         encoder_mask = None
         if encoder_hidden_states is not None:
             encoder_mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds,

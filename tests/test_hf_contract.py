@@ -216,13 +216,36 @@ def test_generation_modes_agree(cls_config):
     assert isinstance(cache, StaticCache)
     first = model.generate(**inputs, do_sample=False, max_new_tokens=3, return_dict_in_generate=True)
     more = dict(inputs)
-    if cls_config == "seq2seq":
+    if cls_config == "seq2seq":  # with the decoder mask generate feeds only the token the cache lacks
         more["decoder_input_ids"] = first.sequences
+        more["decoder_attention_mask"] = torch.ones_like(first.sequences)
     else:
         more["input_ids"] = first.sequences
         more["attention_mask"] = torch.ones_like(first.sequences)
     resumed = model.generate(**more, cache=first.cache, do_sample=False, max_new_tokens=1)
     assert torch.equal(resumed, base.sequences)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_t5_bias_with_a_static_cache_equals_the_dynamic_cache(attn):
+    """A static cache's mask spans the whole cache: T5's relative bias is computed over that many keys (it was over
+    `past + new` and failed to add), and the logits equal the dynamic cache's."""
+    model = seq2seq(position_embedding="t5_relative", relative_attention_num_buckets=8,
+                    relative_attention_max_distance=16)
+    with torch.no_grad():  # a bias that matters
+        for stack in (model.get_encoder(), model.get_decoder()):
+            stack.score_bias.relative_attention_bias.weight.normal_(0, 2)
+    model.set_attn_implementation(attn)
+    model.generation_config.eos_token_id = None
+    source, mask, _ = batch()
+    kwargs = dict(input_ids=source, attention_mask=mask, max_new_tokens=5, do_sample=False,
+                  return_dict_in_generate=True, output_logits=True)
+    dynamic = model.generate(**kwargs)
+    static = model.generate(**kwargs, cache_implementation="static")
+    assert isinstance(static.cache.self_attention_cache, StaticCache)
+    assert torch.equal(dynamic.sequences, static.sequences)
+    for a, b in zip(dynamic.logits, static.logits):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_old_cache_keyword_still_works_with_a_warning():
