@@ -56,6 +56,7 @@ from .modeling_skipnorm import (
     SkipNormRotaryEmbedding,
     block_topology,
     build_dropout,
+    build_token_embedding,
     fp32_residual_patterns,
     build_residual,
     build_stream,
@@ -199,9 +200,14 @@ def stack_position_ids(config: SkipNormConfig, input_ids: torch.Tensor | None, i
     """(B, T) positions counted from each row's first real token (the decoder-only family's rule,
     `SkipNormModel.default_position_ids`): with right padding, or none, that is BART's, Marian's and T5's
     ``past, past + 1, ...`` for every real token; left-padded rows get the positions they have unpadded. With
-    fairseq's sinusoids the count skips pad tokens found in `input_ids`, which get -1 (M2M100's rule)."""
-    if config.position_embedding == "sinusoidal_fairseq" and input_ids is not None and config.pad_token_id is not None:
+    fairseq's sinusoids the count skips pad tokens found in `input_ids`, which get -1 (M2M100's rule); given
+    `inputs_embeds` instead, the positions are ``past, past + 1, ...`` whatever the mask (M2M100's
+    `create_position_ids_from_inputs_embeds`: "we cannot infer which are padded")."""
+    if config.position_embedding == "sinusoidal_fairseq" and config.pad_token_id is not None:
         past = cache.get_seq_length() if cache is not None else 0
+        if input_ids is None:
+            return (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past).expand(
+                inputs_embeds.shape[:2])
         real = input_ids != config.pad_token_id
         counted = real.long().cumsum(-1) - 1 + past
         return torch.where(real, counted, torch.full_like(counted, -1))
@@ -372,11 +378,10 @@ class SkipNormStack(AdditiveScoreBiasBackends, SkipNormPreTrainedModel):
     def __init__(self, config: SkipNormConfig, owner: nn.Module | None = None):
         super().__init__(config)
         if owner is None:
-            self._modules["embed_tokens"] = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+            self._modules["embed_tokens"] = build_token_embedding(config)
             self._shared = None
         else:
             self._shared = _SharedEmbedding(owner)  # `owner.embed_tokens` is the token embedding
-        self.scale_embeddings = fold_affine(0.0, float(config.embedding_multiplier))
         self.embed_positions = SEQ2SEQ_POSITION_CLASSES[config.position_embedding](config)
         self.score_bias = build_score_bias(config, bidirectional=not config.is_causal)
         self.embedding_norm = build_norm(config, config.hidden_size, config.embedding_norm)
@@ -416,7 +421,7 @@ class SkipNormStack(AdditiveScoreBiasBackends, SkipNormPreTrainedModel):
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
-            inputs_embeds = self.scale_embeddings(self.embed_tokens(input_ids))
+            inputs_embeds = self.embed_tokens(input_ids)  # * embedding_multiplier in the lookup
         position_ids = stack_position_ids(self.config, input_ids, inputs_embeds, attention_mask, cache)
         hidden_states, rotary = self.embed_positions(inputs_embeds, position_ids)
         return inputs_embeds, self.embedding_dropout(self.embedding_norm(hidden_states)), rotary
@@ -612,7 +617,7 @@ class SkipNormEncoderDecoderModel(SkipNormSeq2SeqPreTrainedModel):
         if not config.is_encoder_decoder:
             raise ValueError("SkipNormEncoderDecoderModel needs SkipNormConfig(is_encoder_decoder=True); decoder-only "
                              "and encoder-only models are SkipNormModel / SkipNormForCausalLM / SkipNormForMaskedLM")
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.embed_tokens = build_token_embedding(config)  # (* embedding_multiplier in the lookup)
         self.encoder = SkipNormEncoder(config.stack_config("encoder"), self)
         self.decoder = SkipNormDecoder(config.stack_config("decoder"), self, config.decoder_admin_omegas)
         self._no_split_modules = sorted({type(layer).__name__ for stack in (self.encoder, self.decoder)

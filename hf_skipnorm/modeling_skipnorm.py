@@ -371,6 +371,32 @@ def build_branch_dropout(config: SkipNormConfig, layer_idx: int) -> nn.Module:
     return DropBranch(rate) if config.hidden_dropout == 0 else nn.Sequential(dropout, DropBranch(rate))
 
 
+# ----------------------------------------------------------------------------------------------------- embeddings
+class SkipNormScaledEmbedding(nn.Embedding):
+    """``m * E[ids]`` with the Python float ``m = embedding_multiplier`` (Gemma's sqrt(d), BART / Marian / M2M100's
+    `scale_embedding`), applied in the lookup as transformers' scaled word embeddings do: `get_input_embeddings()(ids)`
+    is what the model reads for `ids`, and a caller's `inputs_embeds` are used as given. The weight is the plain
+    table (`embed_tokens.weight`, tied to the lm_head unscaled)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None, scale: float):
+        super().__init__(num_embeddings, embedding_dim, padding_idx)
+        self.scale = float(scale)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale:g}"
+
+
+def build_token_embedding(config: SkipNormConfig) -> nn.Embedding:
+    """The token embedding: a plain `nn.Embedding` unless `embedding_multiplier` scales it."""
+    if float(config.embedding_multiplier) == 1.0:
+        return nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+    return SkipNormScaledEmbedding(config.vocab_size, config.hidden_size, config.pad_token_id,
+                                   config.embedding_multiplier)
+
+
 # ----------------------------------------------------------------------------------------------------- MLPs
 class SkipNormGatedMLP(nn.Module):
     """``down(N_sub(act(gate(x)) * up(x)))``: SwiGLU / GeGLU by `hidden_act` (Shazeer 2020, arXiv 2002.05202).
@@ -1091,9 +1117,8 @@ class SkipNormModel(SkipNormPreTrainedModel):
                 "use SkipNormEncoderDecoderModel or SkipNormForConditionalGeneration (AutoModel / AutoModelForSeq2SeqLM)"
             )
         self.padding_idx = config.pad_token_id
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        # Gemma's sqrt(d) as a Python float (nothing for loading to wipe); no op at all when it is 1.
-        self.scale_embeddings = fold_affine(0.0, float(config.embedding_multiplier))
+        # Gemma's sqrt(d) as a Python float in the lookup (nothing for loading to wipe); a plain table when it is 1.
+        self.embed_tokens = build_token_embedding(config)
         self.embed_positions = POSITION_CLASSES[config.position_embedding](config)
         self.embed_token_types = (
             nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
@@ -1178,8 +1203,8 @@ class SkipNormModel(SkipNormPreTrainedModel):
         check_input_shape(input_ids, inputs_embeds)
         check_ids_in_range("input_ids", input_ids, self.config.vocab_size, "vocab_size")
         if inputs_embeds is None:
-            # Gemma: * sqrt(hidden_size), on the token lookup only; a caller's inputs_embeds are used as given
-            inputs_embeds = self.scale_embeddings(self.embed_tokens(input_ids))
+            # Gemma: * sqrt(hidden_size) in the lookup (SkipNormScaledEmbedding); a caller's inputs_embeds as given
+            inputs_embeds = self.embed_tokens(input_ids)
         if not self.config.is_causal:
             use_cache = False  # an encoder re-reads the whole sequence; a cache would be wrong, not just useless
         if use_cache and cache is None:

@@ -98,7 +98,7 @@ def test_decoder_without_encoder_output_is_self_attention_and_mlp(norm_position)
     ids = torch.randint(3, 40, (2, 6))
     out = decoder(ids).last_hidden_state
 
-    hidden = decoder.embed_tokens(ids) * model.config.embedding_multiplier
+    hidden = decoder.get_input_embeddings()(ids)
     positions = torch.arange(ids.shape[1])[None].expand(2, -1)
     hidden, rotary = decoder.embed_positions(hidden, positions)
     hidden = decoder.embedding_norm(hidden)
@@ -170,6 +170,49 @@ def test_seq2seq_inputs_and_outputs_follow_transformers():
     logits = model(input_ids=source, attention_mask=mask, decoder_input_ids=shifted).logits
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(
         logits.reshape(-1, 40), labels.reshape(-1), ignore_index=-100).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["decoder", "seq2seq"])
+def test_inputs_embeds_from_the_input_embeddings_match_input_ids(kind):
+    """transformers' `test_inputs_embeds_matches_input_ids`: `model(inputs_embeds=get_input_embeddings()(ids))` is
+    `model(input_ids=ids)`, also with a scaled embedding (Gemma's sqrt(d), BART's scale_embedding): the multiplier
+    lives in the lookup, ``m * E[ids]``, and a caller's inputs_embeds are used as given. It survives a resize."""
+    torch.manual_seed(0)
+    if kind == "seq2seq":
+        model = seq2seq(embedding_multiplier=4.0)
+    else:
+        model = perturbed(SkipNormForCausalLM(SkipNormConfig(**DECODER, embedding_multiplier=4.0)))
+    ids = torch.randint(3, 40, (2, 5))
+    table = model.get_input_embeddings()
+    torch.testing.assert_close(table(ids), 4.0 * table.weight[ids], rtol=0, atol=0)
+    for _ in range(2):
+        embeds = model.get_input_embeddings()(ids)
+        if kind == "seq2seq":
+            by_ids = model(input_ids=ids, decoder_input_ids=ids).logits
+            by_embeds = model(inputs_embeds=embeds, decoder_inputs_embeds=embeds).logits
+        else:
+            by_ids, by_embeds = model(input_ids=ids).logits, model(inputs_embeds=embeds).logits
+        torch.testing.assert_close(by_embeds, by_ids, rtol=1e-6, atol=1e-6)
+        model.resize_token_embeddings(44, mean_resizing=False)  # the second round runs on the resized table
+    assert model.get_input_embeddings().scale == 4.0
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_fairseq_positions_from_inputs_embeds_are_sequential():
+    """M2M100's `create_position_ids_from_inputs_embeds`: without ids the pad tokens cannot be seen, so the positions
+    are 0, 1, ... whatever the mask (with ids they count the non-pad tokens). transformers' inputs_embeds test feeds
+    a mask with zeros over tokens it made non-pad, and expects the two paths to agree."""
+    model = seq2seq(position_embedding="sinusoidal_fairseq", position_offset=2, norm_type="layernorm")
+    source, mask, target = batch()
+    mask[0, :2] = 0  # zeros over tokens that are not pad, where a row starts (shifts mask-counted positions)
+    target_mask = torch.ones_like(target)
+    target_mask[1, 0] = 0
+    embed = model.get_input_embeddings()
+    by_ids = model(input_ids=source, attention_mask=mask, decoder_input_ids=target,
+                   decoder_attention_mask=target_mask).logits
+    by_embeds = model(inputs_embeds=embed(source), attention_mask=mask, decoder_inputs_embeds=embed(target),
+                      decoder_attention_mask=target_mask).logits
+    torch.testing.assert_close(by_embeds, by_ids, rtol=1e-6, atol=1e-6)
 
 
 def test_resize_keeps_the_ties_and_the_logits_bias():
