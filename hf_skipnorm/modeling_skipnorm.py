@@ -758,17 +758,19 @@ def build_stream(config: SkipNormConfig) -> nn.Module:
 def reduce_captured_streams(forward: Callable) -> Callable:
     """`output_hidden_states` records each block's output, which for multi-stream residuals (hyper-connections,
     mHC, DenseFormer, ResiDual) is the whole stream state, (B, T, n, C). Report what the final norm would read
-    instead, (B, T, C), as every transformers model does; `diagnostics.py` hooks the blocks for the raw state."""
+    instead, (B, T, C), as every transformers model does; `diagnostics.py` hooks the blocks for the raw state.
+    `return_dict=False` is applied after the reduction (transformers' tuple holds the same tensors)."""
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
-        outputs = forward(self, *args, **kwargs)
+        as_tuple = kwargs.pop("return_dict", None) is False
+        outputs = forward(self, *args, **kwargs)  # a ModelOutput (config.return_dict=False is refused)
         hidden_states = getattr(outputs, "hidden_states", None)
         if hidden_states is not None:
             outputs.hidden_states = tuple(
                 h if h is None or h.dim() == 3 else self.residual_stream.reduce(h) for h in hidden_states
             )
-        return outputs
+        return outputs.to_tuple() if as_tuple else outputs
 
     return wrapper
 
@@ -1055,14 +1057,19 @@ FP32_RESIDUALS: tuple[type[nn.Module], ...] = (StaticHyperConnection, ManifoldHy
 
 
 def fp32_residual_patterns(model: nn.Module) -> list[str]:
-    """`_keep_in_fp32_modules_strict` for `model`: one pattern per parameter or submodule name of the FP32_RESIDUALS
-    it holds (none for a model without hyper-connections)."""
-    names = {name.split(".")[0] for module in model.modules() if isinstance(module, FP32_RESIDUALS)
-             for name, _ in module.named_parameters()}
-    patterns = sorted(rf"_residual\.{name}" for name in names)
-    if isinstance(getattr(model, "residual_stream", None), DepthAttention):  # AttnRes's final aggregation
-        patterns += [r"residual_stream\.query_bias", r"residual_stream\.key_norm"]
-    return patterns
+    """`_keep_in_fp32_modules_strict` for `model`: one ``<slot>.<parameter>`` module path per parameter (or submodule)
+    of the FP32_RESIDUALS it holds, e.g. ``attn_residual.input_bias``, ``residual_stream.query_bias`` (none for a model
+    without them). transformers' loader searches each as a pattern, its tests look each up as a module path in the
+    state dict. The modules are also made float32 here, at construction, as transformers requires of strict-fp32
+    modules (so `from_config(..., dtype=torch.bfloat16)` keeps them in float32 too)."""
+    names = set()
+    for path, module in model.named_modules():
+        if isinstance(module, FP32_RESIDUALS):
+            if any(param.dtype in (torch.float16, torch.bfloat16) for param in module.parameters()):
+                module.float()  # built under a half default dtype; a float64 model stays float64
+            slot = path.rsplit(".", 1)[-1]
+            names |= {f"{slot}.{name.split('.')[0]}" for name, _ in module.named_parameters()}
+    return sorted(names)
 
 
 def tensor_parallel_blockers(layer: nn.Module) -> dict[str, list[str]]:

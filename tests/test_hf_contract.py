@@ -303,3 +303,20 @@ def test_old_cache_keyword_still_works_with_a_warning():
     torch.testing.assert_close(step.logits[:, -1], full, rtol=1e-5, atol=1e-5)
     decoder_only = SkipNormModel(SkipNormConfig(**DECODER))
     assert decoder_only.tp_plan  # the decoder-only base model keeps its plan
+
+
+@pytest.mark.parametrize("fields", [dict(residual="hyper", residual_streams=2), dict(residual="attn_res"),
+                                    dict(norm_position="resi_dual")], ids=["hyper", "attn_res", "resi_dual"])
+def test_multi_stream_hidden_states_are_the_same_in_a_tuple(fields):
+    """transformers' `test_model_outputs_equivalence`: `return_dict=False` gives the same tensors as the ModelOutput;
+    multi-stream residuals report each hidden state reduced to (B, T, C) in both (the tuple kept the raw stream)."""
+    torch.manual_seed(0)
+    model = perturbed(SkipNormModel(SkipNormConfig(**DECODER, **fields)))
+    ids = torch.randint(3, 40, (2, 6))
+    as_dict = model(ids, output_hidden_states=True)
+    as_tuple = model(ids, output_hidden_states=True, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple())
+    torch.testing.assert_close(as_tuple[0], as_dict.last_hidden_state, rtol=0, atol=0)
+    assert [h.shape for h in as_tuple[-1]] == [(2, 6, 16)] * 3
+    for a, b in zip(as_tuple[-1], as_dict.hidden_states):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

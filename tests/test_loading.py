@@ -293,7 +293,17 @@ def test_a_keyword_override_that_is_valid_is_applied(tmp_path):
 ], ids=["pre-norm", "static-hyper", "mhc"])
 def test_keep_in_fp32_lists_only_the_modules_the_model_has(fields, names):
     model = SkipNormForCausalLM(SkipNormConfig(**{**TINY, **fields}))
-    assert model._keep_in_fp32_modules_strict == {rf"_residual\.{name}" for name in names}
+    expected = {f"{slot}_residual.{name}" for name in names for slot in ("attn", "mlp")}
+    assert model._keep_in_fp32_modules_strict == expected
     parameters = [name for name, _ in model.named_parameters()]
-    for pattern in model._keep_in_fp32_modules_strict:
-        assert any(re.search(pattern, name) for name in parameters), pattern
+    for pattern in model._keep_in_fp32_modules_strict:  # transformers' tests: a module path in the state dict
+        assert any(re.search(rf"(?:^|\.){pattern}(?:\.|$)", name) for name in parameters), pattern
+    default = torch.get_default_dtype()  # built under a half default dtype they are float32 (transformers' rule)
+    torch.set_default_dtype(torch.float16)
+    try:
+        half = SkipNormForCausalLM(SkipNormConfig(**{**TINY, **fields}))
+    finally:
+        torch.set_default_dtype(default)
+    for name, param in half.named_parameters():
+        kept = any(re.search(rf"(?:^|\.){pattern}(?:\.|$)", name) for pattern in half._keep_in_fp32_modules_strict)
+        assert param.dtype == (torch.float32 if kept else torch.float16), name
