@@ -70,6 +70,18 @@ PLACEMENT_SLOTS: dict[str, tuple[SublayerNorms, SublayerNorms] | None] = {
     "resi_dual": (_P(post=True), _P(post=True)),  # ResiDual (2304.14802): post-LN stream + un-normed dual stream
 }
 NORM_POSITIONS: tuple[str, ...] = tuple(PLACEMENT_SLOTS)
+# Issue 15: placements that are known and named, but not built, with the reason (`_check_positions` refuses them).
+# SpanNorm's abstract describes its block only in words; the equations, the "principled scaling strategy" (its constant
+# and how it depends on depth) and the init are in the paper's body, which no source reachable here holds.
+REFUSED_NORM_POSITIONS: dict[str, str] = {
+    "span": (
+        "SpanNorm (Wang et al. 2026, arXiv 2601.22580) is not implemented: its abstract gives the block only in words "
+        "('a clean residual connection that spans the entire transformer block ... a PostNorm-style computation that "
+        "normalizes the aggregated output ... combined with a principled scaling strategy'), and the block equation, "
+        "where its norms sit, the scaling strategy's constant and depth dependence and the init are in the paper's "
+        "body, which no source reachable here holds; a guess would not be SpanNorm"
+    ),
+}
 # Placements whose block is not the sequential attention -> MLP block (modeling_skipnorm.BLOCK_CLASSES rows).
 BLOCK_PLACEMENTS: tuple[str, ...] = ("b2t", "resi_dual")
 # Placements that only make sense for the whole stack, as the string value of norm_position.
@@ -136,6 +148,9 @@ BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
 CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
 # --- issue 15: the 2024-2026 residual frontier ---
 LAUREL_VARIANTS: tuple[str, ...] = ("rw", "lr", "rw_lr")  # LAuReL (arXiv 2411.07501): RW, LR, RW+LR
+# LAuReL-RW's bound on (alpha, beta): the paper, Sec. 2.1, "we cannot let alpha and beta grow unbounded, and using a
+# normalization function such as softmax or sigmoid helps" (residuals_skipnorm.LAUREL_RW_NORMALIZERS).
+LAUREL_RW_WEIGHTS: tuple[str, ...] = ("softmax", "sigmoid")
 # Whole-model architectures: `transformer` is everything above; `ngpt` (arXiv 2410.01131) replaces the block, the
 # embeddings and the logits by the normalized Transformer (ngpt_skipnorm.py), so it fixes several fields itself.
 ARCHITECTURES: tuple[str, ...] = ("transformer", "ngpt")
@@ -271,11 +286,18 @@ def _check_hidden_act(name: str, value: Any, config: Any) -> None:
     raise choice_error(name, value, choices, hint or "the names of transformers' ACT2FN")
 
 
+def _refuse_unbuilt_position(name: str, value: str) -> None:
+    """A placement from `REFUSED_NORM_POSITIONS` is refused with its reason, not as an unknown name."""
+    if value in REFUSED_NORM_POSITIONS:
+        raise choice_error(name, value, NORM_POSITIONS, REFUSED_NORM_POSITIONS[value])
+
+
 def _check_positions(name: str, value: Any, config: Any) -> None:
     """A placement string, or a list with one placement per layer; the per-sublayer overrides may be None."""
     if value is None and name != "norm_position":
         return
     if isinstance(value, str):
+        _refuse_unbuilt_position(name, value)
         Choice(NORM_POSITIONS).check(name, value, config, "")
         return
     if not isinstance(value, list):
@@ -287,6 +309,8 @@ def _check_positions(name: str, value: Any, config: Any) -> None:
             f"{', '.join(NORM_POSITIONS)}"
         )
     for index, entry in enumerate(value):
+        if isinstance(entry, str):
+            _refuse_unbuilt_position(f"{name}[{index}]", entry)
         if not isinstance(entry, str) or entry not in NORM_POSITIONS:
             raise choice_error(f"{name}[{index}]", entry, NORM_POSITIONS)
         if entry in WHOLE_STACK_PLACEMENTS:
@@ -514,6 +538,7 @@ FIELDS: tuple[Field, ...] = (
           "Orthogonal Residual Update, arXiv 2505.11881 (reference code 1e-6)"),
     Field("laurel_variant", Choice(LAUREL_VARIANTS), "", "LAuReL, arXiv 2411.07501"),
     Field("laurel_rank", Check(_check_divisor_of_width), "", "LAuReL-LR, arXiv 2411.07501"),
+    Field("laurel_rw_weights", Choice(LAUREL_RW_WEIGHTS), "", "LAuReL-RW, arXiv 2411.07501, Sec. 2.1"),
     Field("frac_rate", Check(_check_divisor_of_width), "", "Frac-Connections, arXiv 2503.14125"),
     Field("architecture", Choice(ARCHITECTURES), "", "nGPT, arXiv 2410.01131"),
     Field("ngpt_alpha_init", _POSITIVE_SCALE, _SCALE, "nGPT, arXiv 2410.01131 (0.05)"),
@@ -1083,6 +1108,8 @@ class SkipNormConfig(PreTrainedConfig):
             embeddings, output ``x_L + N(d_L)``, per sublayer.
             A list gives one value per layer (generalizes Mix-LN); `mix`, `peri` and `resi_dual` describe a whole
             stack and are only valid as the string value.
+            `span` (SpanNorm, arXiv 2601.22580) is refused with the reason: the paper's block equation, norm
+            positions, scaling strategy and init could not be read from any source here (`REFUSED_NORM_POSITIONS`).
         attn_norm_position / mlp_norm_position (`str`, `list[str]` or `None`):
             Per-sublayer overrides of `norm_position`; `None` inherits it.
         norm_type (`str`, defaults to `"rmsnorm"`):
@@ -1161,11 +1188,15 @@ class SkipNormConfig(PreTrainedConfig):
             ``F_perp = F - (<x, F> / (<x, x> + eps)) x`` per token over the hidden size (the reference code's
             "feature" variant, BootsofLagrangian/ortho-residual), so each sublayer adds only directions new to the
             stream; +3.78 pp ImageNet-1k top-1 for ViT-B. No parameters; not the plain residual at init.
-            `laurel`: LAuReL (Menghani et al., ICML 2025, arXiv 2411.07501), by `laurel_variant`: `rw`
-            ``alpha*F + beta*x`` with learned scalars, `lr` ``F + x + B A x`` with a rank-`laurel_rank` ``B A``,
-            `rw_lr` ``alpha*F + beta*(x + B A x)``; initialized to the plain residual (``alpha = beta = 1``,
-            ``B = 0``). The paper reports 2.5%-20% better downstream scores for 1B and 4B LLMs at +0.012% / +0.1%
-            parameters.
+            `laurel`: LAuReL (Menghani et al., ICML 2025, arXiv 2411.07501, Sec. 2), by `laurel_variant`: `rw`
+            ``alpha*F + beta*x`` (Sec. 2.1) with the two learned scalars bounded by `laurel_rw_weights` (the paper:
+            "we cannot let alpha and beta grow unbounded"), `lr` ``F + x + B A x`` (Eq. 3) with a rank-`laurel_rank`
+            ``B A``, `rw_lr` ``alpha*F + beta*(x + B A x)`` (Eq. 5). ``B = 0`` and ``A`` the column-orthogonal init
+            of the paper's LLM runs (Sec. 3.3, footnote 2: ``A_ij = 1/sqrt(r d)`` where ``i mod r = j``, else 0), so
+            `lr` starts as the plain residual; the paper gives no init for alpha and beta, whose logits start at 0
+            here (``alpha = beta = 1/2``: `rw` and `rw_lr` start as ``(F + x) / 2``). LAuReL-PA (previous
+            activations, Eq. 4) is not built. The paper reports 2.5%-20% better downstream scores for 1B and 4B LLMs
+            at +0.012% / +0.1% parameters.
             `frac`: Frac-Connections (Zhu et al. 2025, arXiv 2503.14125): hyper-connections on `frac_rate` fractions of
             the hidden state, ``h_in = Concat(Y^T H)``, ``H' = A^T H + B^T o Reshape(F(h_in))`` with
             ``H = Reshape(h, (m, d/m))``, static or input-dependent (`hyper_dynamic`), initialized to the plain
@@ -1195,6 +1226,11 @@ class SkipNormConfig(PreTrainedConfig):
             `rw` (learned residual weights), `lr` (low-rank augmented skip) or `rw_lr` (both, the paper's combination).
         laurel_rank (`int`, defaults to 16): the rank ``r`` of LAuReL-LR's ``B A`` (``2 r d`` parameters per
             sublayer); our default, small enough for tiny test models (Gemma 3n's LAuReL-LR block uses 64).
+        laurel_rw_weights (`str`, defaults to `"softmax"`): how LAuReL-RW (`rw`, `rw_lr`) bounds ``alpha`` and
+            ``beta``, the two functions the paper names (arXiv 2411.07501, Sec. 2.1): `softmax` ``(alpha, beta) =
+            softmax(a, b)`` (they sum to 1), `sigmoid` ``alpha = sigmoid(a)``, ``beta = sigmoid(b)``. The logits
+            ``a``, ``b`` are `alpha_logit_bias` / `beta_logit_bias` (no weight decay), 0 at init (the paper states
+            no init).
         architecture (`str`, defaults to `"transformer"`): `transformer` is the model the fields above describe;
             `ngpt` is the normalized Transformer (Loshchilov et al. 2024, arXiv 2410.01131; NVIDIA/ngpt): unit-norm
             embeddings and matrix rows, ``h <- Norm(h + alpha (Norm(F(h)) - h))`` per sublayer with per-channel
@@ -1381,6 +1417,7 @@ class SkipNormConfig(PreTrainedConfig):
     orthogonal_eps: float = 1e-6
     laurel_variant: str = "rw_lr"
     laurel_rank: int = 16
+    laurel_rw_weights: str = "softmax"
     architecture: str = "transformer"
     ngpt_alpha_init: float = 0.05
     frac_rate: int = 4

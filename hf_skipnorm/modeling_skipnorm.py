@@ -89,6 +89,7 @@ from .residuals_skipnorm import (
     LayerScaleResidual,
     ReZeroResidual,
     build_residual,
+    laurel_column_orthogonal,
 )
 
 
@@ -869,8 +870,9 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         | mHC | b_pre = e_{k mod n}, b_post = 0, b_res = I (logits); phi = 0; gating offsets 0 (alpha = 0.01) |
         | DenseFormer depth weights | offsets 0: the plain residual (weight 1 on the latest block output) |
         | Frac-Connections (SFC / DFC) | offsets 0: Y = A = I, B = 1 (the plain residual); dynamic W = 0, s = 0.01 |
-        | LAuReL alpha / beta offsets, B (`laurel_up`) | 0: alpha = beta = 1, W = I + B A = I (the plain residual); A
-          (`laurel_down`) as every Linear |
+        | LAuReL-RW logits a, b (`alpha_logit_bias`, `beta_logit_bias`) | 0: alpha = beta = 1/2 (softmax or sigmoid) |
+        | LAuReL-LR B (`laurel_up`), A (`laurel_down`) | 0: W = I + B A = I (the plain residual); A column-orthogonal,
+          A_ij = 1/sqrt(r d) where i mod r = j (arXiv 2411.07501, footnote 2) |
         | value residual: learned lambda offsets / per-token mix_proj W, b | 0 (lambda = (0.5, 0.5); sigmoid(0) = 0.5) |
         | U-Net skip weights w (`unet_skips.weight_bias`) | offsets 0: w = 1 (modded-nanogpt) |
         | AttnRes pseudo-queries w (`query_bias`), key RMSNorm gain | 0 (uniform weights over depth, the paper's init) / 1 |
@@ -966,11 +968,12 @@ class SkipNormPreTrainedModel(PreTrainedModel):
             for param in (module.dynamic_width_proj.weight, module.dynamic_depth_proj.weight, module.width_scale_bias,
                           module.depth_scale_bias):
                 init.zeros_(param)
-        if isinstance(module, LaurelRWResidual):  # RW and RW+LR: alpha = beta = 1, the plain residual
-            init.zeros_(module.alpha_bias)
-            init.zeros_(module.beta_bias)
+        if isinstance(module, LaurelRWResidual):  # RW and RW+LR: logits 0 (the paper states no init)
+            init.zeros_(module.alpha_logit_bias)
+            init.zeros_(module.beta_logit_bias)
         if isinstance(module, (LaurelLRResidual, LaurelRWLRResidual)):  # B = 0: W = I + B A starts as the identity
             init.zeros_(module.laurel_up.weight)
+            init.copy_(module.laurel_down.weight, laurel_column_orthogonal(module.laurel_down.weight))
         if isinstance(module, DepthAttention):
             init.zeros_(module.query_bias)
         if isinstance(module, UNetSkips):

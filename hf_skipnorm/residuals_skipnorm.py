@@ -16,6 +16,7 @@ combine with the plain ``x + y``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -183,26 +184,71 @@ class OrthogonalResidual(nn.Module):
         return f"eps={self.eps}"
 
 
+def laurel_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """(alpha, beta) = softmax(a, b): they sum to 1."""
+    return torch.softmax(logits, dim=-1)
+
+
+def laurel_sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    """alpha = sigmoid(a), beta = sigmoid(b): each in (0, 1)."""
+    return torch.sigmoid(logits)
+
+
+# `laurel_rw_weights` -> the map from the logits (a, b) to LAuReL-RW's (alpha, beta). The paper (arXiv 2411.07501,
+# Sec. 2.1): "we cannot let alpha and beta grow unbounded, and using a normalization function such as softmax or
+# sigmoid helps".
+LAUREL_RW_NORMALIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softmax": laurel_softmax,
+    "sigmoid": laurel_sigmoid,
+}
+
+
+def laurel_column_orthogonal(weight: torch.Tensor) -> torch.Tensor:
+    """LAuReL-LR's init of ``A`` in the paper's LLM runs (arXiv 2411.07501, Sec. 3.3, footnote 2): ``A_ij =
+    1/sqrt(r D)`` if ``i mod r = j`` and 0 otherwise, ``A`` being D x r; here the (r, D) weight of the D -> r
+    `laurel_down`, so row ``j`` holds ``1/sqrt(r D)`` at the columns ``i`` with ``i mod r = j``."""
+    rank, width = weight.shape
+    columns = torch.arange(width, device=weight.device)
+    out = torch.zeros(rank, width, dtype=weight.dtype, device=weight.device)
+    out[columns % rank, columns] = 1.0 / math.sqrt(rank * width)
+    return out
+
+
 class LaurelRWResidual(nn.Module):
-    """LAuReL-RW (Menghani et al., arXiv 2411.07501): ``alpha * F + beta * x`` with two learned scalars per
-    sublayer, stored as offsets from the plain residual, ``alpha = 1 + alpha_bias``, ``beta = 1 + beta_bias``."""
+    """LAuReL-RW (Menghani et al., arXiv 2411.07501, Sec. 2.1): ``alpha * F + beta * x`` with two learned scalars per
+    sublayer, bounded as the paper prescribes by `laurel_rw_weights` (softmax or sigmoid of the logits ``a``, ``b``,
+    stored as `alpha_logit_bias`, `beta_logit_bias`: offsets from their init 0, so no weight decay). The paper gives no
+    init; logits 0 give ``alpha = beta = 1/2``."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
         super().__init__()
-        self.alpha_bias = nn.Parameter(torch.empty(1))
-        self.beta_bias = nn.Parameter(torch.empty(1))
+        self.weights_name = config.laurel_rw_weights
+        self.normalize = LAUREL_RW_NORMALIZERS[config.laurel_rw_weights]
+        self.alpha_logit_bias = nn.Parameter(torch.empty(1))
+        self.beta_logit_bias = nn.Parameter(torch.empty(1))
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha, beta), computed in at least float32."""
+        logits = at_least_float32(torch.cat((self.alpha_logit_bias, self.beta_logit_bias)))
+        alpha, beta = self.normalize(logits).unbind()
+        return alpha, beta
 
     def skip(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (1.0 + self.alpha_bias) * y + (1.0 + self.beta_bias) * self.skip(x)
+        alpha, beta = self.weights()
+        return alpha.to(y.dtype) * y + beta.to(x.dtype) * self.skip(x)
+
+    def extra_repr(self) -> str:
+        return f"weights={self.weights_name}"
 
 
 class LaurelLRResidual(nn.Module):
-    """LAuReL-LR (arXiv 2411.07501): ``F + x + B A x``, the skip ``W x`` with ``W = I + B A`` of rank-r
-    update, ``A`` = `laurel_down` (d -> r), ``B`` = `laurel_up` (r -> d). ``A`` gets the usual linear init, ``B = 0``,
-    so the model starts as the plain residual. Both are weight matrices, decayed like every linear map."""
+    """LAuReL-LR (arXiv 2411.07501, Sec. 2.2, Eq. 3): ``F + x + B A x``, the skip ``W x`` with ``W = I + B A`` of rank
+    r, ``A`` = `laurel_down` (d -> r), ``B`` = `laurel_up` (r -> d). ``B = 0`` and ``A`` column-orthogonal
+    (`laurel_column_orthogonal`, the paper's LLM init), so the model starts as the plain residual. Both are weight
+    matrices, decayed like every linear map."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
         super().__init__()
@@ -217,7 +263,7 @@ class LaurelLRResidual(nn.Module):
 
 
 class LaurelRWLRResidual(LaurelRWResidual):
-    """LAuReL-RW+LR (arXiv 2411.07501): ``alpha * F + beta * (x + B A x)``, both of the above."""
+    """LAuReL-RW+LR (arXiv 2411.07501, Sec. 2.4, Eq. 5): ``alpha * F + beta * (x + B A x)``, both of the above."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
         super().__init__(config, layer_idx, sublayer)
