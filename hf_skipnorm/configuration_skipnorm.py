@@ -147,7 +147,7 @@ MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
 CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
 # --- issue 15: the 2024-2026 residual frontier ---
-LAUREL_VARIANTS: tuple[str, ...] = ("rw", "lr", "rw_lr")  # LAuReL (arXiv 2411.07501): RW, LR, RW+LR
+LAUREL_VARIANTS: tuple[str, ...] = ("rw", "lr", "rw_lr", "pa")  # LAuReL (arXiv 2411.07501): RW, LR, RW+LR, PA
 # LAuReL-RW's bound on (alpha, beta): the paper, Sec. 2.1, "we cannot let alpha and beta grow unbounded, and using a
 # normalization function such as softmax or sigmoid helps" (residuals_skipnorm.LAUREL_RW_NORMALIZERS).
 LAUREL_RW_WEIGHTS: tuple[str, ...] = ("softmax", "sigmoid")
@@ -539,6 +539,8 @@ FIELDS: tuple[Field, ...] = (
     Field("laurel_variant", Choice(LAUREL_VARIANTS), "", "LAuReL, arXiv 2411.07501"),
     Field("laurel_rank", Check(_check_divisor_of_width), "", "LAuReL-LR, arXiv 2411.07501"),
     Field("laurel_rw_weights", Choice(LAUREL_RW_WEIGHTS), "", "LAuReL-RW, arXiv 2411.07501, Sec. 2.1"),
+    Field("laurel_pa_activations", Int(1, MAX_STREAMS), "each one is a (B, T, C) tensor carried in the block state",
+          "LAuReL-PA's k, arXiv 2411.07501, Sec. 2.3 (the paper's ablation: 3)"),
     Field("frac_rate", Check(_check_divisor_of_width), "", "Frac-Connections, arXiv 2503.14125"),
     Field("architecture", Choice(ARCHITECTURES), "", "nGPT, arXiv 2410.01131"),
     Field("ngpt_alpha_init", _POSITIVE_SCALE, _SCALE, "nGPT, arXiv 2410.01131 (0.05)"),
@@ -782,6 +784,25 @@ def stream_recompute_needs_stream_mixing(c: Any, layers: list) -> None:
             f"SkipNormConfig.stream_recompute=True is not valid with residual={c.residual!r}: it recomputes the "
             f"stream mixing of hyper-connections; valid choices: residual='hyper' or 'mhc', or stream_recompute=False"
         )
+
+
+@rule
+def laurel_pa_needs_the_sequential_block(c: Any, layers: list) -> None:
+    """LAuReL-PA carries the last k sublayer outputs in the block state (`SkipNormLaurelPABlock`): only the sequential
+    attention -> MLP block has that state (b2t and resi_dual already refuse every residual but `add`)."""
+    if c.residual != "laurel" or c.laurel_variant != "pa":
+        return
+    clashes = [(f"parallel_block={c.parallel_block}", c.parallel_block),
+               (f"unet_skips={c.unet_skips}", c.unet_skips),
+               ("an encoder-decoder (its stacks are not built around that state)",
+                c.is_encoder_decoder or c.encoder_decoder_stack is not None)]
+    for what, clash in clashes:
+        if clash:
+            raise ValueError(
+                f"SkipNormConfig.laurel_variant='pa' is not valid with {what}: LAuReL-PA (arXiv 2411.07501, Eq. 4) "
+                f"adds the previous sublayers' outputs x_(i-j), which its sequential block carries as a stream "
+                f"state; valid choices: laurel_variant rw, lr or rw_lr, or the sequential block on one stream"
+            )
 
 
 @rule
@@ -1194,9 +1215,13 @@ class SkipNormConfig(PreTrainedConfig):
             ``B A``, `rw_lr` ``alpha*F + beta*(x + B A x)`` (Eq. 5). ``B = 0`` and ``A`` the column-orthogonal init
             of the paper's LLM runs (Sec. 3.3, footnote 2: ``A_ij = 1/sqrt(r d)`` where ``i mod r = j``, else 0), so
             `lr` starts as the plain residual; the paper gives no init for alpha and beta, whose logits start at 0
-            here (``alpha = beta = 1/2``: `rw` and `rw_lr` start as ``(F + x) / 2``). LAuReL-PA (previous
-            activations, Eq. 4) is not built. The paper reports 2.5%-20% better downstream scores for 1B and 4B LLMs
-            at +0.012% / +0.1% parameters.
+            here (``alpha = beta = 1/2``: `rw` and `rw_lr` start as ``(F + x) / 2``). `pa` (Sec. 2.3, Eq. 4)
+            ``F + x_i + sum_{j<k} gamma_j B A x_(i-j)``: the low-rank ``h = B A`` on this and the previous
+            ``k - 1`` = `laurel_pa_activations` - 1 sublayer outputs (the embedding output is ``x_0``; absent ones
+            add nothing), ``k`` learned scalars ``gamma`` (1 at init, our choice: the paper states none), ``B = 0``,
+            so it starts as the plain residual; the block carries the last ``k`` outputs as its state (sequential
+            block only). The paper's RW+PA combinations (Eq. 6) are not built. The paper reports 2.5%-20% better
+            downstream scores for 1B and 4B LLMs at +0.012% / +0.1% parameters.
             `frac`: Frac-Connections (Zhu et al. 2025, arXiv 2503.14125): hyper-connections on `frac_rate` fractions of
             the hidden state, ``h_in = Concat(Y^T H)``, ``H' = A^T H + B^T o Reshape(F(h_in))`` with
             ``H = Reshape(h, (m, d/m))``, static or input-dependent (`hyper_dynamic`), initialized to the plain
@@ -1223,7 +1248,8 @@ class SkipNormConfig(PreTrainedConfig):
         orthogonal_eps (`float`, defaults to 1e-6): the ``eps`` in `orthogonal`'s ``<x, x> + eps`` (the reference
             code's `residual_eps`, arXiv 2505.11881), so a zero stream projects nothing instead of dividing by 0.
         laurel_variant (`str`, defaults to `"rw_lr"`): which LAuReL (arXiv 2411.07501) `laurel` builds:
-            `rw` (learned residual weights), `lr` (low-rank augmented skip) or `rw_lr` (both, the paper's combination).
+            `rw` (learned residual weights), `lr` (low-rank augmented skip), `rw_lr` (both, the paper's
+            combination, Eq. 5) or `pa` (previous activations, Eq. 4).
         laurel_rank (`int`, defaults to 16): the rank ``r`` of LAuReL-LR's ``B A`` (``2 r d`` parameters per
             sublayer); our default, small enough for tiny test models (Gemma 3n's LAuReL-LR block uses 64).
         laurel_rw_weights (`str`, defaults to `"softmax"`): how LAuReL-RW (`rw`, `rw_lr`) bounds ``alpha`` and
@@ -1231,6 +1257,9 @@ class SkipNormConfig(PreTrainedConfig):
             softmax(a, b)`` (they sum to 1), `sigmoid` ``alpha = sigmoid(a)``, ``beta = sigmoid(b)``. The logits
             ``a``, ``b`` are `alpha_logit_bias` / `beta_logit_bias` (no weight decay), 0 at init (the paper states
             no init).
+        laurel_pa_activations (`int`, defaults to 3): LAuReL-PA's ``k``, the number of activations
+            ``x_i, ..., x_(i-k+1)`` each sublayer's low-rank skip reads (the paper's ablation uses 3); each costs a
+            (B, T, C) tensor in the block state.
         architecture (`str`, defaults to `"transformer"`): `transformer` is the model the fields above describe;
             `ngpt` is the normalized Transformer (Loshchilov et al. 2024, arXiv 2410.01131; NVIDIA/ngpt): unit-norm
             embeddings and matrix rows, ``h <- Norm(h + alpha (Norm(F(h)) - h))`` per sublayer with per-channel
@@ -1418,6 +1447,7 @@ class SkipNormConfig(PreTrainedConfig):
     laurel_variant: str = "rw_lr"
     laurel_rank: int = 16
     laurel_rw_weights: str = "softmax"
+    laurel_pa_activations: int = 3
     architecture: str = "transformer"
     ngpt_alpha_init: float = 0.05
     frac_rate: int = 4

@@ -273,11 +273,64 @@ class LaurelRWLRResidual(LaurelRWResidual):
     skip = LaurelLRResidual.skip
 
 
-LAUREL_CLASSES: dict[str, type[nn.Module]] = {"rw": LaurelRWResidual, "lr": LaurelLRResidual, "rw_lr": LaurelRWLRResidual}
+class LaurelPAResidual(nn.Module):
+    """LAuReL-PA (arXiv 2411.07501, Sec. 2.3, Eq. 4): ``x_{i+1} = F + x_i + sum_{j=0}^{k-1} gamma_j h(x_{i-j})``, the
+    previous-activations version with the paper's "in practice" ``h = B A`` (rank `laurel_rank`, as LAuReL-LR),
+    ``k = laurel_pa_activations`` learned scalars ``gamma`` (stored as ``gamma_bias = gamma - 1``: 1 at init, our
+    choice, since the paper states none and ``gamma = 0`` with ``B = 0`` would leave both without gradient), ``x_j``
+    the output of the j-th residual connection (sublayer; ``x_0`` the embedding output). ``h`` is linear, so the sum
+    is applied as ``h(sum_j gamma_j x_{i-j})``. `SkipNormLaurelPABlock` passes the previous outputs
+    ``[x_{i-1}, ..., x_{i-k+1}]`` (zeros where ``i - j < 0``: absent terms add nothing) as `previous`; called as
+    ``R(x, y)`` (no `previous`) only ``x_i`` is read, and the branch's contribution ``R(x, y) - R(x, 0) = y`` is
+    the same."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.activations = config.laurel_pa_activations
+        self.gamma_bias = nn.Parameter(torch.empty(self.activations))  # gamma - 1, [gamma_0 (x_i), gamma_1, ...]
+        self.laurel_down = nn.Linear(config.hidden_size, config.laurel_rank, bias=False)  # A
+        self.laurel_up = nn.Linear(config.laurel_rank, config.hidden_size, bias=False)  # B
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        gamma = (1.0 + self.gamma_bias).to(x.dtype)  # (k,)
+        mixed = gamma[0] * x  # (B, T, C)
+        if previous is not None:  # (B, T, k - 1, C)
+            mixed = mixed + torch.einsum("...jc,j->...c", previous, gamma[1:])
+        return y + x + self.laurel_up(self.laurel_down(mixed))
+
+    def extra_repr(self) -> str:
+        return f"activations={self.activations}"
+
+
+class LaurelPAStream(nn.Module):
+    """LAuReL-PA's block state (B, T, k, C): ``[x_i, x_{i-1}, ..., x_{i-k+1}]``, the stream and the outputs of the
+    k - 1 sublayers before it. `expand` starts it at ``[x_0, 0, ..., 0]`` (the embedding output, no earlier
+    activations); `reduce` returns the stream ``x_i``."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__()
+        self.activations = config.laurel_pa_activations
+
+    def expand(self, hidden_states: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, k, C)
+        absent = hidden_states.new_zeros(*hidden_states.shape[:-1], self.activations - 1, hidden_states.shape[-1])
+        return torch.cat((hidden_states.unsqueeze(-2), absent), dim=-2)
+
+    def reduce(self, stream: torch.Tensor) -> torch.Tensor:  # (B, T, k, C) -> (B, T, C)
+        return stream[..., 0, :]
+
+    @staticmethod
+    def push(stream: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """The state after a sublayer: its output in front, the oldest activation dropped."""
+        return torch.cat((output.unsqueeze(-2), stream[..., :-1, :]), dim=-2)
+
+
+LAUREL_CLASSES: dict[str, type[nn.Module]] = {
+    "rw": LaurelRWResidual, "lr": LaurelLRResidual, "rw_lr": LaurelRWLRResidual, "pa": LaurelPAResidual,
+}
 
 
 def laurel_residual(config: SkipNormConfig, layer_idx: int, sublayer: str) -> nn.Module:
-    """`residual="laurel"`: the LAuReL variant named by `laurel_variant` (rw, lr or rw_lr)."""
+    """`residual="laurel"`: the LAuReL variant named by `laurel_variant` (rw, lr, rw_lr or pa)."""
     return LAUREL_CLASSES[config.laurel_variant](config, layer_idx, sublayer)
 
 
@@ -375,7 +428,7 @@ RESIDUAL_CLASSES: dict[str, Callable[[SkipNormConfig, int, str], nn.Module]] = {
     "mhc": ManifoldHyperConnection,  # used by HyperConnectionBlock
     "dense": AddResidual,  # inside a DenseFormer block; the depth-weighted average sits after the block
     "orthogonal": OrthogonalResidual,
-    "laurel": laurel_residual,  # rw, lr or rw_lr by `laurel_variant`
+    "laurel": laurel_residual,  # rw, lr, rw_lr or pa by `laurel_variant`; pa is used by SkipNormLaurelPABlock
     "frac": frac_connection,  # static or dynamic by `hyper_dynamic`; used by HyperConnectionBlock on one stream
     "attn_res": SublayerDepthAttention,  # Attention Residuals' depth attention; used by AttnResBlock
 }

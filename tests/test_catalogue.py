@@ -587,8 +587,10 @@ FRONTIER_FIELDS = {
     "layer_drop": dict(layer_drop=0.2), "qk_norm=per_head_gains": dict(qk_norm="per_head_gains"),
     "dense_dilation=2,period=2": dict(dense_dilation=2, dense_period=2),
     "attn_res_blocks=1": dict(attn_res_blocks=1),
+    "laurel_variant=pa": dict(laurel_variant="pa"), "laurel_rw_weights=sigmoid": dict(laurel_rw_weights="sigmoid"),
 }
-FRONTIER_RESIDUALS = {"dense_dilation=2,period=2": ("dense",), "attn_res_blocks=1": ("attn_res",)}
+FRONTIER_RESIDUALS = {"dense_dilation=2,period=2": ("dense",), "attn_res_blocks=1": ("attn_res",),
+                      "laurel_variant=pa": ("laurel",), "laurel_rw_weights=sigmoid": ("laurel",)}
 
 
 def frontier_grid(residuals_of):

@@ -213,21 +213,82 @@ def test_laurel_rw_starts_at_half_weights(variant, weights):
         assert block.attn_residual.alpha_logit_bias.item() == 0.0 == block.attn_residual.beta_logit_bias.item()
 
 
+def test_laurel_pa_combine_matches_eq_4():
+    """LAuReL-PA, Eq. 4: x_{i+1} = f(x_i) + x_i + sum_{j=0}^{k-1} gamma_j h(x_{i-j}), h = B A, term by term."""
+    config = tiny(residual="laurel", laurel_variant="pa", laurel_rank=3, laurel_pa_activations=4)
+    module = randomize_(build_residual(config, 1, "attn").double(), scale=0.7)
+    x, y = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 5, 16, dtype=torch.float64)
+    previous = torch.randn(2, 5, 3, 16, dtype=torch.float64)  # x_{i-1}, x_{i-2}, x_{i-3}
+    A, B = module.laurel_down.weight, module.laurel_up.weight  # (r, d), (d, r)
+    assert A.shape == (3, 16) and B.shape == (16, 3) and module.gamma_bias.shape == (4,)
+    gamma = [1.0 + g for g in module.gamma_bias.tolist()]
+    terms = [x] + [previous[..., j, :] for j in range(3)]
+    expected = y + x + sum(g * torch.einsum("dr,rk,btk->btd", B, A, term) for g, term in zip(gamma, terms))
+    torch.testing.assert_close(module(x, y, previous), expected, rtol=1e-12, atol=1e-12)
+    # called as R(x, y), as the diagnostics do: only x_i is read, and R(x, y) - R(x, 0) = y either way
+    only_current = y + x + gamma[0] * torch.einsum("dr,rk,btk->btd", B, A, x)
+    torch.testing.assert_close(module(x, y), only_current, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(module(x, y, previous) - module(x, torch.zeros_like(y), previous), y)
+
+
+@pytest.mark.parametrize("activations", [1, 3])
+def test_laurel_pa_model_reads_the_previous_sublayer_outputs(activations):
+    """Whole model, random weights: sublayer s (0-based over attn, mlp, attn, ...) reads x_s and x_{s-1}, ..., x_{s-k+1},
+    x_t being the input of sublayer t (x_0 the embedding output) and 0 where t < 0; its output is the next one's x."""
+    model = randomize_(SkipNormModel(tiny(residual="laurel", laurel_variant="pa", num_hidden_layers=3,
+                                          laurel_pa_activations=activations, norm_position="pre_post")).double(),
+                       scale=0.2)
+    seen = []  # (x_s, previous_s, output_s) in forward order
+    for block in model.layers:
+        for name in ("attn", "mlp"):
+            getattr(block, f"{name}_residual").register_forward_hook(
+                lambda m, args, out: seen.append((args[0], args[2], out)))
+            getattr(block, f"{name}_post_norm").register_forward_hook(lambda m, args, out: seen.append(out))
+    embedded = {}
+    model.layers[0].register_forward_pre_hook(lambda m, args: embedded.__setitem__("x0", args[0][..., 0, :]))
+    model(torch.randint(0, VOCAB, (2, 6)))
+    combines, outputs = seen[0::2], seen[1::2]
+    assert len(combines) == 6 == len(outputs)
+    inputs = [embedded["x0"]] + list(outputs)  # x_0, x_1, ..., x_6
+    for s, (x, previous, _) in enumerate(combines):
+        torch.testing.assert_close(x, inputs[s], rtol=0, atol=0)
+        assert previous.shape[-2] == activations - 1
+        for j in range(1, activations):
+            want = inputs[s - j] if s - j >= 0 else torch.zeros_like(x)
+            torch.testing.assert_close(previous[..., j - 1, :], want, rtol=0, atol=0)
+
+
+def test_laurel_pa_starts_as_the_plain_residual_model():
+    """gamma = 1, B = 0: the model is the residual='add' model with the same weights, exactly; A as LAuReL-LR's."""
+    laurel = SkipNormModel(tiny(residual="laurel", laurel_variant="pa", laurel_rank=4)).eval()
+    plain = SkipNormModel(tiny()).eval()
+    missing, unexpected = plain.load_state_dict(laurel.state_dict(), strict=False)
+    assert not missing and all("_residual." in key for key in unexpected)
+    ids = torch.randint(0, VOCAB, (2, 6))
+    torch.testing.assert_close(laurel(ids).last_hidden_state, plain(ids).last_hidden_state, rtol=0, atol=0)
+    residual = laurel.layers[1].mlp_residual
+    assert torch.all(residual.gamma_bias == 0) and torch.all(residual.laurel_up.weight == 0)
+    torch.testing.assert_close(residual.laurel_down.weight.double().t(), ref_column_orthogonal(4, 16))
+
+
 def test_laurel_scalars_are_not_decayed_and_its_matrices_are(tmp_path):
-    model = SkipNormForCausalLM(tiny(residual="laurel"))
-    group_of = decay_groups(model, tmp_path)
-    names = dict(model.named_parameters())
-    scalars = [n for n in names if n.endswith(("alpha_logit_bias", "beta_logit_bias"))]
-    matrices = [n for n in names if "laurel_" in n]
-    assert len(scalars) == 8 and len(matrices) == 8
-    assert all(group_of[id(names[n])] == 0.0 for n in scalars), scalars
-    assert all(group_of[id(names[n])] == 0.1 for n in matrices), matrices
+    for variant, suffixes in (("rw_lr", ("alpha_logit_bias", "beta_logit_bias")), ("pa", ("gamma_bias",))):
+        model = SkipNormForCausalLM(tiny(residual="laurel", laurel_variant=variant))
+        group_of = decay_groups(model, tmp_path)
+        names = dict(model.named_parameters())
+        scalars = [n for n in names if n.endswith(suffixes)]
+        matrices = [n for n in names if "laurel_" in n]
+        assert len(scalars) == 4 * len(suffixes) and len(matrices) == 8
+        assert all(group_of[id(names[n])] == 0.0 for n in scalars), scalars
+        assert all(group_of[id(names[n])] == 0.1 for n in matrices), matrices
 
 
 @pytest.mark.parametrize("fields", [dict(residual="orthogonal"), dict(residual="laurel", laurel_variant="rw"),
                                     dict(residual="laurel", laurel_variant="lr"), dict(residual="laurel"),
-                                    dict(residual="laurel", laurel_rw_weights="sigmoid")],
-                         ids=["orthogonal", "laurel-rw", "laurel-lr", "laurel-rw_lr", "laurel-rw_lr-sigmoid"])
+                                    dict(residual="laurel", laurel_rw_weights="sigmoid"),
+                                    dict(residual="laurel", laurel_variant="pa")],
+                         ids=["orthogonal", "laurel-rw", "laurel-lr", "laurel-rw_lr", "laurel-rw_lr-sigmoid",
+                              "laurel-pa"])
 def test_cache_and_gradient_checkpointing_for_orthogonal_and_laurel(fields):
     config = tiny(pad_token_id=0, **fields)
     assert generation_matches(config, lambda m: randomize_(m, scale=0.2))
@@ -237,7 +298,12 @@ def test_cache_and_gradient_checkpointing_for_orthogonal_and_laurel(fields):
 @pytest.mark.parametrize("fields,words", [
     (dict(residual="laurel", laurel_rank=0), ["laurel_rank=0", "integer >= 1"]),
     (dict(residual="laurel", laurel_rank=17), ["laurel_rank=17", "hidden_size=16"]),
-    (dict(residual="laurel", laurel_variant="pa"), ["laurel_variant='pa'", "rw, lr, rw_lr"]),
+    (dict(residual="laurel", laurel_variant="rw_pa"), ["laurel_variant='rw_pa'", "rw, lr, rw_lr, pa"]),
+    (dict(residual="laurel", laurel_pa_activations=0), ["laurel_pa_activations=0"]),
+    (dict(residual="laurel", laurel_variant="pa", parallel_block=True), ["laurel_variant='pa'", "parallel_block=True"]),
+    (dict(residual="laurel", laurel_variant="pa", norm_position="b2t"), ["residual='laurel'", "'b2t'"]),
+    (dict(residual="laurel", laurel_variant="pa", unet_skips=True), ["laurel_variant='pa'", "unet_skips=True"]),
+    (dict(is_encoder_decoder=True, residual="laurel", laurel_variant="pa"), ["laurel_variant='pa'", "encoder-decoder"]),
     (dict(residual="laurel", laurel_rw_weights="tanh"), ["laurel_rw_weights='tanh'", "softmax, sigmoid"]),
     (dict(residual="orthogonal", orthogonal_eps=-1.0), ["orthogonal_eps=-1.0"]),
 ])
