@@ -1224,8 +1224,8 @@ class SkipNormConfig(PreTrainedConfig):
             downstream scores for 1B and 4B LLMs at +0.012% / +0.1% parameters.
             `frac`: Frac-Connections (Zhu et al. 2025, arXiv 2503.14125): hyper-connections on `frac_rate` fractions of
             the hidden state, ``h_in = Concat(Y^T H)``, ``H' = A^T H + B^T o Reshape(F(h_in))`` with
-            ``H = Reshape(h, (m, d/m))``, static or input-dependent (`hyper_dynamic`), initialized to the plain
-            residual; keeps hyper-connections' benefit without widening the stream (the paper trains up to a 7B MoE
+            ``H = Reshape(h, (m, d/m))`` (Eqs. 6-8), static or input-dependent (`hyper_dynamic`, Eqs. 11-14),
+            initialized to the plain residual (Eq. 15); keeps hyper-connections' benefit without widening the stream (the paper trains up to a 7B MoE
             on 3T tokens, beating residual connections). Needs placements without a norm after the skip.
         residual_alpha (`float` or `None`): constant on the skip path for `scaled` and `deepnorm`. `None` resolves to
             DeepNet's ``(2L)^(1/4)`` for `deepnorm` and to 1.0 otherwise; the resolved value is stored.

@@ -346,6 +346,10 @@ class StaticFracConnection(StaticHyperConnection):
     the streams replaced by fractions, so the state stays one (B, T, d) tensor (`SingleStream`). Initialized to the
     plain residual, ``Y = A = I``, ``B = 1`` (then ``H' = H + Reshape(T(h))``: ``x + T(x)`` exactly), stored as
     offsets ``input_bias = Y - I``, ``mixing_bias = A - I``, ``output_bias = B - 1``, all 0 at init.
+
+    Checked against the paper's text: Sec. 4.1 (Eqs. 6-8), Algorithm 1 (``h_0 = Reshape(Y^T H, (d,))``,
+    ``H' = B^T Reshape(T(h_0), (m, d/m)) + A^T H``; its pseudocode scales fraction i by ``beta_i``, elementwise) and
+    Sec. 4.3 (Eq. 15: ``B = 1``, ``Y = A = I``, the static weights without weight decay: stored as ``*_bias``).
     """
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
@@ -386,7 +390,10 @@ class DynamicFracConnection(StaticFracConnection):
         B(H) = B + s_b tanh(Hn W_b)^T       (W_b: d/m x 1)
 
     ``W = 0`` at init (so it starts as the static, plain-residual connection), ``s_a = s_b = 0.01`` as in the HC
-    code, stored as ``width_scale_bias = s_a - 0.01``, ``depth_scale_bias = s_b - 0.01``."""
+    code, stored as ``width_scale_bias = s_a - 0.01``, ``depth_scale_bias = s_b - 0.01``. Checked against Sec. 4.2
+    (Eqs. 11-14: one ``s_alpha`` for Y and A, ``s_beta`` for B, "normalization before the linear transformation",
+    tanh after it) and Sec. 4.3 (the dynamic W at 0, decayed: plain weights); the paper counts the norm's parameters as
+    RMSNorm's ``d/m`` (Sec. 4.4), here the `norm_type` norm over ``d/m``."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
         super().__init__(config, layer_idx, sublayer)
