@@ -158,6 +158,13 @@ def test_laurel_combine_matches_the_papers_formula(variant, weights):
     torch.testing.assert_close(module(x, y), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_laurel_registries_agree_with_the_config_vocabulary():
+    from hf_skipnorm import configuration_skipnorm as cfg
+    from hf_skipnorm.residuals_skipnorm import LAUREL_CLASSES, LAUREL_RW_NORMALIZERS
+
+    assert set(LAUREL_CLASSES) == set(cfg.LAUREL_VARIANTS) and set(LAUREL_RW_NORMALIZERS) == set(cfg.LAUREL_RW_WEIGHTS)
+
+
 def test_laurel_rw_weights_stay_bounded_for_any_logits():
     """The paper's reason for the normalization: alpha and beta must not grow unbounded, whatever the logits do."""
     for weights in ("softmax", "sigmoid"):
