@@ -32,10 +32,10 @@ from .hyper_connections_skipnorm import (
     hyper_connection,
     sublayer_index,
 )
-from .norms_skipnorm import build_norm
+from .norms_skipnorm import HookableModule, build_norm
 
 
-class AddResidual(nn.Module):
+class AddResidual(HookableModule):
     """``x + y``: the identity skip, He et al. 2016 (arXiv 1512.03385)."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
@@ -45,7 +45,7 @@ class AddResidual(nn.Module):
         return x + y
 
 
-class NoResidual(nn.Module):
+class NoResidual(HookableModule):
     """``y``: no skip path at all, the ablation behind rank collapse (Dong et al. 2021, arXiv 2103.03404)."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
@@ -55,7 +55,7 @@ class NoResidual(nn.Module):
         return y
 
 
-class ScaledResidual(nn.Module):
+class ScaledResidual(HookableModule):
     """``a * x + m * y`` with constants ``a = residual_alpha``, ``m = branch_multiplier`` (Granite, MiniCPM)."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
@@ -71,7 +71,7 @@ class ScaledResidual(nn.Module):
         return f"alpha={self.alpha}, multiplier={self.multiplier}"
 
 
-class DeepNormResidual(nn.Module):
+class DeepNormResidual(HookableModule):
     """``alpha * x + y``, inside a post-LN sublayer: DeepNorm ``N(alpha*x + F(x))``, DeepNet (arXiv 2203.00555).
 
     ``alpha = residual_alpha``, resolved by the config to ``(2L)^(1/4)`` (encoder-only and decoder-only alike); the
@@ -89,7 +89,7 @@ class DeepNormResidual(nn.Module):
         return f"alpha={self.alpha}"
 
 
-class AdminResidual(nn.Module):
+class AdminResidual(HookableModule):
     """``omega * x + y`` inside a post-LN sublayer, Admin (Liu et al. 2020, arXiv 2004.08249, Sec. 5).
 
     ``omega`` is per channel and learned: ``omega = omega_init + omega_bias`` with ``omega_init`` this sublayer's
@@ -110,7 +110,7 @@ class AdminResidual(nn.Module):
         return f"sublayer={self.sublayer_index}, omega_init={self.omega_init}"
 
 
-class ReZeroResidual(nn.Module):
+class ReZeroResidual(HookableModule):
     """``x + a * y`` with one learned scalar ``a`` initialized to 0: ReZero (arXiv 2003.04887), SkipInit (arXiv
     2002.10444). Stored as ``alpha_bias`` (the offset from the init 0, i.e. ``a`` itself). One ``a`` per sublayer;
     the ReZero code shares one between a layer's two sublayers."""
@@ -123,7 +123,7 @@ class ReZeroResidual(nn.Module):
         return x + self.alpha_bias * y
 
 
-class LayerScaleResidual(nn.Module):
+class LayerScaleResidual(HookableModule):
     """``x + diag(lambda) * y``, LayerScale of CaiT (Touvron et al. 2021, arXiv 2103.17239, Sec. 3.1).
 
     ``lambda = layerscale_init + lambda_bias`` per channel, ``layerscale_init`` by default CaiT's depth schedule
@@ -147,7 +147,7 @@ class LayerScaleResidual(nn.Module):
 GATE_BIAS_INIT = -1.0
 
 
-class GatedResidual(nn.Module):
+class GatedResidual(HookableModule):
     """``x + g * y`` with a per-channel gate ``g = sigmoid(W_g [x; y] + b_g)``: a highway gate on the branch
     (Highway networks, arXiv 1505.00387; GTrXL, arXiv 1910.06764, gates its residuals with a GRU instead). The skip
     stays an identity, as in the VARIANTS table, so only the branch is gated. ``W_g`` (`gate_proj`, 2C -> C) gets the
@@ -163,7 +163,7 @@ class GatedResidual(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------- issue 15
-class OrthogonalResidual(nn.Module):
+class OrthogonalResidual(HookableModule):
     """``x + F_perp`` with ``F_perp = F - (<x, F> / (<x, x> + eps)) x``: the Orthogonal Residual Update (Oh et al.
     2025, arXiv 2505.11881), per token over the hidden size (the reference code's "feature" variant,
     BootsofLagrangian/ortho-residual `_orthogonal_channel`, ``eps = orthogonal_eps = 1e-6``). The branch's component
@@ -183,7 +183,7 @@ class OrthogonalResidual(nn.Module):
         return f"eps={self.eps}"
 
 
-class LaurelRWResidual(nn.Module):
+class LaurelRWResidual(HookableModule):
     """LAuReL-RW (Menghani et al., arXiv 2411.07501): ``alpha * F + beta * x`` with two learned scalars per
     sublayer, stored as offsets from the plain residual, ``alpha = 1 + alpha_bias``, ``beta = 1 + beta_bias``."""
 
@@ -199,7 +199,7 @@ class LaurelRWResidual(nn.Module):
         return (1.0 + self.alpha_bias) * y + (1.0 + self.beta_bias) * self.skip(x)
 
 
-class LaurelLRResidual(nn.Module):
+class LaurelLRResidual(HookableModule):
     """LAuReL-LR (arXiv 2411.07501): ``F + x + B A x``, the skip ``W x`` with ``W = I + B A`` of rank-r
     update, ``A`` = `laurel_down` (d -> r), ``B`` = `laurel_up` (r -> d). ``A`` gets the usual linear init, ``B = 0``,
     so the model starts as the plain residual. Both are weight matrices, decayed like every linear map."""
