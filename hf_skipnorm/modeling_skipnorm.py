@@ -98,7 +98,11 @@ from .residuals_skipnorm import (
 # Bad inputs get a ValueError naming the input, the value and the valid range, not torch's bare IndexError (CPU) or
 # device-side assert (CUDA). Shape checks are free; value checks cost one host sync per call and are skipped while
 # torch.compile traces (a data-dependent branch would break fullgraph).
-def check_input_shape(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> None:
+def check_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, vocab_size: int) -> None:
+    """Exactly one of `input_ids` (B, T) / `inputs_embeds` (B, T, C), non-empty, and every id in [0, vocab_size).
+
+    One call per forward for all of it (the range check of `check_ids_in_range` inlined): a Python call per check
+    was a visible share of a CPU decode step at small sizes (benchmarks/RESULTS.md, "Decode-path overhead")."""
     if (input_ids is None) ^ (inputs_embeds is not None):
         raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
     name, tensor, dims = ("input_ids", input_ids, 2) if input_ids is not None else ("inputs_embeds", inputs_embeds, 3)
@@ -107,6 +111,16 @@ def check_input_shape(input_ids: torch.Tensor | None, inputs_embeds: torch.Tenso
                          f"{tuple(tensor.shape)}")
     if 0 in tensor.shape[:2]:
         raise ValueError(f"{name} is empty: shape {tuple(tensor.shape)}; valid: at least one sequence of one token")
+    if input_ids is not None and not torch.compiler.is_compiling():
+        low, high = torch.aminmax(input_ids)
+        low, high = low.item(), high.item()
+        if low < 0 or high >= vocab_size:
+            raise_out_of_range("input_ids", low, high, vocab_size, "vocab_size")
+
+
+def raise_out_of_range(name: str, low: int, high: int, size: int, field: str) -> None:
+    raise ValueError(f"{name} holds {low if low < 0 else high}, outside the valid range [0, {size - 1}] "
+                     f"(SkipNormConfig.{field}={size})")
 
 
 def check_ids_in_range(name: str, ids: torch.Tensor | None, size: int, field: str) -> None:
@@ -116,16 +130,7 @@ def check_ids_in_range(name: str, ids: torch.Tensor | None, size: int, field: st
     low, high = torch.aminmax(ids)  # one reduction, compared as Python ints (tensor comparisons cost 4x more)
     low, high = low.item(), high.item()
     if low < 0 or high >= size:
-        raise ValueError(f"{name} holds {low if low < 0 else high}, outside the valid range [0, {size - 1}] "
-                         f"(SkipNormConfig.{field}={size})")
-
-
-def check_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, vocab_size: int) -> None:
-    """`check_input_shape`, then `check_ids_in_range` on `input_ids`: one call per forward for both (a Python call
-    per check was a visible share of a CPU decode step at small sizes, benchmarks/RESULTS.md)."""
-    check_input_shape(input_ids, inputs_embeds)
-    if input_ids is not None:
-        check_ids_in_range("input_ids", input_ids, vocab_size, "vocab_size")
+        raise_out_of_range(name, low, high, size, field)
 
 
 def check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor | None,
