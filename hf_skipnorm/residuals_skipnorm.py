@@ -1,7 +1,8 @@
 """How the skip combines: the residual registry (`residual` -> module ``R(x, y)``).
 
 ``x`` is the stream entering the sublayer, ``y`` the (normalized) branch output. The combine is a module, not an
-inline ``+``, so forward hooks can watch it (OLMo-core does the same) and a residual style is one class.
+inline ``+``, so forward hooks can watch it (OLMo-core does the same) and a residual style is one class; as a
+`HookableModule` it skips `nn.Module.__call__` while no hook is registered, so the decode path pays no more than a call.
 
 Learned residual coefficients are stored as learned offsets from their paper init, ``c = c_init + c_bias`` with
 ``c_init`` a Python constant from the config (ReZero's 0, LayerScale's CaiT value, Admin's profiled omega). The
