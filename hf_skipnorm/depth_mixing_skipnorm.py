@@ -41,7 +41,7 @@ class DepthSoftmax(torch.autograd.Function):
         l_ki = w_k^T RMSNorm(v_i) = r_i <q_k, v_i>,   r_i = 1 / sqrt(mean(v_i^2) + eps),   q_k = w_k * g_k
         mean_k = sum_i softmax_i(l_k)_i v_i,          lse_k = log sum_i exp(l_ki)
 
-    -> (means (..., K, C), lse (..., K)). `DepthAttention.combine` merges a (mean, lse) group with sources that are
+    -> (mean_1, ..., mean_K (..., C) each, lse (..., K)). `DepthAttention.combine` merges a (mean, lse) group with sources that are
     not stacked yet, exactly: the softmax over all sources weighs the group by ``exp(lse)``.
 
     One Function so that neither pass materializes a normalized (..., S, C) copy of the sources, and both sublayers
@@ -54,48 +54,68 @@ class DepthSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, queries: torch.Tensor, eps: float, stack: torch.Tensor):
+        """(K, C) queries, (..., S, C) sources -> (mean_1, ..., mean_K (..., C) each, lse (..., K))."""
         *batch, size, dim = stack.shape
-        flat = stack.reshape(-1, size, dim)  # (N, S, C), a view for the blocks' stacks (also a slice along S)
-        count = queries.shape[0]
-        dots = torch.bmm(flat, queries.t().expand(flat.shape[0], dim, count))  # (N, S, K): d_ki = <q_k, v_i>
+        flat = stack.reshape(-1, size, dim)  # (N, S, C): a view for a block's stack (also for a slice along S)
+        dots = rows_times(flat, queries.t())  # (N, S, K): d_ki = <q_k, v_i>
         inverse_rms = torch.linalg.vector_norm(flat, dim=-1).square_().div_(dim).add_(eps).rsqrt_()  # (N, S): r_i
         logits = dots * inverse_rms[..., None]
         lse = torch.logsumexp(logits, dim=1)  # (N, K)
         weights = torch.exp(logits - lse[:, None, :])  # (N, S, K): softmax over the sources
         means = torch.bmm(weights.transpose(1, 2), flat)  # (N, K, C)
-        ctx.eps = eps
         ctx.save_for_backward(queries, stack, weights, inverse_rms, dots)
-        return means.reshape(*batch, count, dim), lse.reshape(*batch, count)
+        # one output per query: indexing a joint output would cost a zero-filled gradient per sublayer
+        return (*(mean.view(*batch, dim) for mean in means.unbind(1)), lse.view(*batch, -1))
 
     @staticmethod
-    def backward(ctx, grad_means: torch.Tensor, grad_lse: torch.Tensor):
+    def backward(ctx, *grads: torch.Tensor):
         queries, stack, weights, inverse_rms, dots = ctx.saved_tensors
         *_, size, dim = stack.shape
         flat = stack.reshape(-1, size, dim)
         count = queries.shape[0]
-        grad_means = grad_means.reshape(-1, count, dim)
+        grad_means = torch.stack([g.reshape(-1, dim) for g in grads[:-1]], dim=1)  # (N, K, C)
+        grad_lse = grads[-1].reshape(-1, 1, count)
         # mean_k: dL/dl_ki = p_ki (<g_k, v_i> - <g_k, mean_k>); lse_k: dL/dl_ki = p_ki dL/dlse_k
         grad_weights = torch.bmm(flat, grad_means.transpose(1, 2))  # (N, S, K): <v_i, g_k>
-        centred = grad_weights - (weights * grad_weights).sum(1, keepdim=True) + grad_lse.reshape(-1, 1, count)
-        grad_logits = weights * centred
+        grad_logits = weights * (grad_weights - (weights * grad_weights).sum(1, keepdim=True) + grad_lse)
         grad_dots = grad_logits * inverse_rms[..., None]  # l = d r
         grad_norms = (grad_logits * dots).sum(-1) * inverse_rms.pow(3) / -dim  # dr_i/dv_i = -r_i^3 v_i / C
-        grad = torch.bmm(weights, grad_means)  # (N, S, C): sum_k p_ki g_k
-        grad = grad.view(-1, dim).addmm_(grad_dots.reshape(-1, count), queries).view_as(grad)
-        grad = grad.addcmul_(grad_norms[..., None], flat)
+        # A fresh tensor of the input's shape (not a view), which autograd then accumulates the state's other
+        # gradient into in place: sum_k p_ki g_k + sum_k (dL/dd_ki) q_k (K outer products, then one matrix
+        # multiply), then the norm's term.
+        grad_stack = torch.empty(stack.shape, dtype=stack.dtype, device=stack.device)
+        grad = torch.mul(weights[..., 0, None], grad_means[:, None, 0, :], out=grad_stack.view(-1, size, dim))
+        for k in range(1, count):
+            grad.addcmul_(weights[..., k, None], grad_means[:, None, k, :])
+        grad.view(-1, dim).addmm_(grad_dots.reshape(-1, count), queries)
+        grad.addcmul_(grad_norms[..., None], flat)
         grad_queries = None
         if ctx.needs_input_grad[0]:
-            grad_queries = torch.bmm(grad_dots.transpose(1, 2), flat).sum(0)  # sum over tokens and sources
-        return grad_queries, None, grad.view(stack.shape)
+            grad_queries = rows_times(flat, grad_dots, transpose=True)  # sum over tokens and sources
+        return grad_queries, None, grad_stack
 
 
-def depth_softmax(stack: torch.Tensor, *attentions: "DepthAttention") -> tuple[torch.Tensor, torch.Tensor]:
-    """(means (B, T, K, C), lse (B, T, K)) of the stacked sources (B, T, S, C) for the K depth attentions, in at
-    least float32 with autocast off; the means are in that precision (`combine` casts its result back)."""
+def rows_times(stack: torch.Tensor, matrix: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """``stack`` (N, S, C) times a (C, K) matrix per row: (N, S, K); with `transpose`, ``matrix`` (N, S, K) and the
+    result sum_{n, s} matrix[n, s]^T stack[n, s]: (K, C). One plain matrix multiply over all N * S rows where the
+    rows are one block of memory (MKL's batched multiply of 512 tiny matrices costs about twice as much)."""
+    if stack.is_contiguous():
+        rows = stack.view(-1, stack.shape[-1])
+        return matrix.reshape(-1, matrix.shape[-1]).t() @ rows if transpose else (rows @ matrix).view(
+            *stack.shape[:-1], matrix.shape[-1])
+    if transpose:
+        return torch.bmm(matrix.transpose(1, 2), stack).sum(0)
+    return torch.bmm(stack, matrix.expand(stack.shape[0], *matrix.shape))
+
+
+def depth_softmax(stack: torch.Tensor, *attentions: "DepthAttention") -> tuple[list[torch.Tensor], torch.Tensor]:
+    """([mean_1, ..., mean_K] (B, T, C) each, lse (B, T, K)) of the stacked sources (B, T, S, C) for the K depth
+    attentions, in at least float32 with autocast off (`combine` casts its result back)."""
     with full_precision(stack):
         values = at_least_float32(stack)
         queries = torch.stack([attention.query(values.dtype) for attention in attentions])
-        return DepthSoftmax.apply(queries, attentions[0].key_norm.eps, values)
+        *means, lse = DepthSoftmax.apply(queries, attentions[0].key_norm.eps, values)
+        return means, lse
 
 
 class DepthAttention(nn.Module):
@@ -142,8 +162,8 @@ class DepthAttention(nn.Module):
 
     def aggregate(self, sources: torch.Tensor, *latest: torch.Tensor) -> torch.Tensor:
         """(B, T, S, C) stacked sources, then any (B, T, C) sources not stacked yet -> (B, T, C)."""
-        means, lse = depth_softmax(sources, self)
-        return self.combine(means[..., 0, :], lse[..., 0], *latest, dtype=sources.dtype)
+        (mean,), lse = depth_softmax(sources, self)
+        return self.combine(mean, lse[..., 0], *latest, dtype=sources.dtype)
 
 
 def stack_sources(sources: tuple[torch.Tensor, ...]) -> torch.Tensor:
