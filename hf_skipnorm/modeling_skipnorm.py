@@ -86,11 +86,14 @@ from .residuals_skipnorm import (
     DynamicFracConnection,
     GatedResidual,
     LaurelLRResidual,
+    LaurelPAResidual,
+    LaurelPAStream,
     LaurelRWLRResidual,
     LaurelRWResidual,
     LayerScaleResidual,
     ReZeroResidual,
     build_residual,
+    laurel_column_orthogonal,
 )
 
 
@@ -656,6 +659,38 @@ class SkipNormAttnResBlock(SkipNormBlock):
         return stack_sources(self.mlp_residual.write(sources, self.branch_dropout(self.mlp_out_norm(mlp))))
 
 
+class SkipNormLaurelPABlock(SkipNormBlock):
+    """The sequential block under LAuReL-PA (arXiv 2411.07501, Sec. 2.3, Eq. 4): per sublayer, with its norms,
+
+        x_{i+1} = N_post(F(x_i) + x_i + sum_j gamma_j B A x_{i-j})     (`*_residual`: `LaurelPAResidual`)
+
+    The state is ``[x_i, x_{i-1}, ..., x_{i-k+1}]`` (B, T, k, C) (`LaurelPAStream`): each sublayer reads ``x_i``
+    and the k - 1 outputs before it, then pushes its output in front.
+    """
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, k, C)
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        state = hidden_states
+        x, previous = state[..., 0, :], state[..., 1:, :]
+        attn, _ = self.self_attn(
+            self.attn_pre_norm(x), position_embeddings=position_embeddings, attention_mask=attention_mask,
+            cache=cache, **kwargs,
+        )
+        x = self.attn_post_norm(self.attn_residual(x, self.branch_dropout(self.attn_out_norm(attn)), previous))
+        state = LaurelPAStream.push(state, x)
+        x, previous = state[..., 0, :], state[..., 1:, :]
+        mlp = self.mlp(self.mlp_pre_norm(x))
+        x = self.mlp_post_norm(self.mlp_residual(x, self.branch_dropout(self.mlp_out_norm(mlp)), previous))
+        return LaurelPAStream.push(state, x)
+
+
 # ----------------------------------------------------------------------------------------------------- topologies
 # Which block class builds layer `l`. Placements and residuals that change the block's wiring (parallel blocks,
 # dual streams, hyper-connections, ...) add a block subclass and a row here; `block_topology` picks the row.
@@ -667,6 +702,7 @@ BLOCK_CLASSES: dict[str, type[nn.Module]] = {
     "hyper": SkipNormHyperConnectionBlock,
     "dense": SkipNormDenseBlock,
     "attn_res": SkipNormAttnResBlock,
+    "laurel_pa": SkipNormLaurelPABlock,
 }
 
 
@@ -686,6 +722,8 @@ def block_topology(config: SkipNormConfig, layer_idx: int) -> str:
         return "dense"
     if config.residual == "attn_res":
         return "attn_res"
+    if config.residual == "laurel" and config.laurel_variant == "pa":  # the config refuses it with rewired blocks
+        return "laurel_pa"
     return "sequential"
 
 
@@ -729,6 +767,8 @@ def build_stream(config: SkipNormConfig) -> nn.Module:
         return DenseStream()
     if config.residual == "attn_res":
         return AttnResStream(config)
+    if config.residual == "laurel" and config.laurel_variant == "pa":
+        return LaurelPAStream(config)
     return SingleStream()
 
 
@@ -872,8 +912,10 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         | mHC | b_pre = e_{k mod n}, b_post = 0, b_res = I (logits); phi = 0; gating offsets 0 (alpha = 0.01) |
         | DenseFormer depth weights | offsets 0: the plain residual (weight 1 on the latest block output) |
         | Frac-Connections (SFC / DFC) | offsets 0: Y = A = I, B = 1 (the plain residual); dynamic W = 0, s = 0.01 |
-        | LAuReL alpha / beta offsets, B (`laurel_up`) | 0: alpha = beta = 1, W = I + B A = I (the plain residual); A
-          (`laurel_down`) as every Linear |
+        | LAuReL-RW logits a, b (`alpha_logit_bias`, `beta_logit_bias`) | 0: alpha = beta = 1/2 (softmax or sigmoid) |
+        | LAuReL-LR B (`laurel_up`), A (`laurel_down`) | 0: W = I + B A = I (the plain residual); A column-orthogonal,
+          A_ij = 1/sqrt(r d) where i mod r = j (arXiv 2411.07501, footnote 2) |
+        | LAuReL-PA gamma offsets (`gamma_bias`), B, A | 0 (gamma = 1), 0 (the plain residual), as LAuReL-LR's A |
         | value residual: learned lambda offsets / per-token mix_proj W, b | 0 (lambda = (0.5, 0.5); sigmoid(0) = 0.5) |
         | U-Net skip weights w (`unet_skips.weight_bias`) | offsets 0: w = 1 (modded-nanogpt) |
         | AttnRes pseudo-queries w (`query_bias`), key RMSNorm gain | 0 (uniform weights over depth, the paper's init) / 1 |
@@ -969,11 +1011,16 @@ class SkipNormPreTrainedModel(PreTrainedModel):
             for param in (module.dynamic_width_proj.weight, module.dynamic_depth_proj.weight, module.width_scale_bias,
                           module.depth_scale_bias):
                 init.zeros_(param)
-        if isinstance(module, LaurelRWResidual):  # RW and RW+LR: alpha = beta = 1, the plain residual
-            init.zeros_(module.alpha_bias)
-            init.zeros_(module.beta_bias)
+        if isinstance(module, LaurelRWResidual):  # RW and RW+LR: logits 0 (the paper states no init)
+            init.zeros_(module.alpha_logit_bias)
+            init.zeros_(module.beta_logit_bias)
         if isinstance(module, (LaurelLRResidual, LaurelRWLRResidual)):  # B = 0: W = I + B A starts as the identity
             init.zeros_(module.laurel_up.weight)
+            init.copy_(module.laurel_down.weight, laurel_column_orthogonal(module.laurel_down.weight))
+        if isinstance(module, LaurelPAResidual):  # gamma = 1, B = 0 (the plain residual), A as LAuReL-LR's
+            init.zeros_(module.gamma_bias)
+            init.zeros_(module.laurel_up.weight)
+            init.copy_(module.laurel_down.weight, laurel_column_orthogonal(module.laurel_down.weight))
         if isinstance(module, DepthAttention):
             init.zeros_(module.query_bias)
         if isinstance(module, UNetSkips):

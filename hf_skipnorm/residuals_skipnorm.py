@@ -16,6 +16,7 @@ combine with the plain ``x + y``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -183,26 +184,71 @@ class OrthogonalResidual(nn.Module):
         return f"eps={self.eps}"
 
 
+def laurel_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """(alpha, beta) = softmax(a, b): they sum to 1."""
+    return torch.softmax(logits, dim=-1)
+
+
+def laurel_sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    """alpha = sigmoid(a), beta = sigmoid(b): each in (0, 1)."""
+    return torch.sigmoid(logits)
+
+
+# `laurel_rw_weights` -> the map from the logits (a, b) to LAuReL-RW's (alpha, beta). The paper (arXiv 2411.07501,
+# Sec. 2.1): "we cannot let alpha and beta grow unbounded, and using a normalization function such as softmax or
+# sigmoid helps".
+LAUREL_RW_NORMALIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softmax": laurel_softmax,
+    "sigmoid": laurel_sigmoid,
+}
+
+
+def laurel_column_orthogonal(weight: torch.Tensor) -> torch.Tensor:
+    """LAuReL-LR's init of ``A`` in the paper's LLM runs (arXiv 2411.07501, Sec. 3.3, footnote 2): ``A_ij =
+    1/sqrt(r D)`` if ``i mod r = j`` and 0 otherwise, ``A`` being D x r; here the (r, D) weight of the D -> r
+    `laurel_down`, so row ``j`` holds ``1/sqrt(r D)`` at the columns ``i`` with ``i mod r = j``."""
+    rank, width = weight.shape
+    columns = torch.arange(width, device=weight.device)
+    out = torch.zeros(rank, width, dtype=weight.dtype, device=weight.device)
+    out[columns % rank, columns] = 1.0 / math.sqrt(rank * width)
+    return out
+
+
 class LaurelRWResidual(nn.Module):
-    """LAuReL-RW (Menghani et al., arXiv 2411.07501): ``alpha * F + beta * x`` with two learned scalars per
-    sublayer, stored as offsets from the plain residual, ``alpha = 1 + alpha_bias``, ``beta = 1 + beta_bias``."""
+    """LAuReL-RW (Menghani et al., arXiv 2411.07501, Sec. 2.1): ``alpha * F + beta * x`` with two learned scalars per
+    sublayer, bounded as the paper prescribes by `laurel_rw_weights` (softmax or sigmoid of the logits ``a``, ``b``,
+    stored as `alpha_logit_bias`, `beta_logit_bias`: offsets from their init 0, so no weight decay). The paper gives no
+    init; logits 0 give ``alpha = beta = 1/2``."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
         super().__init__()
-        self.alpha_bias = nn.Parameter(torch.empty(1))
-        self.beta_bias = nn.Parameter(torch.empty(1))
+        self.weights_name = config.laurel_rw_weights
+        self.normalize = LAUREL_RW_NORMALIZERS[config.laurel_rw_weights]
+        self.alpha_logit_bias = nn.Parameter(torch.empty(1))
+        self.beta_logit_bias = nn.Parameter(torch.empty(1))
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha, beta), computed in at least float32."""
+        logits = at_least_float32(torch.cat((self.alpha_logit_bias, self.beta_logit_bias)))
+        alpha, beta = self.normalize(logits).unbind()
+        return alpha, beta
 
     def skip(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (1.0 + self.alpha_bias) * y + (1.0 + self.beta_bias) * self.skip(x)
+        alpha, beta = self.weights()
+        return alpha.to(y.dtype) * y + beta.to(x.dtype) * self.skip(x)
+
+    def extra_repr(self) -> str:
+        return f"weights={self.weights_name}"
 
 
 class LaurelLRResidual(nn.Module):
-    """LAuReL-LR (arXiv 2411.07501): ``F + x + B A x``, the skip ``W x`` with ``W = I + B A`` of rank-r
-    update, ``A`` = `laurel_down` (d -> r), ``B`` = `laurel_up` (r -> d). ``A`` gets the usual linear init, ``B = 0``,
-    so the model starts as the plain residual. Both are weight matrices, decayed like every linear map."""
+    """LAuReL-LR (arXiv 2411.07501, Sec. 2.2, Eq. 3): ``F + x + B A x``, the skip ``W x`` with ``W = I + B A`` of rank
+    r, ``A`` = `laurel_down` (d -> r), ``B`` = `laurel_up` (r -> d). ``B = 0`` and ``A`` column-orthogonal
+    (`laurel_column_orthogonal`, the paper's LLM init), so the model starts as the plain residual. Both are weight
+    matrices, decayed like every linear map."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
         super().__init__()
@@ -217,7 +263,7 @@ class LaurelLRResidual(nn.Module):
 
 
 class LaurelRWLRResidual(LaurelRWResidual):
-    """LAuReL-RW+LR (arXiv 2411.07501): ``alpha * F + beta * (x + B A x)``, both of the above."""
+    """LAuReL-RW+LR (arXiv 2411.07501, Sec. 2.4, Eq. 5): ``alpha * F + beta * (x + B A x)``, both of the above."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
         super().__init__(config, layer_idx, sublayer)
@@ -227,11 +273,64 @@ class LaurelRWLRResidual(LaurelRWResidual):
     skip = LaurelLRResidual.skip
 
 
-LAUREL_CLASSES: dict[str, type[nn.Module]] = {"rw": LaurelRWResidual, "lr": LaurelLRResidual, "rw_lr": LaurelRWLRResidual}
+class LaurelPAResidual(nn.Module):
+    """LAuReL-PA (arXiv 2411.07501, Sec. 2.3, Eq. 4): ``x_{i+1} = F + x_i + sum_{j=0}^{k-1} gamma_j h(x_{i-j})``, the
+    previous-activations version with the paper's "in practice" ``h = B A`` (rank `laurel_rank`, as LAuReL-LR),
+    ``k = laurel_pa_activations`` learned scalars ``gamma`` (stored as ``gamma_bias = gamma - 1``: 1 at init, our
+    choice, since the paper states none and ``gamma = 0`` with ``B = 0`` would leave both without gradient), ``x_j``
+    the output of the j-th residual connection (sublayer; ``x_0`` the embedding output). ``h`` is linear, so the sum
+    is applied as ``h(sum_j gamma_j x_{i-j})``. `SkipNormLaurelPABlock` passes the previous outputs
+    ``[x_{i-1}, ..., x_{i-k+1}]`` (zeros where ``i - j < 0``: absent terms add nothing) as `previous`; called as
+    ``R(x, y)`` (no `previous`) only ``x_i`` is read, and the branch's contribution ``R(x, y) - R(x, 0) = y`` is
+    the same."""
+
+    def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
+        super().__init__()
+        self.activations = config.laurel_pa_activations
+        self.gamma_bias = nn.Parameter(torch.empty(self.activations))  # gamma - 1, [gamma_0 (x_i), gamma_1, ...]
+        self.laurel_down = nn.Linear(config.hidden_size, config.laurel_rank, bias=False)  # A
+        self.laurel_up = nn.Linear(config.laurel_rank, config.hidden_size, bias=False)  # B
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        gamma = (1.0 + self.gamma_bias).to(x.dtype)  # (k,)
+        mixed = gamma[0] * x  # (B, T, C)
+        if previous is not None:  # (B, T, k - 1, C)
+            mixed = mixed + torch.einsum("...jc,j->...c", previous, gamma[1:])
+        return y + x + self.laurel_up(self.laurel_down(mixed))
+
+    def extra_repr(self) -> str:
+        return f"activations={self.activations}"
+
+
+class LaurelPAStream(nn.Module):
+    """LAuReL-PA's block state (B, T, k, C): ``[x_i, x_{i-1}, ..., x_{i-k+1}]``, the stream and the outputs of the
+    k - 1 sublayers before it. `expand` starts it at ``[x_0, 0, ..., 0]`` (the embedding output, no earlier
+    activations); `reduce` returns the stream ``x_i``."""
+
+    def __init__(self, config: SkipNormConfig):
+        super().__init__()
+        self.activations = config.laurel_pa_activations
+
+    def expand(self, hidden_states: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, k, C)
+        absent = hidden_states.new_zeros(*hidden_states.shape[:-1], self.activations - 1, hidden_states.shape[-1])
+        return torch.cat((hidden_states.unsqueeze(-2), absent), dim=-2)
+
+    def reduce(self, stream: torch.Tensor) -> torch.Tensor:  # (B, T, k, C) -> (B, T, C)
+        return stream[..., 0, :]
+
+    @staticmethod
+    def push(stream: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """The state after a sublayer: its output in front, the oldest activation dropped."""
+        return torch.cat((output.unsqueeze(-2), stream[..., :-1, :]), dim=-2)
+
+
+LAUREL_CLASSES: dict[str, type[nn.Module]] = {
+    "rw": LaurelRWResidual, "lr": LaurelLRResidual, "rw_lr": LaurelRWLRResidual, "pa": LaurelPAResidual,
+}
 
 
 def laurel_residual(config: SkipNormConfig, layer_idx: int, sublayer: str) -> nn.Module:
-    """`residual="laurel"`: the LAuReL variant named by `laurel_variant` (rw, lr or rw_lr)."""
+    """`residual="laurel"`: the LAuReL variant named by `laurel_variant` (rw, lr, rw_lr or pa)."""
     return LAUREL_CLASSES[config.laurel_variant](config, layer_idx, sublayer)
 
 
@@ -247,6 +346,10 @@ class StaticFracConnection(StaticHyperConnection):
     the streams replaced by fractions, so the state stays one (B, T, d) tensor (`SingleStream`). Initialized to the
     plain residual, ``Y = A = I``, ``B = 1`` (then ``H' = H + Reshape(T(h))``: ``x + T(x)`` exactly), stored as
     offsets ``input_bias = Y - I``, ``mixing_bias = A - I``, ``output_bias = B - 1``, all 0 at init.
+
+    Checked against the paper's text: Sec. 4.1 (Eqs. 6-8), Algorithm 1 (``h_0 = Reshape(Y^T H, (d,))``,
+    ``H' = B^T Reshape(T(h_0), (m, d/m)) + A^T H``; its pseudocode scales fraction i by ``beta_i``, elementwise) and
+    Sec. 4.3 (Eq. 15: ``B = 1``, ``Y = A = I``, the static weights without weight decay: stored as ``*_bias``).
     """
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
@@ -287,7 +390,10 @@ class DynamicFracConnection(StaticFracConnection):
         B(H) = B + s_b tanh(Hn W_b)^T       (W_b: d/m x 1)
 
     ``W = 0`` at init (so it starts as the static, plain-residual connection), ``s_a = s_b = 0.01`` as in the HC
-    code, stored as ``width_scale_bias = s_a - 0.01``, ``depth_scale_bias = s_b - 0.01``."""
+    code, stored as ``width_scale_bias = s_a - 0.01``, ``depth_scale_bias = s_b - 0.01``. Checked against Sec. 4.2
+    (Eqs. 11-14: one ``s_alpha`` for Y and A, ``s_beta`` for B, "normalization before the linear transformation",
+    tanh after it) and Sec. 4.3 (the dynamic W at 0, decayed: plain weights); the paper counts the norm's parameters as
+    RMSNorm's ``d/m`` (Sec. 4.4), here the `norm_type` norm over ``d/m``."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
         super().__init__(config, layer_idx, sublayer)
@@ -329,7 +435,7 @@ RESIDUAL_CLASSES: dict[str, Callable[[SkipNormConfig, int, str], nn.Module]] = {
     "mhc": ManifoldHyperConnection,  # used by HyperConnectionBlock
     "dense": AddResidual,  # inside a DenseFormer block; the depth-weighted average sits after the block
     "orthogonal": OrthogonalResidual,
-    "laurel": laurel_residual,  # rw, lr or rw_lr by `laurel_variant`
+    "laurel": laurel_residual,  # rw, lr, rw_lr or pa by `laurel_variant`; pa is used by SkipNormLaurelPABlock
     "frac": frac_connection,  # static or dynamic by `hyper_dynamic`; used by HyperConnectionBlock on one stream
     "attn_res": SublayerDepthAttention,  # Attention Residuals' depth attention; used by AttnResBlock
 }
