@@ -41,8 +41,8 @@ class DepthSoftmax(torch.autograd.Function):
         l_ki = w_k^T RMSNorm(v_i) = r_i <q_k, v_i>,   r_i = 1 / sqrt(mean(v_i^2) + eps),   q_k = w_k * g_k
         mean_k = sum_i softmax_i(l_k)_i v_i,          lse_k = log sum_i exp(l_ki)
 
-    -> (mean_1, ..., mean_K (..., C) each, lse (..., K)). `DepthAttention.combine` merges a (mean, lse) group with sources that are
-    not stacked yet, exactly: the softmax over all sources weighs the group by ``exp(lse)``.
+    -> (mean_1, ..., mean_K (..., C) each, lse (..., K)). `DepthAttention.combine` merges a (mean, lse) group with
+    sources that are not stacked yet, exactly: the softmax over all sources weighs the group by ``exp(lse)``.
 
     One Function so that neither pass materializes a normalized (..., S, C) copy of the sources, and both sublayers
     of a block read the block's sources once: the forward reads them three times (norms, dot products, weighted sums,
