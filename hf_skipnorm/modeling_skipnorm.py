@@ -48,12 +48,14 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_skipnorm import PLACEMENT_SLOTS, SkipNormConfig, SublayerNorms
 from .loading_skipnorm import safe_from_pretrained
 from .norms_skipnorm import (
+    HookableModule,
     Identity,
     SkipNormDynamicErf,
     SkipNormDynamicTanh,
     SkipNormScaleNorm,
     build_norm,
     fold_affine,
+    through,
 )
 from .hyper_connections_skipnorm import (
     DenseStream,
@@ -68,6 +70,8 @@ from .hyper_connections_skipnorm import (
 from .depth_mixing_skipnorm import (
     AttnResStream,
     DepthAttention,
+    depth_softmax,
+    stack_sources,
     DropBranch,
     PER_HEAD_GAIN_NORMS,
     UNetSkips,
@@ -99,7 +103,11 @@ from .residuals_skipnorm import (
 # Bad inputs get a ValueError naming the input, the value and the valid range, not torch's bare IndexError (CPU) or
 # device-side assert (CUDA). Shape checks are free; value checks cost one host sync per call and are skipped while
 # torch.compile traces (a data-dependent branch would break fullgraph).
-def check_input_shape(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> None:
+def check_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, vocab_size: int) -> None:
+    """Exactly one of `input_ids` (B, T) / `inputs_embeds` (B, T, C), non-empty, and every id in [0, vocab_size).
+
+    One call per forward for all of it (the range check of `check_ids_in_range` inlined): a Python call per check
+    was a visible share of a CPU decode step at small sizes (benchmarks/RESULTS.md, "Decode-path overhead")."""
     if (input_ids is None) ^ (inputs_embeds is not None):
         raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
     name, tensor, dims = ("input_ids", input_ids, 2) if input_ids is not None else ("inputs_embeds", inputs_embeds, 3)
@@ -108,6 +116,16 @@ def check_input_shape(input_ids: torch.Tensor | None, inputs_embeds: torch.Tenso
                          f"{tuple(tensor.shape)}")
     if 0 in tensor.shape[:2]:
         raise ValueError(f"{name} is empty: shape {tuple(tensor.shape)}; valid: at least one sequence of one token")
+    if input_ids is not None and not torch.compiler.is_compiling():
+        low, high = torch.aminmax(input_ids)
+        low, high = low.item(), high.item()
+        if low < 0 or high >= vocab_size:
+            raise_out_of_range("input_ids", low, high, vocab_size, "vocab_size")
+
+
+def raise_out_of_range(name: str, low: int, high: int, size: int, field: str) -> None:
+    raise ValueError(f"{name} holds {low if low < 0 else high}, outside the valid range [0, {size - 1}] "
+                     f"(SkipNormConfig.{field}={size})")
 
 
 def check_ids_in_range(name: str, ids: torch.Tensor | None, size: int, field: str) -> None:
@@ -117,8 +135,7 @@ def check_ids_in_range(name: str, ids: torch.Tensor | None, size: int, field: st
     low, high = torch.aminmax(ids)  # one reduction, compared as Python ints (tensor comparisons cost 4x more)
     low, high = low.item(), high.item()
     if low < 0 or high >= size:
-        raise ValueError(f"{name} holds {low if low < 0 else high}, outside the valid range [0, {size - 1}] "
-                         f"(SkipNormConfig.{field}={size})")
+        raise_out_of_range(name, low, high, size, field)
 
 
 def check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor | None,
@@ -134,7 +151,7 @@ def check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor | None,
 
 
 # ----------------------------------------------------------------------------------------------------- positions
-class SkipNormRotaryEmbedding(nn.Module):
+class SkipNormRotaryEmbedding(HookableModule):
     """RoPE (Su et al., arXiv 2104.09864) over the first ``head_dim * partial_rotary_factor`` dims of each head.
 
     Returns ``(hidden_states, (cos, sin))``: the embeddings pass through unchanged, the angles go to attention.
@@ -278,7 +295,7 @@ def build_qk_norm(config: SkipNormConfig, qk_norm: str, heads: int, head_dim: in
     return build_norm(config, heads * head_dim if qk_norm == "full" else head_dim, qk_norm != "none", "attn")
 
 
-class SkipNormAttention(nn.Module):
+class SkipNormAttention(HookableModule):
     """Multi-head attention with grouped-query heads, RoPE and a KV cache, through transformers' attention interface.
 
     ``o_proj(N_sub(HeadScale(softmax(q k^T / sqrt(hd)) v)))`` with ``q = N_q(W_q x)``, ``k = N_k(W_k x)``,
@@ -328,12 +345,14 @@ class SkipNormAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query = self.q_norm(self.q_proj(hidden_states).view(*input_shape, *self.qk_norm_shape))
-        key = self.k_norm(self.k_proj(hidden_states).view(*input_shape, *self.qk_norm_shape))
+        query = self.through(self.q_proj(hidden_states).view(*input_shape, *self.qk_norm_shape), "q_norm")
+        key = self.through(self.k_proj(hidden_states).view(*input_shape, *self.qk_norm_shape), "k_norm")
         query = query.view(hidden_shape).transpose(1, 2)  # (B, H, T, hd)
         key = key.view(hidden_shape).transpose(1, 2)  # (B, H_kv, T, hd)
-        value = self.v_norm(self.v_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
-        value = self.value_residual(value, hidden_states, kwargs.pop("first_layer_values", None))  # (B, H_kv, T, hd)
+        value = self.through(self.v_proj(hidden_states).view(hidden_shape), "v_norm").transpose(1, 2)
+        first_layer_values = kwargs.pop("first_layer_values", None)
+        if not isinstance(self.value_residual, Identity):  # ResFormer's V mix; `value_residual="none"` skips the call
+            value = self.value_residual(value, hidden_states, first_layer_values)  # (B, H_kv, T, hd)
         if position_embeddings is not None:
             cos, sin = position_embeddings
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
@@ -353,9 +372,11 @@ class SkipNormAttention(nn.Module):
             softcap=self.softcap,
             **kwargs,
         )
-        attn_output = self.head_scale_norm(attn_output)  # (B, T, H, hd)
-        attn_output = self.sub_norm(attn_output.reshape(*input_shape, -1).contiguous())  # (B, T, H*hd)
+        attn_output = self.through(attn_output, "head_scale_norm")  # (B, T, H, hd)
+        attn_output = self.through(attn_output.reshape(*input_shape, -1).contiguous(), "sub_norm")  # (B, T, H*hd)
         return self.o_proj(attn_output), attn_weights
+
+    through = through  # x through the present slots among the named ones (absent slots are not called)
 
 
 def build_dropout(p: float) -> nn.Module:
@@ -401,7 +422,7 @@ def build_token_embedding(config: SkipNormConfig) -> nn.Embedding:
 
 
 # ----------------------------------------------------------------------------------------------------- MLPs
-class SkipNormGatedMLP(nn.Module):
+class SkipNormGatedMLP(HookableModule):
     """``down(N_sub(act(gate(x)) * up(x)))``: SwiGLU / GeGLU by `hidden_act` (Shazeer 2020, arXiv 2002.05202).
 
     ``N_sub`` (`sub_norm`, over `intermediate_size`) is Sub-LN's / NormFormer's norm before the output projection;
@@ -418,10 +439,12 @@ class SkipNormGatedMLP(nn.Module):
         self.sub_norm = build_norm(config, config.intermediate_size, norms.sub, "mlp")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.sub_norm(self.act_fn(self.gate_proj(x)) * self.up_proj(x)))
+        return self.down_proj(self.through(self.act_fn(self.gate_proj(x)) * self.up_proj(x), "sub_norm"))
+
+    through = through  # x through the present slots among the named ones (absent slots are not called)
 
 
-class SkipNormPlainMLP(nn.Module):
+class SkipNormPlainMLP(HookableModule):
     """``down(N_sub(act(up(x))))``: the two-layer MLP of GPT-2 and BERT (``N_sub`` as in the gated MLP)."""
 
     def __init__(self, config: SkipNormConfig, norms: SublayerNorms = SublayerNorms(), init_gain: float = 1.0):
@@ -433,7 +456,9 @@ class SkipNormPlainMLP(nn.Module):
         self.sub_norm = build_norm(config, config.intermediate_size, norms.sub, "mlp")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.sub_norm(self.act_fn(self.up_proj(x))))
+        return self.down_proj(self.through(self.act_fn(self.up_proj(x)), "sub_norm"))
+
+    through = through
 
 
 MLP_CLASSES: dict[str, type[nn.Module]] = {"gated": SkipNormGatedMLP, "plain": SkipNormPlainMLP}
@@ -487,15 +512,19 @@ class SkipNormBlock(GradientCheckpointingLayer):
         cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
+        # x = attn_post_norm(attn_residual(x, branch_dropout(attn_out_norm(attn(attn_pre_norm(x)))))), then the
+        # same for the MLP; `through` applies the named slots in order and skips the absent ones without a call.
         x = hidden_states
         attn, _ = self.self_attn(
-            self.attn_pre_norm(x), position_embeddings=position_embeddings, attention_mask=attention_mask,
+            self.through(x, "attn_pre_norm"), position_embeddings=position_embeddings, attention_mask=attention_mask,
             cache=cache, **kwargs,
         )
-        x = self.attn_post_norm(self.attn_residual(x, self.branch_dropout(self.attn_out_norm(attn))))
-        mlp = self.mlp(self.mlp_pre_norm(x))
-        x = self.mlp_post_norm(self.mlp_residual(x, self.branch_dropout(self.mlp_out_norm(mlp))))
+        x = self.through(self.attn_residual(x, self.through(attn, "attn_out_norm", "branch_dropout")), "attn_post_norm")
+        mlp = self.mlp(self.through(x, "mlp_pre_norm"))
+        x = self.through(self.mlp_residual(x, self.through(mlp, "mlp_out_norm", "branch_dropout")), "mlp_post_norm")
         return x
+
+    through = through  # x through the present slots among the named ones (absent slots are not called)
 
 
 class SkipNormParallelBlock(SkipNormBlock):
@@ -670,16 +699,17 @@ class SkipNormAttnResBlock(SkipNormBlock):
         cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
-        sources = hidden_states
-        h = self.attn_residual.aggregate(sources)
+        sources = self.attn_residual.split(hidden_states)  # (stack shared by both sublayers, *latest)
+        means, lse = depth_softmax(sources[0], self.attn_residual, self.mlp_residual)  # both queries in one pass
+        h = self.attn_residual.combine(means[0], lse[..., 0], *sources[1:], dtype=hidden_states.dtype)
         attn, _ = self.self_attn(
             self.attn_pre_norm(h), position_embeddings=position_embeddings, attention_mask=attention_mask,
             cache=cache, **kwargs,
         )
         sources = self.attn_residual.write(sources, self.branch_dropout(self.attn_out_norm(attn)))
-        h = self.mlp_residual.aggregate(sources)
+        h = self.mlp_residual.combine(means[1], lse[..., 1], *sources[1:], dtype=hidden_states.dtype)
         mlp = self.mlp(self.mlp_pre_norm(h))
-        return self.mlp_residual.write(sources, self.branch_dropout(self.mlp_out_norm(mlp)))
+        return stack_sources(self.mlp_residual.write(sources, self.branch_dropout(self.mlp_out_norm(mlp))))
 
 
 class SkipNormLaurelPABlock(SkipNormBlock):
@@ -1237,7 +1267,7 @@ class SkipNormModel(SkipNormPreTrainedModel):
             hidden_states = hidden_states + self.embed_token_types(token_type_ids)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids were given but SkipNormConfig.type_vocab_size=0 (no token-type embedding)")
-        return self.embedding_dropout(self.embedding_norm(hidden_states)), rotary
+        return self.through(hidden_states, "embedding_norm", "embedding_dropout"), rotary
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @merge_with_config_defaults
@@ -1254,35 +1284,38 @@ class SkipNormModel(SkipNormPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
-        check_input_shape(input_ids, inputs_embeds)
-        check_ids_in_range("input_ids", input_ids, self.config.vocab_size, "vocab_size")
+        config = self.config  # each read of a config attribute is a Python call (PreTrainedConfig.__getattribute__)
+        check_inputs(input_ids, inputs_embeds, config.vocab_size)
         if inputs_embeds is None:
             # Gemma: * sqrt(hidden_size) in the lookup (SkipNormScaledEmbedding); a caller's inputs_embeds as given
             inputs_embeds = self.embed_tokens(input_ids)
-        if not self.config.is_causal:
+        is_causal = config.is_causal
+        if not is_causal:
             use_cache = False  # an encoder re-reads the whole sequence; a cache would be wrong, not just useless
         if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = DynamicCache(config=config)
         if position_ids is None:
             position_ids = self.default_position_ids(inputs_embeds, attention_mask, cache)
 
-        mask_function = create_causal_mask if self.config.is_causal else create_bidirectional_mask
+        mask_function = create_causal_mask if is_causal else create_bidirectional_mask
         mask = mask_function(
-            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
+            config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
             position_ids=position_ids,
         )
         hidden_states, rotary = self.embed(inputs_embeds, position_ids, token_type_ids)
         stream = self.residual_stream.expand(hidden_states)
         kwargs = self.value_source.attach(kwargs)
         saved = self.unet_skips.start()
-        for index, block in enumerate(self.layers[: self.config.num_hidden_layers]):
+        for index, block in enumerate(self.layers[: config.num_hidden_layers]):
             stream = block(
                 self.unet_skips.enter(index, stream, saved), attention_mask=mask, position_embeddings=rotary,
                 position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs,
             )
             stream = self.unet_skips.leave(index, stream, saved)
-        hidden_states = self.final_norm(self.residual_stream.reduce(stream))
+        hidden_states = self.through(self.residual_stream.reduce(stream), "final_norm")
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
+
+    through = through  # x through the present slots among the named ones (absent slots are not called)
 
     @staticmethod
     def default_position_ids(
@@ -1313,12 +1346,12 @@ class LogitSoftCap(nn.Module):
 
 def build_logit_softcap(cap: float | None) -> nn.Module:
     """`final_logit_softcapping`: the cap, or `nn.Identity` when unset (so `forward` never tests a flag)."""
-    return nn.Identity() if cap is None else LogitSoftCap(cap)
+    return Identity() if cap is None else LogitSoftCap(cap)
 
 
 def build_logit_scale(config: SkipNormConfig) -> nn.Module:
     """nGPT's learned logit scale ``s_z`` (arXiv 2410.01131) for `architecture="ngpt"`, else `nn.Identity`."""
-    return NGPTLogitScale(config) if config.architecture == "ngpt" else nn.Identity()
+    return NGPTLogitScale(config) if config.architecture == "ngpt" else Identity()
 
 
 class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
@@ -1354,7 +1387,7 @@ class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.logit_softcap(self.logit_scale(self.lm_head(hidden_states[:, keep, :])))  # (B, T_keep, V)
+        logits = self.through(self.lm_head(hidden_states[:, keep, :]), "logit_scale", "logit_softcap")  # (B, T_keep, V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
@@ -1362,6 +1395,8 @@ class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    through = through  # x through the present slots among the named ones (absent slots are not called)
 
 
 class SkipNormMaskedLMTransform(nn.Module):

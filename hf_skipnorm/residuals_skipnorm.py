@@ -1,7 +1,8 @@
 """How the skip combines: the residual registry (`residual` -> module ``R(x, y)``).
 
 ``x`` is the stream entering the sublayer, ``y`` the (normalized) branch output. The combine is a module, not an
-inline ``+``, so forward hooks can watch it (OLMo-core does the same) and a residual style is one class.
+inline ``+``, so forward hooks can watch it (OLMo-core does the same) and a residual style is one class; as a
+`HookableModule` it skips `nn.Module.__call__` while no hook is registered, so the decode path pays no more than a call.
 
 Learned residual coefficients are stored as learned offsets from their paper init, ``c = c_init + c_bias`` with
 ``c_init`` a Python constant from the config (ReZero's 0, LayerScale's CaiT value, Admin's profiled omega). The
@@ -33,10 +34,10 @@ from .hyper_connections_skipnorm import (
     hyper_connection,
     sublayer_index,
 )
-from .norms_skipnorm import build_norm
+from .norms_skipnorm import HookableModule, build_norm
 
 
-class AddResidual(nn.Module):
+class AddResidual(HookableModule):
     """``x + y``: the identity skip, He et al. 2016 (arXiv 1512.03385)."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
@@ -46,7 +47,7 @@ class AddResidual(nn.Module):
         return x + y
 
 
-class NoResidual(nn.Module):
+class NoResidual(HookableModule):
     """``y``: no skip path at all, the ablation behind rank collapse (Dong et al. 2021, arXiv 2103.03404)."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
@@ -56,7 +57,7 @@ class NoResidual(nn.Module):
         return y
 
 
-class ScaledResidual(nn.Module):
+class ScaledResidual(HookableModule):
     """``a * x + m * y`` with constants ``a = residual_alpha``, ``m = branch_multiplier`` (Granite, MiniCPM)."""
 
     def __init__(self, config: SkipNormConfig, layer_idx: int, sublayer: str):
@@ -72,7 +73,7 @@ class ScaledResidual(nn.Module):
         return f"alpha={self.alpha}, multiplier={self.multiplier}"
 
 
-class DeepNormResidual(nn.Module):
+class DeepNormResidual(HookableModule):
     """``alpha * x + y``, inside a post-LN sublayer: DeepNorm ``N(alpha*x + F(x))``, DeepNet (arXiv 2203.00555).
 
     ``alpha = residual_alpha``, resolved by the config to ``(2L)^(1/4)`` (encoder-only and decoder-only alike); the
@@ -90,7 +91,7 @@ class DeepNormResidual(nn.Module):
         return f"alpha={self.alpha}"
 
 
-class AdminResidual(nn.Module):
+class AdminResidual(HookableModule):
     """``omega * x + y`` inside a post-LN sublayer, Admin (Liu et al. 2020, arXiv 2004.08249, Sec. 5).
 
     ``omega`` is per channel and learned: ``omega = omega_init + omega_bias`` with ``omega_init`` this sublayer's
@@ -111,7 +112,7 @@ class AdminResidual(nn.Module):
         return f"sublayer={self.sublayer_index}, omega_init={self.omega_init}"
 
 
-class ReZeroResidual(nn.Module):
+class ReZeroResidual(HookableModule):
     """``x + a * y`` with one learned scalar ``a`` initialized to 0: ReZero (arXiv 2003.04887), SkipInit (arXiv
     2002.10444). Stored as ``alpha_bias`` (the offset from the init 0, i.e. ``a`` itself). One ``a`` per sublayer;
     the ReZero code shares one between a layer's two sublayers."""
@@ -124,7 +125,7 @@ class ReZeroResidual(nn.Module):
         return x + self.alpha_bias * y
 
 
-class LayerScaleResidual(nn.Module):
+class LayerScaleResidual(HookableModule):
     """``x + diag(lambda) * y``, LayerScale of CaiT (Touvron et al. 2021, arXiv 2103.17239, Sec. 3.1).
 
     ``lambda = layerscale_init + lambda_bias`` per channel, ``layerscale_init`` by default CaiT's depth schedule
@@ -148,7 +149,7 @@ class LayerScaleResidual(nn.Module):
 GATE_BIAS_INIT = -1.0
 
 
-class GatedResidual(nn.Module):
+class GatedResidual(HookableModule):
     """``x + g * y`` with a per-channel gate ``g = sigmoid(W_g [x; y] + b_g)``: a highway gate on the branch
     (Highway networks, arXiv 1505.00387; GTrXL, arXiv 1910.06764, gates its residuals with a GRU instead). The skip
     stays an identity, as in the VARIANTS table, so only the branch is gated. ``W_g`` (`gate_proj`, 2C -> C) gets the
@@ -164,7 +165,7 @@ class GatedResidual(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------- issue 15
-class OrthogonalResidual(nn.Module):
+class OrthogonalResidual(HookableModule):
     """``x + F_perp`` with ``F_perp = F - (<x, F> / (<x, x> + eps)) x``: the Orthogonal Residual Update (Oh et al.
     2025, arXiv 2505.11881), per token over the hidden size (the reference code's "feature" variant,
     BootsofLagrangian/ortho-residual `_orthogonal_channel`, ``eps = orthogonal_eps = 1e-6``). The branch's component
@@ -214,7 +215,7 @@ def laurel_column_orthogonal(weight: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class LaurelRWResidual(nn.Module):
+class LaurelRWResidual(HookableModule):
     """LAuReL-RW (Menghani et al., arXiv 2411.07501, Sec. 2.1): ``alpha * F + beta * x`` with two learned scalars per
     sublayer, bounded as the paper prescribes by `laurel_rw_weights` (softmax or sigmoid of the logits ``a``, ``b``,
     stored as `alpha_logit_bias`, `beta_logit_bias`: offsets from their init 0, so no weight decay). The paper gives no
@@ -244,7 +245,7 @@ class LaurelRWResidual(nn.Module):
         return f"weights={self.weights_name}"
 
 
-class LaurelLRResidual(nn.Module):
+class LaurelLRResidual(HookableModule):
     """LAuReL-LR (arXiv 2411.07501, Sec. 2.2, Eq. 3): ``F + x + B A x``, the skip ``W x`` with ``W = I + B A`` of rank
     r, ``A`` = `laurel_down` (d -> r), ``B`` = `laurel_up` (r -> d). ``B = 0`` and ``A`` column-orthogonal
     (`laurel_column_orthogonal`, the paper's LLM init), so the model starts as the plain residual. Both are weight
@@ -273,7 +274,7 @@ class LaurelRWLRResidual(LaurelRWResidual):
     skip = LaurelLRResidual.skip
 
 
-class LaurelPAResidual(nn.Module):
+class LaurelPAResidual(HookableModule):
     """LAuReL-PA (arXiv 2411.07501, Sec. 2.3, Eq. 4): ``x_{i+1} = F + x_i + sum_{j=0}^{k-1} gamma_j h(x_{i-j})``, the
     previous-activations version with the paper's "in practice" ``h = B A`` (rank `laurel_rank`, as LAuReL-LR),
     ``k = laurel_pa_activations`` learned scalars ``gamma`` (stored as ``gamma_bias = gamma - 1``: 1 at init, our
@@ -302,7 +303,7 @@ class LaurelPAResidual(nn.Module):
         return f"activations={self.activations}"
 
 
-class LaurelPAStream(nn.Module):
+class LaurelPAStream(HookableModule):
     """LAuReL-PA's block state (B, T, k, C): ``[x_i, x_{i-1}, ..., x_{i-k+1}]``, the stream and the outputs of the
     k - 1 sublayers before it. `expand` starts it at ``[x_0, 0, ..., 0]`` (the embedding output, no earlier
     activations); `reduce` returns the stream ``x_i``."""
