@@ -1366,6 +1366,19 @@ class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
         self.logit_softcap = build_logit_softcap(config.final_logit_softcapping)
         self.post_init()
 
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """transformers' resize (embedding, lm_head and its bias), plus nGPT's per-token logit scale ``s_z``: kept
+        rows stay, new ones start at the paper's init (``s_bias = 0``)."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if isinstance(self.logit_scale, NGPTLogitScale):
+            old, rows = self.logit_scale.s_bias, embeddings.weight.shape[0]
+            bias = torch.zeros(rows, dtype=old.dtype, device=old.device)
+            keep = min(rows, old.shape[0])
+            bias[:keep] = old.detach()[:keep]
+            self.logit_scale.s_bias = nn.Parameter(bias, requires_grad=old.requires_grad)
+        return embeddings
+
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(

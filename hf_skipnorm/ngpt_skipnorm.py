@@ -58,9 +58,15 @@ LOGIT_SCALE_INIT = 1.0
 UNIT_EPS = 1e-12
 
 
+# The floor of ||x|| per dtype: 1e-12 is 0 in float16, where a zero row (SDPA's output for a fully masked query, a
+# left pad) then gave 0/0 = NaN; the smallest normal float16 keeps it finite (issue 13, transformers' fp16 tests).
+_UNIT_EPS_BY_DTYPE = {torch.float16: torch.finfo(torch.float16).tiny}
+
+
 def unit(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """``Norm(x) = x / ||x||`` along `dim` (nGPT's normalization; ``||x||`` floored at 1e-12)."""
-    return nn.functional.normalize(x, p=2.0, dim=dim, eps=UNIT_EPS)
+    """``Norm(x) = x / ||x||`` along `dim` (nGPT's normalization; ``||x||`` floored at 1e-12, at float16's smallest
+    normal in float16)."""
+    return nn.functional.normalize(x, p=2.0, dim=dim, eps=_UNIT_EPS_BY_DTYPE.get(x.dtype, UNIT_EPS))
 
 
 def base_scale(config: SkipNormConfig) -> float:

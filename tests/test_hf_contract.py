@@ -320,3 +320,46 @@ def test_multi_stream_hidden_states_are_the_same_in_a_tuple(fields):
     assert [h.shape for h in as_tuple[-1]] == [(2, 6, 16)] * 3
     for a, b in zip(as_tuple[-1], as_dict.hidden_states):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_ngpt_resize_keeps_the_logit_scale_per_token():
+    """transformers' `test_resize_tokens_embeddings` on nGPT: the per-token logit scale ``s_z`` follows the vocabulary
+    (kept rows stay, new rows at the paper's init, ``s_bias = 0``), so the resized model runs."""
+    torch.manual_seed(0)
+    config = SkipNormConfig(**{**DECODER, "num_key_value_heads": 4}, architecture="ngpt", norm_position="none",
+                            tie_word_embeddings=False)
+    model = SkipNormForCausalLM(config).eval()
+    with torch.no_grad():
+        model.logit_scale.s_bias.normal_()
+    old = model.logit_scale.s_bias.detach().clone()
+    ids = torch.randint(3, 40, (2, 5))
+    before = model(ids).logits
+    model.resize_token_embeddings(45, mean_resizing=False)
+    assert model.logit_scale.s_bias.shape == (45,) and isinstance(model.logit_scale.s_bias, torch.nn.Parameter)
+    assert torch.equal(model.logit_scale.s_bias[:40], old) and torch.all(model.logit_scale.s_bias[40:] == 0)
+    after = model(ids).logits
+    assert after.shape == (2, 5, 45)
+    torch.testing.assert_close(after[..., :40], before, rtol=1e-6, atol=1e-6)  # the kept tokens' logits unchanged
+    model.resize_token_embeddings(36)
+    assert model(ids.clamp(max=35)).logits.shape == (2, 5, 36)
+
+
+def test_ngpt_in_float16_stays_finite_with_left_padding():
+    """transformers' eager-vs-SDPA test in float16: SDPA gives a zero row for a fully masked query (a left pad) and
+    nGPT's ``x / max(||x||, eps)`` with eps = 1e-12 (0 in float16) made it 0/0 = NaN, spreading to every later
+    position through the next layer's keys. Now finite, and equal to eager on the real tokens."""
+    torch.manual_seed(0)
+    config = SkipNormConfig(**{**DECODER, "num_key_value_heads": 4}, architecture="ngpt", norm_position="none",
+                            tie_word_embeddings=False)
+    ids = torch.randint(3, 40, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    outputs = {}
+    for attn in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        model = SkipNormModel(config).eval().half()
+        model.set_attn_implementation(attn)
+        outputs[attn] = model(ids, attention_mask=mask).last_hidden_state
+        assert torch.isfinite(outputs[attn]).all(), attn
+    real = mask.bool()
+    torch.testing.assert_close(outputs["sdpa"][real], outputs["eager"][real], rtol=5e-3, atol=5e-3)
