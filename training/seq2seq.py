@@ -34,7 +34,9 @@ Every setting is checked before any data is read (the model config is built and 
 is_encoder_decoder=False is refused). Safety as in train.py (training/reliable_trainer.py, training/checkpoints.py):
 atomic checkpoints, the output-folder guard, bitwise resume with the run's arguments checked, the non-finite
 guard. After training it evaluates (loss; with --predict_with_generate, the default, eval_bleu and eval_chrf
-from training/metrics/sacrebleu) and saves safetensors weights, config and tokenizer to --output_dir.
+from training/metrics/sacrebleu) and saves safetensors weights, config, tokenizer and a model card (README.md,
+training/model_card.py as train.py writes it: the cell, data, hyperparameters, BLEU/chrF and eval loss, the loss
+curve, per-stack diagnostics, the command) to --output_dir.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 
@@ -74,6 +77,7 @@ from training.arguments import (  # noqa: E402
     run_record,
 )
 from training.checkpoints import check_output_dir, check_resume_matches, claim_output_dir, resolve_resume  # noqa: E402
+from training.model_card import write_model_card  # noqa: E402
 from training.reliable_trainer import SkipNormTrainer  # noqa: E402
 from training.train import (  # noqa: E402
     launched_world_size,
@@ -416,7 +420,28 @@ def describe(data_args) -> str:
     return f"text infilling on {data.CORPUS_SOURCE}"
 
 
+def describe_for_card(data_args, training_args) -> tuple[str, str]:
+    """(dataset name for the card's metadata, the card's Data section)."""
+    lengths = (f"sources cut to {data_args.max_source_length} tokens and targets to {data_args.max_target_length} "
+               "(EOS included)" + (f", sources prefixed with {data_args.source_prefix!r}" if data_args.source_prefix else ""))
+    pair = (f", translation {data_args.source_lang} -> {data_args.target_lang}" if data_args.source_lang else
+            f", columns {data_args.text_column or 'text'} -> {data_args.summary_column or 'summary'}")
+    if data_args.dataset_name:
+        name = data_args.dataset_name + (f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else "")
+        return data_args.dataset_name, f"`datasets` source {name}{pair}; {lengths}."
+    if data_args.train_file:
+        return "local-files", (f"Local files: train `{data_args.train_file}`, validation "
+                               f"`{data_args.validation_file or 'held out from train'}`{pair}; {lengths}.")
+    return "pydoc_data.topics", (
+        f"BART text infilling (Lewis et al. 2020, arXiv 1910.13461) on the embedded corpus, {data.CORPUS_SOURCE}: "
+        f"chunks of {denoising_chunk(data_args)} tokens (EOS included) are the targets, their noised copies the sources "
+        f"({data_args.mask_ratio:g} of the tokens masked in Poisson({data_args.poisson_lambda:g}) spans, each run of "
+        f"spans one mask token; noise seeded by --seed {training_args.seed}); "
+        f"{data_args.validation_split_percentage:g}% of the passages held out for validation.")
+
+
 def main(argv=None, callbacks=()):
+    command = "python training/seq2seq.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     model_args, skipnorm_args, data_args, run_args, training_args = parse_args(argv)
 
     # ---- every setting is checked here, before any data is read or a tokenizer trained
@@ -539,6 +564,18 @@ def main(argv=None, callbacks=()):
     trainer.log_metrics("eval", eval_metrics)
     trainer.save_metrics("all", metrics)
     if trainer.is_world_process_zero():
+        dataset_name, data_description = describe_for_card(data_args, training_args)
+        generation = (f"Evaluation: sacreBLEU and chrF (`training/metrics/sacrebleu`, the sacrebleu package) of "
+                      f"`generate()` (beams {training_args.generation_num_beams or 1}, at most "
+                      f"{training_args.generation_max_length} tokens) against the references; eval_loss is the "
+                      "teacher-forced cross-entropy per target token." if training_args.predict_with_generate else
+                      "Evaluation: eval_loss, the teacher-forced cross-entropy per target token (no generation: "
+                      "--predict_with_generate false).")
+        write_model_card(
+            training_args.output_dir, config, training_args, data_description, dataset_name, metrics, num_parameters,
+            script="seq2seq.py", task="seq2seq-lm", command=command,
+            note=(f"Continued from `{model_args.model_name_or_path}`. " if source else "") + generation,
+        )
         shown = ", ".join(f"{k} {eval_metrics[k]:.2f}" for k in ("eval_loss", "eval_bleu", "eval_chrf") if k in eval_metrics)
         print(f"Saved to {training_args.output_dir}: {shown}")
     return metrics
