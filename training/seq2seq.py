@@ -118,30 +118,39 @@ SEQ2SEQ_TRAINING_DEFAULTS = dict(
 )
 
 
+def shared(source, name: str, help: str | None = None):
+    """train.py's definition of the argument `name` (its default and help, from the dataclass `source` in
+    training/arguments.py), declared again here only by reference, so the two scripts cannot drift apart; `help`
+    replaces the text where the option means something more specific for seq2seq."""
+    original = source.__dataclass_fields__[name]
+    return field(default=original.default, metadata={**original.metadata, **({"help": help} if help else {})})
+
+
 @dataclass
 class Seq2SeqDataArguments:
-    """run_translation.py / run_summarization.py's data options, plus the offline denoising task's."""
+    """run_translation.py / run_summarization.py's data options, plus the offline denoising task's. The options
+    train.py also has are its own definitions (`shared`)."""
 
     _argument_group_name = "data (run_translation.py / run_summarization.py-style)"
 
-    dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` name (Hub; needs the network)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration (ro-en)."})
-    train_file: str | None = field(default=None, metadata={"help": "Local training data: .json/.jsonl (or .csv)."})
-    validation_file: str | None = field(default=None, metadata={"help": "Local validation data, same format."})
+    dataset_name: str | None = shared(DataArguments, "dataset_name")
+    dataset_config_name: str | None = shared(DataArguments, "dataset_config_name", "The dataset's configuration (ro-en).")
+    train_file: str | None = shared(DataArguments, "train_file", "Local training data: .json/.jsonl (or .csv).")
+    validation_file: str | None = shared(DataArguments, "validation_file")
     source_lang: str | None = field(default=None, metadata={"help": "Translation: the source language key (en)."})
     target_lang: str | None = field(default=None, metadata={"help": "Translation: the target language key (ro)."})
     source_prefix: str = field(default="", metadata={"help": "Prepended to every source text (T5: 'translate ...: ')."})
-    text_column: str | None = field(default=None, metadata={"help": "Non-translation data: the source column (default 'text')."})
+    text_column: str | None = shared(DataArguments, "text_column", "Non-translation data: the source column (default 'text').")
     summary_column: str | None = field(default=None, metadata={"help": "Non-translation data: the target column (default 'summary')."})
     max_source_length: int = field(default=128, metadata={"help": "Sources are cut to this many tokens (EOS included)."})
     max_target_length: int = field(default=128, metadata={"help": "Targets are cut to this many tokens (EOS included)."})
     num_beams: int | None = field(default=None, metadata={"help": "Beams for evaluation's generate (sets --generation_num_beams)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation examples."})
-    validation_split_percentage: float = field(
-        default=5.0, metadata={"help": "Percent of train rows (offline: passages) held out when there is no validation split."}
-    )
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    max_train_samples: int | None = shared(DataArguments, "max_train_samples", "Use only the first N training examples.")
+    max_eval_samples: int | None = shared(DataArguments, "max_eval_samples", "Use only the first N validation examples.")
+    validation_split_percentage: float = shared(
+        DataArguments, "validation_split_percentage",
+        "Percent of train rows (offline: passages) held out when there is no validation split.")
+    preprocessing_num_workers: int | None = shared(DataArguments, "preprocessing_num_workers")
     denoising_chunk_tokens: int = field(default=32, metadata={"help": "Offline task: tokens per chunk (the target)."})
     mask_ratio: float = field(default=0.3, metadata={"help": "Offline task: fraction of a chunk's tokens masked (BART: 0.3)."})
     poisson_lambda: float = field(default=3.0, metadata={"help": "Offline task: mean masked span length (BART: 3)."})
@@ -149,16 +158,17 @@ class Seq2SeqDataArguments:
 
 @dataclass
 class Seq2SeqRunArguments:
+    """train.py's run options that apply here (its sample options do not: seq2seq.py evaluates with BLEU/chrF)."""
+
     _argument_group_name = "run"
 
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Allow an --output_dir that already holds files; its checkpoint-N folders are deleted first."},
-    )
-    on_nonfinite: str = field(
-        default="stop",
-        metadata={"help": "On a non-finite loss/gradient: 'stop' (raise, naming the step and layer) or 'skip' the update."},
-    )
+    overwrite_output_dir: bool = shared(RunArguments, "overwrite_output_dir")
+    on_nonfinite: str = shared(RunArguments, "on_nonfinite")
+
+
+# The options of both dataclasses above that train.py's DataArguments also has: what check_arguments/run_record read.
+SHARED_DATA_FIELDS = tuple(name for name in Seq2SeqDataArguments.__dataclass_fields__
+                           if name in DataArguments.__dataclass_fields__)
 
 
 USAGE = "python training/seq2seq.py --output_dir DIR [options]       (" + HELP_ALL + ": every Trainer option in full)"
@@ -249,13 +259,10 @@ def check_encoder_decoder(config, data_args) -> None:
 
 
 def lm_view(data_args) -> DataArguments:
-    """The DataArguments train.py's check_arguments and run_record read, filled from the seq2seq options."""
-    return DataArguments(
-        dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name,
-        train_file=data_args.train_file, validation_file=data_args.validation_file,
-        text_column=data_args.text_column, validation_split_percentage=data_args.validation_split_percentage,
-        block_size=data_args.max_source_length, preprocessing_num_workers=data_args.preprocessing_num_workers,
-    )
+    """The DataArguments train.py's check_arguments and run_record read: the shared options as given, block_size =
+    --max_source_length."""
+    return DataArguments(**{name: getattr(data_args, name) for name in SHARED_DATA_FIELDS},
+                         block_size=data_args.max_source_length)
 
 
 # ------------------------------------------------------------------------------------- BART text infilling
