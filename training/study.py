@@ -109,11 +109,6 @@ def make_config(grid: dict, cell: str, depth: int, width: int, **extra) -> SkipN
     return SkipNormConfig(**values)
 
 
-def is_seq2seq(grid: dict, cell: str) -> bool:
-    """Whether the cell is an encoder-decoder (its fields or the grid's `model` set is_encoder_decoder)."""
-    return study_grid.is_seq2seq_cell(grid, cell)
-
-
 def model_for(config: SkipNormConfig):
     """The head the study trains: a causal LM, or for an encoder-decoder cell SkipNormForConditionalGeneration."""
     return (SkipNormForConditionalGeneration if config.is_encoder_decoder else SkipNormForCausalLM)(config)
@@ -567,7 +562,8 @@ def callback_overhead(grid: dict, data: ByteData, workdir: str) -> dict:
     from hf_skipnorm.diagnostics import attach_diagnostics
 
     steps, every = grid["overhead_steps"], max(1, grid["overhead_steps"] // 4)
-    causal = [c for c in grid["cells"] if not is_seq2seq(grid, c)]  # normalize_grid refused a grid without one
+    # normalize_grid refused a grid without a causal cell here
+    causal = [c for c in grid["cells"] if not study_grid.is_seq2seq_cell(grid, c)]
     cell = "pre" if "pre" in causal else causal[0]
     depth = grid["blocks"][0]["depths"][0]
     timings = {}
