@@ -247,11 +247,11 @@ def test_seq2seq_verdict_is_computed_from_the_numbers():
     # The papers' picture: alike at depth 2 (within the 0.02 seed range), deep Post-LN diverges, DeepNorm ~ Pre-LN.
     paper = nine(_seq2seq_results(_table({2: 2.00, 12: None}, {2: 2.00, 12: 1.80}, {2: 2.01, 12: 1.81})))
     assert paper["verdict"] == "agree" and paper["where"] == {"depths": (2, 12), "lrs": (1e-3, 3e-3), "width": 64}
-    assert [ok for _, ok in paper["checks"]] == [True] * 4 and "(0.020)" in paper["checks"][0][0]
+    assert [ok for _, ok in paper["checks"]] == [True] * 5 and "(0.020)" in paper["checks"][0][0]
     assert "diverged runs: ['s2s_post/L12/lr0.001', 's2s_post/L12/lr0.003']" in paper["measured"]
     # The opposite: deep Post-LN better than Pre-LN, DeepNorm worse, the placements far apart at depth 2.
     opposite = nine(_seq2seq_results(_table({2: 2.30, 12: 1.70}, {2: 2.00, 12: 1.90}, {2: 2.60, 12: 3.00})))
-    assert opposite["verdict"] == "disagree" and [ok for _, ok in opposite["checks"]] == [False] * 4
+    assert opposite["verdict"] == "disagree" and [ok for _, ok in opposite["checks"]] == [False] * 5
     # A difference inside the seed range is no evidence: Post-LN 0.015 behind at depth 12 does not "trail".
     close = nine(_seq2seq_results(_table({2: 2.00, 12: 1.815}, {2: 2.00, 12: 1.80}, {2: 2.00, 12: 1.80})))
     assert close["verdict"] == "partly agree" and close["checks"][0][1] is False

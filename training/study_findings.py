@@ -702,8 +702,11 @@ def finding_9(results: dict, s) -> dict:
     checks.append((f"Post-LN's gap to Pre-LN is larger at N=M={deep} than at N=M={shallow}, at every LR",
                    all(gap[(deep, lr)] > gap[(shallow, lr)] for lr in s.lrs)))
     if have_deepnorm:
-        checks.append((f"DeepNorm trains wherever Pre-LN does: within the seed range of Pre-LN's loss (or better) at "
-                       f"every depth and LR", all(deepnorm[k] < pre[k] + noise for k in pre)))
+        trails = [k for k in post if gap[k] > noise]  # as finding 3: DeepNorm's fix is measured where Post-LN fails
+        checks += [("DeepNorm beats Post-LN by more than the seed range at every depth and LR where Post-LN trails "
+                    "Pre-LN", bool(trails) and all(deepnorm[k] < post[k] - noise for k in trails)),
+                   ("DeepNorm trains wherever Pre-LN does: within the seed range of Pre-LN's loss (or better) at "
+                    "every depth and LR", all(deepnorm[k] < pre[k] + noise for k in pre))]
     shallow_cells = SEQ2SEQ if have_deepnorm else ("s2s_post", "s2s_pre")
     spread = {lr: max(loss[c][(shallow, lr)] for c in shallow_cells) - min(loss[c][(shallow, lr)] for c in shallow_cells)
               for lr in s.lrs}
