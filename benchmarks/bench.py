@@ -28,6 +28,7 @@ Usage:
     python benchmarks/bench.py --sizes tiny,small --suites llama,gpt2,placements,seqlen,compile \
         --threads 1 --json benchmarks/results_cpu.json --markdown benchmarks/RESULTS.md
     python benchmarks/bench.py --dry-run          # every suite at the tiny size, 1 round, seconds
+    python benchmarks/bench.py --decode-counts --sizes tiny,small   # load-independent per-token counts, no timing
 """
 
 from __future__ import annotations
@@ -393,6 +394,57 @@ class Candidate:
         workload()
         self.first_call_seconds[metric] = time.perf_counter() - start
         workload()  # the second call settles allocator caches (and, compiled, any recompilation)
+
+
+def decode_counts(name: str, shape: Shape, env: Env) -> dict:
+    """Per generated token of greedy `generate` (the decode workload, prefill included, divided by `new_tokens`):
+    Python function calls and C function calls (`sys.setprofile` events) and aten ops (a `TorchDispatchMode`
+    counter). Unlike times they do not depend on the machine's load: the primary evidence for per-call overhead."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpCounter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    candidate = Candidate(name, shape, env)
+    model = candidate.model.eval()
+
+    def generate():  # what `Candidate.decode` times
+        with torch.inference_mode():
+            model.generate(candidate.prompt, generation_config=candidate.generation_config)
+
+    generate()  # warm-up: lazy imports and caches are not per-token work
+    calls = {"call": 0, "c_call": 0}
+
+    def profile(frame, event, arg):
+        if event in calls:
+            calls[event] += 1
+
+    sys.setprofile(profile)
+    try:
+        generate()
+    finally:
+        sys.setprofile(None)
+    with OpCounter() as counter:
+        generate()
+    tokens = shape.decode_batch * shape.new_tokens
+    return {"python_calls": calls["call"] / tokens, "c_calls": calls["c_call"] / tokens, "aten_ops": counter.ops / tokens}
+
+
+def print_decode_counts(sizes: list[str], env: Env) -> dict:
+    counts = {}
+    print("| size | model | Python calls / token | C calls / token | aten ops / token |\n|---|---|---:|---:|---:|")
+    for size in sizes:
+        for name in ("llama", "ours_llama", "gpt2", "ours_gpt2"):
+            row = counts.setdefault(size, {})[name] = decode_counts(name, SIZES[size], env)
+            print(f"| {size} | {name} | {row['python_calls']:.1f} | {row['c_calls']:.1f} | {row['aten_ops']:.1f} |",
+                  flush=True)
+    return counts
 
 
 def count_norm_modules(model: nn.Module) -> int:
@@ -1063,6 +1115,8 @@ def parse_args(argv=None):
     parser.add_argument("--markdown", default=None, help="write the Markdown tables here")
     parser.add_argument("--dry-run", action="store_true", help="tiny size, 1 round, short timings: checks every path")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--decode-counts", action="store_true",
+                        help="print Python calls, C calls and aten ops per decoded token of each pair in --sizes, then exit")
     parser.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
                         help="print one table from result files of this script and fsdp_smoke.py, then exit")
     parser.add_argument("--child-rounds", type=int, default=3,
@@ -1097,6 +1151,8 @@ def main(argv=None) -> dict:
     if args.summarize:
         print(summary_table(args.summarize))
         return {}
+    if args.decode_counts:
+        return print_decode_counts([s for s in args.sizes.split(",") if s], env)
     if args.memory_child:
         shape = Shape(**json.loads(args.shape_json))
         print(json.dumps(memory_child(args.memory_child, shape, env)))

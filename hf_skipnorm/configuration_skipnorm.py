@@ -70,6 +70,18 @@ PLACEMENT_SLOTS: dict[str, tuple[SublayerNorms, SublayerNorms] | None] = {
     "resi_dual": (_P(post=True), _P(post=True)),  # ResiDual (2304.14802): post-LN stream + un-normed dual stream
 }
 NORM_POSITIONS: tuple[str, ...] = tuple(PLACEMENT_SLOTS)
+# Issue 15: placements that are known and named, but not built, with the reason (`_check_positions` refuses them).
+# SpanNorm's abstract describes its block only in words; the equations, the "principled scaling strategy" (its constant
+# and how it depends on depth) and the init are in the paper's body, which no source reachable here holds.
+REFUSED_NORM_POSITIONS: dict[str, str] = {
+    "span": (
+        "SpanNorm (Wang et al. 2026, arXiv 2601.22580) is not implemented: its abstract gives the block only in words "
+        "('a clean residual connection that spans the entire transformer block ... a PostNorm-style computation that "
+        "normalizes the aggregated output ... combined with a principled scaling strategy'), and the block equation, "
+        "where its norms sit, the scaling strategy's constant and depth dependence and the init are in the paper's "
+        "body, which no source reachable here holds; a guess would not be SpanNorm"
+    ),
+}
 # Placements whose block is not the sequential attention -> MLP block (modeling_skipnorm.BLOCK_CLASSES rows).
 BLOCK_PLACEMENTS: tuple[str, ...] = ("b2t", "resi_dual")
 # Placements that only make sense for the whole stack, as the string value of norm_position.
@@ -135,7 +147,10 @@ MLP_TYPES: tuple[str, ...] = ("gated", "plain")
 BRANCH_INITS: tuple[str, ...] = ("normal", "scaled_depth", "zero")
 CLASSIFIER_POOLINGS: tuple[str, ...] = ("last", "first", "mean")
 # --- issue 15: the 2024-2026 residual frontier ---
-LAUREL_VARIANTS: tuple[str, ...] = ("rw", "lr", "rw_lr")  # LAuReL (arXiv 2411.07501): RW, LR, RW+LR
+LAUREL_VARIANTS: tuple[str, ...] = ("rw", "lr", "rw_lr", "pa")  # LAuReL (arXiv 2411.07501): RW, LR, RW+LR, PA
+# LAuReL-RW's bound on (alpha, beta): the paper, Sec. 2.1, "we cannot let alpha and beta grow unbounded, and using a
+# normalization function such as softmax or sigmoid helps" (residuals_skipnorm.LAUREL_RW_NORMALIZERS).
+LAUREL_RW_WEIGHTS: tuple[str, ...] = ("softmax", "sigmoid")
 # Whole-model architectures: `transformer` is everything above; `ngpt` (arXiv 2410.01131) replaces the block, the
 # embeddings and the logits by the normalized Transformer (ngpt_skipnorm.py), so it fixes several fields itself.
 ARCHITECTURES: tuple[str, ...] = ("transformer", "ngpt")
@@ -271,11 +286,18 @@ def _check_hidden_act(name: str, value: Any, config: Any) -> None:
     raise choice_error(name, value, choices, hint or "the names of transformers' ACT2FN")
 
 
+def _refuse_unbuilt_position(name: str, value: str) -> None:
+    """A placement from `REFUSED_NORM_POSITIONS` is refused with its reason, not as an unknown name."""
+    if value in REFUSED_NORM_POSITIONS:
+        raise choice_error(name, value, NORM_POSITIONS, REFUSED_NORM_POSITIONS[value])
+
+
 def _check_positions(name: str, value: Any, config: Any) -> None:
     """A placement string, or a list with one placement per layer; the per-sublayer overrides may be None."""
     if value is None and name != "norm_position":
         return
     if isinstance(value, str):
+        _refuse_unbuilt_position(name, value)
         Choice(NORM_POSITIONS).check(name, value, config, "")
         return
     if not isinstance(value, list):
@@ -287,6 +309,8 @@ def _check_positions(name: str, value: Any, config: Any) -> None:
             f"{', '.join(NORM_POSITIONS)}"
         )
     for index, entry in enumerate(value):
+        if isinstance(entry, str):
+            _refuse_unbuilt_position(f"{name}[{index}]", entry)
         if not isinstance(entry, str) or entry not in NORM_POSITIONS:
             raise choice_error(f"{name}[{index}]", entry, NORM_POSITIONS)
         if entry in WHOLE_STACK_PLACEMENTS:
@@ -514,6 +538,9 @@ FIELDS: tuple[Field, ...] = (
           "Orthogonal Residual Update, arXiv 2505.11881 (reference code 1e-6)"),
     Field("laurel_variant", Choice(LAUREL_VARIANTS), "", "LAuReL, arXiv 2411.07501"),
     Field("laurel_rank", Check(_check_divisor_of_width), "", "LAuReL-LR, arXiv 2411.07501"),
+    Field("laurel_rw_weights", Choice(LAUREL_RW_WEIGHTS), "", "LAuReL-RW, arXiv 2411.07501, Sec. 2.1"),
+    Field("laurel_pa_activations", Int(1, MAX_STREAMS), "each one is a (B, T, C) tensor carried in the block state",
+          "LAuReL-PA's k, arXiv 2411.07501, Sec. 2.3 (the paper's ablation: 3)"),
     Field("frac_rate", Check(_check_divisor_of_width), "", "Frac-Connections, arXiv 2503.14125"),
     Field("architecture", Choice(ARCHITECTURES), "", "nGPT, arXiv 2410.01131"),
     Field("ngpt_alpha_init", _POSITIVE_SCALE, _SCALE, "nGPT, arXiv 2410.01131 (0.05)"),
@@ -757,6 +784,25 @@ def stream_recompute_needs_stream_mixing(c: Any, layers: list) -> None:
             f"SkipNormConfig.stream_recompute=True is not valid with residual={c.residual!r}: it recomputes the "
             f"stream mixing of hyper-connections; valid choices: residual='hyper' or 'mhc', or stream_recompute=False"
         )
+
+
+@rule
+def laurel_pa_needs_the_sequential_block(c: Any, layers: list) -> None:
+    """LAuReL-PA carries the last k sublayer outputs in the block state (`SkipNormLaurelPABlock`): only the sequential
+    attention -> MLP block has that state (b2t and resi_dual already refuse every residual but `add`)."""
+    if c.residual != "laurel" or c.laurel_variant != "pa":
+        return
+    clashes = [(f"parallel_block={c.parallel_block}", c.parallel_block),
+               (f"unet_skips={c.unet_skips}", c.unet_skips),
+               ("an encoder-decoder (its stacks are not built around that state)",
+                c.is_encoder_decoder or c.encoder_decoder_stack is not None)]
+    for what, clash in clashes:
+        if clash:
+            raise ValueError(
+                f"SkipNormConfig.laurel_variant='pa' is not valid with {what}: LAuReL-PA (arXiv 2411.07501, Eq. 4) "
+                f"adds the previous sublayers' outputs x_(i-j), which its sequential block carries as a stream "
+                f"state; valid choices: laurel_variant rw, lr or rw_lr, or the sequential block on one stream"
+            )
 
 
 @rule
@@ -1083,6 +1129,8 @@ class SkipNormConfig(PreTrainedConfig):
             embeddings, output ``x_L + N(d_L)``, per sublayer.
             A list gives one value per layer (generalizes Mix-LN); `mix`, `peri` and `resi_dual` describe a whole
             stack and are only valid as the string value.
+            `span` (SpanNorm, arXiv 2601.22580) is refused with the reason: the paper's block equation, norm
+            positions, scaling strategy and init could not be read from any source here (`REFUSED_NORM_POSITIONS`).
         attn_norm_position / mlp_norm_position (`str`, `list[str]` or `None`):
             Per-sublayer overrides of `norm_position`; `None` inherits it.
         norm_type (`str`, defaults to `"rmsnorm"`):
@@ -1161,15 +1209,23 @@ class SkipNormConfig(PreTrainedConfig):
             ``F_perp = F - (<x, F> / (<x, x> + eps)) x`` per token over the hidden size (the reference code's
             "feature" variant, BootsofLagrangian/ortho-residual), so each sublayer adds only directions new to the
             stream; +3.78 pp ImageNet-1k top-1 for ViT-B. No parameters; not the plain residual at init.
-            `laurel`: LAuReL (Menghani et al., ICML 2025, arXiv 2411.07501), by `laurel_variant`: `rw`
-            ``alpha*F + beta*x`` with learned scalars, `lr` ``F + x + B A x`` with a rank-`laurel_rank` ``B A``,
-            `rw_lr` ``alpha*F + beta*(x + B A x)``; initialized to the plain residual (``alpha = beta = 1``,
-            ``B = 0``). The paper reports 2.5%-20% better downstream scores for 1B and 4B LLMs at +0.012% / +0.1%
-            parameters.
+            `laurel`: LAuReL (Menghani et al., ICML 2025, arXiv 2411.07501, Sec. 2), by `laurel_variant`: `rw`
+            ``alpha*F + beta*x`` (Sec. 2.1) with the two learned scalars bounded by `laurel_rw_weights` (the paper:
+            "we cannot let alpha and beta grow unbounded"), `lr` ``F + x + B A x`` (Eq. 3) with a rank-`laurel_rank`
+            ``B A``, `rw_lr` ``alpha*F + beta*(x + B A x)`` (Eq. 5). ``B = 0`` and ``A`` the column-orthogonal init
+            of the paper's LLM runs (Sec. 3.3, footnote 2: ``A_ij = 1/sqrt(r d)`` where ``i mod r = j``, else 0), so
+            `lr` starts as the plain residual; the paper gives no init for alpha and beta, whose logits start at 0
+            here (``alpha = beta = 1/2``: `rw` and `rw_lr` start as ``(F + x) / 2``). `pa` (Sec. 2.3, Eq. 4)
+            ``F + x_i + sum_{j<k} gamma_j B A x_(i-j)``: the low-rank ``h = B A`` on this and the previous
+            ``k - 1`` = `laurel_pa_activations` - 1 sublayer outputs (the embedding output is ``x_0``; absent ones
+            add nothing), ``k`` learned scalars ``gamma`` (1 at init, our choice: the paper states none), ``B = 0``,
+            so it starts as the plain residual; the block carries the last ``k`` outputs as its state (sequential
+            block only). The paper's RW+PA combinations (Eq. 6) are not built. The paper reports 2.5%-20% better
+            downstream scores for 1B and 4B LLMs at +0.012% / +0.1% parameters.
             `frac`: Frac-Connections (Zhu et al. 2025, arXiv 2503.14125): hyper-connections on `frac_rate` fractions of
             the hidden state, ``h_in = Concat(Y^T H)``, ``H' = A^T H + B^T o Reshape(F(h_in))`` with
-            ``H = Reshape(h, (m, d/m))``, static or input-dependent (`hyper_dynamic`), initialized to the plain
-            residual; keeps hyper-connections' benefit without widening the stream (the paper trains up to a 7B MoE
+            ``H = Reshape(h, (m, d/m))`` (Eqs. 6-8), static or input-dependent (`hyper_dynamic`, Eqs. 11-14),
+            initialized to the plain residual (Eq. 15); keeps hyper-connections' benefit without widening the stream (the paper trains up to a 7B MoE
             on 3T tokens, beating residual connections). Needs placements without a norm after the skip.
         residual_alpha (`float` or `None`): constant on the skip path for `scaled` and `deepnorm`. `None` resolves to
             DeepNet's ``(2L)^(1/4)`` for `deepnorm` and to 1.0 otherwise; the resolved value is stored.
@@ -1192,9 +1248,18 @@ class SkipNormConfig(PreTrainedConfig):
         orthogonal_eps (`float`, defaults to 1e-6): the ``eps`` in `orthogonal`'s ``<x, x> + eps`` (the reference
             code's `residual_eps`, arXiv 2505.11881), so a zero stream projects nothing instead of dividing by 0.
         laurel_variant (`str`, defaults to `"rw_lr"`): which LAuReL (arXiv 2411.07501) `laurel` builds:
-            `rw` (learned residual weights), `lr` (low-rank augmented skip) or `rw_lr` (both, the paper's combination).
+            `rw` (learned residual weights), `lr` (low-rank augmented skip), `rw_lr` (both, the paper's
+            combination, Eq. 5) or `pa` (previous activations, Eq. 4).
         laurel_rank (`int`, defaults to 16): the rank ``r`` of LAuReL-LR's ``B A`` (``2 r d`` parameters per
             sublayer); our default, small enough for tiny test models (Gemma 3n's LAuReL-LR block uses 64).
+        laurel_rw_weights (`str`, defaults to `"softmax"`): how LAuReL-RW (`rw`, `rw_lr`) bounds ``alpha`` and
+            ``beta``, the two functions the paper names (arXiv 2411.07501, Sec. 2.1): `softmax` ``(alpha, beta) =
+            softmax(a, b)`` (they sum to 1), `sigmoid` ``alpha = sigmoid(a)``, ``beta = sigmoid(b)``. The logits
+            ``a``, ``b`` are `alpha_logit_bias` / `beta_logit_bias` (no weight decay), 0 at init (the paper states
+            no init).
+        laurel_pa_activations (`int`, defaults to 3): LAuReL-PA's ``k``, the number of activations
+            ``x_i, ..., x_(i-k+1)`` each sublayer's low-rank skip reads (the paper's ablation uses 3); each costs a
+            (B, T, C) tensor in the block state.
         architecture (`str`, defaults to `"transformer"`): `transformer` is the model the fields above describe;
             `ngpt` is the normalized Transformer (Loshchilov et al. 2024, arXiv 2410.01131; NVIDIA/ngpt): unit-norm
             embeddings and matrix rows, ``h <- Norm(h + alpha (Norm(F(h)) - h))`` per sublayer with per-channel
@@ -1381,6 +1446,8 @@ class SkipNormConfig(PreTrainedConfig):
     orthogonal_eps: float = 1e-6
     laurel_variant: str = "rw_lr"
     laurel_rank: int = 16
+    laurel_rw_weights: str = "softmax"
+    laurel_pa_activations: int = 3
     architecture: str = "transformer"
     ngpt_alpha_init: float = 0.05
     frac_rate: int = 4

@@ -48,12 +48,14 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_skipnorm import PLACEMENT_SLOTS, SkipNormConfig, SublayerNorms
 from .loading_skipnorm import safe_from_pretrained
 from .norms_skipnorm import (
+    HookableModule,
     Identity,
     SkipNormDynamicErf,
     SkipNormDynamicTanh,
     SkipNormScaleNorm,
     build_norm,
     fold_affine,
+    through,
 )
 from .hyper_connections_skipnorm import (
     DenseStream,
@@ -84,11 +86,14 @@ from .residuals_skipnorm import (
     DynamicFracConnection,
     GatedResidual,
     LaurelLRResidual,
+    LaurelPAResidual,
+    LaurelPAStream,
     LaurelRWLRResidual,
     LaurelRWResidual,
     LayerScaleResidual,
     ReZeroResidual,
     build_residual,
+    laurel_column_orthogonal,
 )
 
 
@@ -96,7 +101,11 @@ from .residuals_skipnorm import (
 # Bad inputs get a ValueError naming the input, the value and the valid range, not torch's bare IndexError (CPU) or
 # device-side assert (CUDA). Shape checks are free; value checks cost one host sync per call and are skipped while
 # torch.compile traces (a data-dependent branch would break fullgraph).
-def check_input_shape(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> None:
+def check_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, vocab_size: int) -> None:
+    """Exactly one of `input_ids` (B, T) / `inputs_embeds` (B, T, C), non-empty, and every id in [0, vocab_size).
+
+    One call per forward for all of it (the range check of `check_ids_in_range` inlined): a Python call per check
+    was a visible share of a CPU decode step at small sizes (benchmarks/RESULTS.md, "Decode-path overhead")."""
     if (input_ids is None) ^ (inputs_embeds is not None):
         raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
     name, tensor, dims = ("input_ids", input_ids, 2) if input_ids is not None else ("inputs_embeds", inputs_embeds, 3)
@@ -105,6 +114,16 @@ def check_input_shape(input_ids: torch.Tensor | None, inputs_embeds: torch.Tenso
                          f"{tuple(tensor.shape)}")
     if 0 in tensor.shape[:2]:
         raise ValueError(f"{name} is empty: shape {tuple(tensor.shape)}; valid: at least one sequence of one token")
+    if input_ids is not None and not torch.compiler.is_compiling():
+        low, high = torch.aminmax(input_ids)
+        low, high = low.item(), high.item()
+        if low < 0 or high >= vocab_size:
+            raise_out_of_range("input_ids", low, high, vocab_size, "vocab_size")
+
+
+def raise_out_of_range(name: str, low: int, high: int, size: int, field: str) -> None:
+    raise ValueError(f"{name} holds {low if low < 0 else high}, outside the valid range [0, {size - 1}] "
+                     f"(SkipNormConfig.{field}={size})")
 
 
 def check_ids_in_range(name: str, ids: torch.Tensor | None, size: int, field: str) -> None:
@@ -114,8 +133,7 @@ def check_ids_in_range(name: str, ids: torch.Tensor | None, size: int, field: st
     low, high = torch.aminmax(ids)  # one reduction, compared as Python ints (tensor comparisons cost 4x more)
     low, high = low.item(), high.item()
     if low < 0 or high >= size:
-        raise ValueError(f"{name} holds {low if low < 0 else high}, outside the valid range [0, {size - 1}] "
-                         f"(SkipNormConfig.{field}={size})")
+        raise_out_of_range(name, low, high, size, field)
 
 
 def check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor | None,
@@ -131,7 +149,7 @@ def check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor | None,
 
 
 # ----------------------------------------------------------------------------------------------------- positions
-class SkipNormRotaryEmbedding(nn.Module):
+class SkipNormRotaryEmbedding(HookableModule):
     """RoPE (Su et al., arXiv 2104.09864) over the first ``head_dim * partial_rotary_factor`` dims of each head.
 
     Returns ``(hidden_states, (cos, sin))``: the embeddings pass through unchanged, the angles go to attention.
@@ -275,7 +293,7 @@ def build_qk_norm(config: SkipNormConfig, qk_norm: str, heads: int, head_dim: in
     return build_norm(config, heads * head_dim if qk_norm == "full" else head_dim, qk_norm != "none", "attn")
 
 
-class SkipNormAttention(nn.Module):
+class SkipNormAttention(HookableModule):
     """Multi-head attention with grouped-query heads, RoPE and a KV cache, through transformers' attention interface.
 
     ``o_proj(N_sub(HeadScale(softmax(q k^T / sqrt(hd)) v)))`` with ``q = N_q(W_q x)``, ``k = N_k(W_k x)``,
@@ -325,12 +343,14 @@ class SkipNormAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query = self.q_norm(self.q_proj(hidden_states).view(*input_shape, *self.qk_norm_shape))
-        key = self.k_norm(self.k_proj(hidden_states).view(*input_shape, *self.qk_norm_shape))
+        query = self.through(self.q_proj(hidden_states).view(*input_shape, *self.qk_norm_shape), "q_norm")
+        key = self.through(self.k_proj(hidden_states).view(*input_shape, *self.qk_norm_shape), "k_norm")
         query = query.view(hidden_shape).transpose(1, 2)  # (B, H, T, hd)
         key = key.view(hidden_shape).transpose(1, 2)  # (B, H_kv, T, hd)
-        value = self.v_norm(self.v_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
-        value = self.value_residual(value, hidden_states, kwargs.pop("first_layer_values", None))  # (B, H_kv, T, hd)
+        value = self.through(self.v_proj(hidden_states).view(hidden_shape), "v_norm").transpose(1, 2)
+        first_layer_values = kwargs.pop("first_layer_values", None)
+        if not isinstance(self.value_residual, Identity):  # ResFormer's V mix; `value_residual="none"` skips the call
+            value = self.value_residual(value, hidden_states, first_layer_values)  # (B, H_kv, T, hd)
         if position_embeddings is not None:
             cos, sin = position_embeddings
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
@@ -350,9 +370,11 @@ class SkipNormAttention(nn.Module):
             softcap=self.softcap,
             **kwargs,
         )
-        attn_output = self.head_scale_norm(attn_output)  # (B, T, H, hd)
-        attn_output = self.sub_norm(attn_output.reshape(*input_shape, -1).contiguous())  # (B, T, H*hd)
+        attn_output = self.through(attn_output, "head_scale_norm")  # (B, T, H, hd)
+        attn_output = self.through(attn_output.reshape(*input_shape, -1).contiguous(), "sub_norm")  # (B, T, H*hd)
         return self.o_proj(attn_output), attn_weights
+
+    through = through  # x through the present slots among the named ones (absent slots are not called)
 
 
 def build_dropout(p: float) -> nn.Module:
@@ -372,7 +394,7 @@ def build_branch_dropout(config: SkipNormConfig, layer_idx: int) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------------- MLPs
-class SkipNormGatedMLP(nn.Module):
+class SkipNormGatedMLP(HookableModule):
     """``down(N_sub(act(gate(x)) * up(x)))``: SwiGLU / GeGLU by `hidden_act` (Shazeer 2020, arXiv 2002.05202).
 
     ``N_sub`` (`sub_norm`, over `intermediate_size`) is Sub-LN's / NormFormer's norm before the output projection;
@@ -389,10 +411,12 @@ class SkipNormGatedMLP(nn.Module):
         self.sub_norm = build_norm(config, config.intermediate_size, norms.sub, "mlp")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.sub_norm(self.act_fn(self.gate_proj(x)) * self.up_proj(x)))
+        return self.down_proj(self.through(self.act_fn(self.gate_proj(x)) * self.up_proj(x), "sub_norm"))
+
+    through = through  # x through the present slots among the named ones (absent slots are not called)
 
 
-class SkipNormPlainMLP(nn.Module):
+class SkipNormPlainMLP(HookableModule):
     """``down(N_sub(act(up(x))))``: the two-layer MLP of GPT-2 and BERT (``N_sub`` as in the gated MLP)."""
 
     def __init__(self, config: SkipNormConfig, norms: SublayerNorms = SublayerNorms(), init_gain: float = 1.0):
@@ -404,7 +428,9 @@ class SkipNormPlainMLP(nn.Module):
         self.sub_norm = build_norm(config, config.intermediate_size, norms.sub, "mlp")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.sub_norm(self.act_fn(self.up_proj(x))))
+        return self.down_proj(self.through(self.act_fn(self.up_proj(x)), "sub_norm"))
+
+    through = through
 
 
 MLP_CLASSES: dict[str, type[nn.Module]] = {"gated": SkipNormGatedMLP, "plain": SkipNormPlainMLP}
@@ -458,15 +484,19 @@ class SkipNormBlock(GradientCheckpointingLayer):
         cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
+        # x = attn_post_norm(attn_residual(x, branch_dropout(attn_out_norm(attn(attn_pre_norm(x)))))), then the
+        # same for the MLP; `through` applies the named slots in order and skips the absent ones without a call.
         x = hidden_states
         attn, _ = self.self_attn(
-            self.attn_pre_norm(x), position_embeddings=position_embeddings, attention_mask=attention_mask,
+            self.through(x, "attn_pre_norm"), position_embeddings=position_embeddings, attention_mask=attention_mask,
             cache=cache, **kwargs,
         )
-        x = self.attn_post_norm(self.attn_residual(x, self.branch_dropout(self.attn_out_norm(attn))))
-        mlp = self.mlp(self.mlp_pre_norm(x))
-        x = self.mlp_post_norm(self.mlp_residual(x, self.branch_dropout(self.mlp_out_norm(mlp))))
+        x = self.through(self.attn_residual(x, self.through(attn, "attn_out_norm", "branch_dropout")), "attn_post_norm")
+        mlp = self.mlp(self.through(x, "mlp_pre_norm"))
+        x = self.through(self.mlp_residual(x, self.through(mlp, "mlp_out_norm", "branch_dropout")), "mlp_post_norm")
         return x
+
+    through = through  # x through the present slots among the named ones (absent slots are not called)
 
 
 class SkipNormParallelBlock(SkipNormBlock):
@@ -653,6 +683,38 @@ class SkipNormAttnResBlock(SkipNormBlock):
         return self.mlp_residual.write(sources, self.branch_dropout(self.mlp_out_norm(mlp)))
 
 
+class SkipNormLaurelPABlock(SkipNormBlock):
+    """The sequential block under LAuReL-PA (arXiv 2411.07501, Sec. 2.3, Eq. 4): per sublayer, with its norms,
+
+        x_{i+1} = N_post(F(x_i) + x_i + sum_j gamma_j B A x_{i-j})     (`*_residual`: `LaurelPAResidual`)
+
+    The state is ``[x_i, x_{i-1}, ..., x_{i-k+1}]`` (B, T, k, C) (`LaurelPAStream`): each sublayer reads ``x_i``
+    and the k - 1 outputs before it, then pushes its output in front.
+    """
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, k, C)
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        state = hidden_states
+        x, previous = state[..., 0, :], state[..., 1:, :]
+        attn, _ = self.self_attn(
+            self.attn_pre_norm(x), position_embeddings=position_embeddings, attention_mask=attention_mask,
+            cache=cache, **kwargs,
+        )
+        x = self.attn_post_norm(self.attn_residual(x, self.branch_dropout(self.attn_out_norm(attn)), previous))
+        state = LaurelPAStream.push(state, x)
+        x, previous = state[..., 0, :], state[..., 1:, :]
+        mlp = self.mlp(self.mlp_pre_norm(x))
+        x = self.mlp_post_norm(self.mlp_residual(x, self.branch_dropout(self.mlp_out_norm(mlp)), previous))
+        return LaurelPAStream.push(state, x)
+
+
 # ----------------------------------------------------------------------------------------------------- topologies
 # Which block class builds layer `l`. Placements and residuals that change the block's wiring (parallel blocks,
 # dual streams, hyper-connections, ...) add a block subclass and a row here; `block_topology` picks the row.
@@ -664,6 +726,7 @@ BLOCK_CLASSES: dict[str, type[nn.Module]] = {
     "hyper": SkipNormHyperConnectionBlock,
     "dense": SkipNormDenseBlock,
     "attn_res": SkipNormAttnResBlock,
+    "laurel_pa": SkipNormLaurelPABlock,
 }
 
 
@@ -683,6 +746,8 @@ def block_topology(config: SkipNormConfig, layer_idx: int) -> str:
         return "dense"
     if config.residual == "attn_res":
         return "attn_res"
+    if config.residual == "laurel" and config.laurel_variant == "pa":  # the config refuses it with rewired blocks
+        return "laurel_pa"
     return "sequential"
 
 
@@ -726,6 +791,8 @@ def build_stream(config: SkipNormConfig) -> nn.Module:
         return DenseStream()
     if config.residual == "attn_res":
         return AttnResStream(config)
+    if config.residual == "laurel" and config.laurel_variant == "pa":
+        return LaurelPAStream(config)
     return SingleStream()
 
 
@@ -869,8 +936,10 @@ class SkipNormPreTrainedModel(PreTrainedModel):
         | mHC | b_pre = e_{k mod n}, b_post = 0, b_res = I (logits); phi = 0; gating offsets 0 (alpha = 0.01) |
         | DenseFormer depth weights | offsets 0: the plain residual (weight 1 on the latest block output) |
         | Frac-Connections (SFC / DFC) | offsets 0: Y = A = I, B = 1 (the plain residual); dynamic W = 0, s = 0.01 |
-        | LAuReL alpha / beta offsets, B (`laurel_up`) | 0: alpha = beta = 1, W = I + B A = I (the plain residual); A
-          (`laurel_down`) as every Linear |
+        | LAuReL-RW logits a, b (`alpha_logit_bias`, `beta_logit_bias`) | 0: alpha = beta = 1/2 (softmax or sigmoid) |
+        | LAuReL-LR B (`laurel_up`), A (`laurel_down`) | 0: W = I + B A = I (the plain residual); A column-orthogonal,
+          A_ij = 1/sqrt(r d) where i mod r = j (arXiv 2411.07501, footnote 2) |
+        | LAuReL-PA gamma offsets (`gamma_bias`), B, A | 0 (gamma = 1), 0 (the plain residual), as LAuReL-LR's A |
         | value residual: learned lambda offsets / per-token mix_proj W, b | 0 (lambda = (0.5, 0.5); sigmoid(0) = 0.5) |
         | U-Net skip weights w (`unet_skips.weight_bias`) | offsets 0: w = 1 (modded-nanogpt) |
         | AttnRes pseudo-queries w (`query_bias`), key RMSNorm gain | 0 (uniform weights over depth, the paper's init) / 1 |
@@ -966,11 +1035,16 @@ class SkipNormPreTrainedModel(PreTrainedModel):
             for param in (module.dynamic_width_proj.weight, module.dynamic_depth_proj.weight, module.width_scale_bias,
                           module.depth_scale_bias):
                 init.zeros_(param)
-        if isinstance(module, LaurelRWResidual):  # RW and RW+LR: alpha = beta = 1, the plain residual
-            init.zeros_(module.alpha_bias)
-            init.zeros_(module.beta_bias)
+        if isinstance(module, LaurelRWResidual):  # RW and RW+LR: logits 0 (the paper states no init)
+            init.zeros_(module.alpha_logit_bias)
+            init.zeros_(module.beta_logit_bias)
         if isinstance(module, (LaurelLRResidual, LaurelRWLRResidual)):  # B = 0: W = I + B A starts as the identity
             init.zeros_(module.laurel_up.weight)
+            init.copy_(module.laurel_down.weight, laurel_column_orthogonal(module.laurel_down.weight))
+        if isinstance(module, LaurelPAResidual):  # gamma = 1, B = 0 (the plain residual), A as LAuReL-LR's
+            init.zeros_(module.gamma_bias)
+            init.zeros_(module.laurel_up.weight)
+            init.copy_(module.laurel_down.weight, laurel_column_orthogonal(module.laurel_down.weight))
         if isinstance(module, DepthAttention):
             init.zeros_(module.query_bias)
         if isinstance(module, UNetSkips):
@@ -1158,7 +1232,7 @@ class SkipNormModel(SkipNormPreTrainedModel):
             hidden_states = hidden_states + self.embed_token_types(token_type_ids)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids were given but SkipNormConfig.type_vocab_size=0 (no token-type embedding)")
-        return self.embedding_dropout(self.embedding_norm(hidden_states)), rotary
+        return self.through(hidden_states, "embedding_norm", "embedding_dropout"), rotary
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @merge_with_config_defaults
@@ -1175,35 +1249,38 @@ class SkipNormModel(SkipNormPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
-        check_input_shape(input_ids, inputs_embeds)
-        check_ids_in_range("input_ids", input_ids, self.config.vocab_size, "vocab_size")
+        config = self.config  # each read of a config attribute is a Python call (PreTrainedConfig.__getattribute__)
+        check_inputs(input_ids, inputs_embeds, config.vocab_size)
         if inputs_embeds is None:
             # Gemma: * sqrt(hidden_size), on the token lookup only; a caller's inputs_embeds are used as given
             inputs_embeds = self.scale_embeddings(self.embed_tokens(input_ids))
-        if not self.config.is_causal:
+        is_causal = config.is_causal
+        if not is_causal:
             use_cache = False  # an encoder re-reads the whole sequence; a cache would be wrong, not just useless
         if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = DynamicCache(config=config)
         if position_ids is None:
             position_ids = self.default_position_ids(inputs_embeds, attention_mask, cache)
 
-        mask_function = create_causal_mask if self.config.is_causal else create_bidirectional_mask
+        mask_function = create_causal_mask if is_causal else create_bidirectional_mask
         mask = mask_function(
-            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
+            config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
             position_ids=position_ids,
         )
         hidden_states, rotary = self.embed(inputs_embeds, position_ids, token_type_ids)
         stream = self.residual_stream.expand(hidden_states)
         kwargs = self.value_source.attach(kwargs)
         saved = self.unet_skips.start()
-        for index, block in enumerate(self.layers[: self.config.num_hidden_layers]):
+        for index, block in enumerate(self.layers[: config.num_hidden_layers]):
             stream = block(
                 self.unet_skips.enter(index, stream, saved), attention_mask=mask, position_embeddings=rotary,
                 position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs,
             )
             stream = self.unet_skips.leave(index, stream, saved)
-        hidden_states = self.final_norm(self.residual_stream.reduce(stream))
+        hidden_states = self.through(self.residual_stream.reduce(stream), "final_norm")
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
+
+    through = through  # x through the present slots among the named ones (absent slots are not called)
 
     @staticmethod
     def default_position_ids(
@@ -1234,12 +1311,12 @@ class LogitSoftCap(nn.Module):
 
 def build_logit_softcap(cap: float | None) -> nn.Module:
     """`final_logit_softcapping`: the cap, or `nn.Identity` when unset (so `forward` never tests a flag)."""
-    return nn.Identity() if cap is None else LogitSoftCap(cap)
+    return Identity() if cap is None else LogitSoftCap(cap)
 
 
 def build_logit_scale(config: SkipNormConfig) -> nn.Module:
     """nGPT's learned logit scale ``s_z`` (arXiv 2410.01131) for `architecture="ngpt"`, else `nn.Identity`."""
-    return NGPTLogitScale(config) if config.architecture == "ngpt" else nn.Identity()
+    return NGPTLogitScale(config) if config.architecture == "ngpt" else Identity()
 
 
 class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
@@ -1275,7 +1352,7 @@ class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.logit_softcap(self.logit_scale(self.lm_head(hidden_states[:, keep, :])))  # (B, T_keep, V)
+        logits = self.through(self.lm_head(hidden_states[:, keep, :]), "logit_scale", "logit_softcap")  # (B, T_keep, V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
@@ -1283,6 +1360,8 @@ class SkipNormForCausalLM(SkipNormPreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    through = through  # x through the present slots among the named ones (absent slots are not called)
 
 
 class SkipNormMaskedLMTransform(nn.Module):

@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _torch_module
 
 from .configuration_skipnorm import SkipNormConfig
 
@@ -54,7 +55,28 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-class SkipNormLayerNorm(nn.Module):
+class HookableModule(nn.Module):
+    """An `nn.Module` whose call goes straight to `forward` while nothing watches it, and through `nn.Module.__call__`
+    (hooks, `module.compile()`, `torch.jit.trace`) as soon as anything does.
+
+    `nn.Module.__call__` costs two Python frames (`_wrapped_call_impl`, `_call_impl`) before `forward`; our norms,
+    residual combines, attention and MLP run several times per block for every decoded token, where those frames
+    were a measurable share of a CPU decode step (benchmarks/RESULTS.md, "Decode-path overhead"). The test below is
+    the same one `_call_impl` makes before it skips its hook machinery, so every hook still fires: forward and
+    backward hooks, pre-hooks, global hooks. Under `torch.compile` dynamo inlines this `__call__` and guards on the
+    hook dicts, as it does for `nn.Module.__call__`.
+    """
+
+    def __call__(self, *args, **kwargs):
+        if (self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks
+                or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
+                or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks
+                or self._compiled_call_impl is not None or torch._C._get_tracing_state()):
+            return nn.Module.__call__(self, *args, **kwargs)
+        return self.forward(*args, **kwargs)
+
+
+class SkipNormLayerNorm(HookableModule):
     """LayerNorm, Ba et al. 2016 (arXiv 1607.06450): ``g * (x - mean) / sqrt(var + eps) + b``."""
 
     def __init__(self, dim: int, config: SkipNormConfig, sublayer: str = "mlp", output_scale: float = 1.0):
@@ -69,17 +91,21 @@ class SkipNormLayerNorm(nn.Module):
         self.fold_bias = fold_affine(0.0, self.output_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
-        dtype = _stats_dtype(x)
-        gain = self.fold_gain(_as(self.weight, dtype))
-        bias = None if self.bias is None else self.fold_bias(_as(self.bias, dtype))
-        return _as(F.layer_norm(_as(x, dtype), gain.shape, gain, bias, self.eps), x.dtype)
+        # _stats_dtype and _as inlined: a Python frame each, four per call, on the decode path of the GPT-2 cell
+        dtype = _HALF_TO_FLOAT32.get(x.dtype, x.dtype)
+        weight, bias = self.weight, self.bias
+        gain = self.fold_gain(weight if weight.dtype == dtype else weight.to(dtype))
+        if bias is not None:
+            bias = self.fold_bias(bias if bias.dtype == dtype else bias.to(dtype))
+        y = F.layer_norm(x if x.dtype == dtype else x.to(dtype), gain.shape, gain, bias, self.eps)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}, "
                 f"unit_offset={bool(self.unit_offset)}, output_scale={self.output_scale:g}")
 
 
-class SkipNormRMSNorm(nn.Module):
+class SkipNormRMSNorm(HookableModule):
     """RMSNorm, Zhang & Sennrich 2019 (arXiv 1910.07467): ``g * x / sqrt(mean(x^2) + eps)``."""
 
     def __init__(self, dim: int, config: SkipNormConfig, sublayer: str = "mlp", output_scale: float = 1.0):
@@ -92,17 +118,20 @@ class SkipNormRMSNorm(nn.Module):
         self.fold_gain = fold_affine(self.unit_offset, self.output_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
-        dtype = _stats_dtype(x)
-        xs = _as(x, dtype)
+        # _stats_dtype and _as inlined: a Python frame each, four per call, on the decode path of the LLaMA cell
+        dtype = _HALF_TO_FLOAT32.get(x.dtype, x.dtype)
+        xs = x if x.dtype == dtype else x.to(dtype)
+        weight = self.weight
         normed = xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + self.eps)
-        return _as(normed * self.fold_gain(_as(self.weight, dtype)), x.dtype)
+        y = normed * self.fold_gain(weight if weight.dtype == dtype else weight.to(dtype))
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[0]}, eps={self.eps}, unit_offset={bool(self.unit_offset)}, "
                 f"output_scale={self.output_scale:g}")
 
 
-class SkipNormScaleNorm(nn.Module):
+class SkipNormScaleNorm(HookableModule):
     """ScaleNorm, Nguyen & Salazar 2019 (Transformers without Tears, arXiv 1910.05895): ``g * x / max(||x||, eps)``.
 
     One learned scalar ``g`` (`scale`), initialized to ``sqrt(dim)`` as in the paper, so at init the output has the
@@ -126,7 +155,7 @@ class SkipNormScaleNorm(nn.Module):
         return f"eps={self.eps}, scale_init={self.scale_init:g}, output_scale={self.output_scale:g}"
 
 
-class SkipNormSimpleRMSNorm(nn.Module):
+class SkipNormSimpleRMSNorm(HookableModule):
     """Simple RMSNorm (SRMSNorm), TransNormerLLM (arXiv 2307.14995): ``x / (||x|| / sqrt(dim) + eps)``, no parameters."""
 
     def __init__(self, dim: int, config: SkipNormConfig, sublayer: str = "mlp", output_scale: float = 1.0):
@@ -145,7 +174,7 @@ class SkipNormSimpleRMSNorm(nn.Module):
         return f"eps={self.eps}, output_scale={self.output_scale:g}"
 
 
-class SkipNormDynamicTanh(nn.Module):
+class SkipNormDynamicTanh(HookableModule):
     """Dynamic Tanh, Zhu et al. 2025 (Transformers without Normalization, arXiv 2503.10622): ``g * tanh(a*x) + b``.
 
     ``a`` is one learned scalar (`alpha`, init `dyt_alpha_init`, or `dyt_attn_alpha_init` in the attention sublayer as
@@ -201,6 +230,24 @@ class Identity(nn.Identity):
 
     def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return x
+
+
+def through(self: nn.Module, x: torch.Tensor, *slots: str) -> torch.Tensor:
+    """`x` through this module's slots named `slots`, in order, skipping absent ones (`Identity`) without calling
+    them; used as a method (``through = through``) by the blocks, attention and MLPs.
+
+    ``self.through(y, "attn_out_norm", "branch_dropout")`` computes ``branch_dropout(attn_out_norm(y))``: the same
+    formula, minus a Python call and an `nn.Module.__getattr__` lookup per absent slot (a LLaMA-cell block has a
+    dozen, all on every decoded token; benchmarks/RESULTS.md, "Decode-path overhead"). Slots are read from
+    `self._modules` at call time, so a slot replaced after construction (``block.attn_out_norm = MyNorm(...)``) is
+    used from the next call on, and a present slot is called as a module: its hooks fire.
+    """
+    modules = self._modules
+    for name in slots:
+        module = modules[name]
+        if not isinstance(module, Identity):
+            x = module(x)
+    return x
 
 
 class NoNorm(Identity):

@@ -266,3 +266,54 @@ def test_partial_rotary_rotates_only_the_leading_dims():
     h = h + ref_mlp(block.mlp, ref_norm("rmsnorm", block.mlp_pre_norm)(h))
     h = ref_norm("rmsnorm", model.final_norm)(h)
     torch.testing.assert_close(model(ids).last_hidden_state, h, rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------- hook points (issue 18)
+def test_hooks_fire_on_every_present_module_of_the_fast_call_path():
+    """Norms, residual combines, attention and MLP skip `nn.Module.__call__` while unhooked (HookableModule); a
+    forward hook, a forward pre-hook and a full backward hook on them must still fire, and change nothing."""
+    config = config_for("pre_post", "rmsnorm", "add")
+    block = SkipNormBlock(config, 0).double()
+    randomize_(block)
+    x = torch.randn(2, 5, config.hidden_size, dtype=torch.float64, requires_grad=True)
+    unhooked = run_block(block, config, x)
+    seen = []
+    points = ["attn_pre_norm", "attn_residual", "attn_post_norm", "mlp_pre_norm", "mlp_residual", "mlp_post_norm",
+              "self_attn", "mlp"]
+    for name in points:
+        module = getattr(block, name)
+        module.register_forward_pre_hook(lambda m, args, name=name: seen.append(("pre", name)))
+        module.register_forward_hook(lambda m, args, out, name=name: seen.append(("fwd", name)))
+        if name != "self_attn":  # the attention returns (output, weights=None): no full backward hook on a None
+            module.register_full_backward_hook(lambda m, gin, gout, name=name: seen.append(("bwd", name)))
+    hooked = run_block(block, config, x)
+    hooked.sum().backward()
+    torch.testing.assert_close(hooked, unhooked, rtol=0, atol=0)
+    for kind in ("pre", "fwd"):
+        assert [n for k, n in seen if k == kind] == ["attn_pre_norm", "self_attn", "attn_residual", "attn_post_norm",
+                                                     "mlp_pre_norm", "mlp", "mlp_residual", "mlp_post_norm"]
+    assert {n for k, n in seen if k == "bwd"} == set(points) - {"self_attn"}
+
+
+def test_global_module_hook_sees_the_fast_call_modules():
+    config = config_for("pre", "rmsnorm", "add")
+    block = SkipNormBlock(config, 0).double()
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: seen.append(type(m).__name__))
+    try:
+        run_block(block, config, torch.randn(1, 3, config.hidden_size, dtype=torch.float64))
+    finally:
+        handle.remove()
+    assert {"SkipNormRMSNorm", "AddResidual", "SkipNormAttention", "SkipNormGatedMLP"} <= set(seen)
+
+
+def test_slot_replaced_after_construction_is_used():
+    """`through` reads the slots at call time: an absent slot replaced by a real norm is applied, not skipped."""
+    config = config_for("pre", "rmsnorm", "add")
+    block = SkipNormBlock(config, 0).double()
+    randomize_(block)
+    x = torch.randn(2, 5, config.hidden_size, dtype=torch.float64)
+    scale = torch.nn.Linear(config.hidden_size, config.hidden_size, bias=False).double()
+    block.mlp_post_norm = scale
+    expected = scale(ref_block(block, config, x, "pre", "pre"))
+    torch.testing.assert_close(run_block(block, config, x), expected, rtol=1e-10, atol=1e-10)

@@ -559,6 +559,25 @@ def test_whole_grid_builds_and_runs_or_raises_a_clear_value_error():
     assert not failures, f"{len(failures)} bad cells:\n" + "\n".join(failures[:40])
 
 
+def test_refused_placements_are_refused_across_the_grid_with_their_reason():
+    """Placements named but not built (`REFUSED_NORM_POSITIONS`, issue 15's SpanNorm) are refused in every cell of
+    norm_type x residual x parallel_block, as the string, as a per-layer entry and as a per-sublayer override, and the
+    error gives the reason, not just "unknown"."""
+    ids = torch.randint(0, 50, (2, 6))
+    assert set(cfg.REFUSED_NORM_POSITIONS) == {"span"} and not set(cfg.REFUSED_NORM_POSITIONS) & set(cfg.NORM_POSITIONS)
+    for position, reason in cfg.REFUSED_NORM_POSITIONS.items():
+        for norm_type, residual, parallel in itertools.product(cfg.NORM_TYPES, cfg.RESIDUALS, (False, True)):
+            cell = f"{position}-{norm_type}-{residual}-{'parallel' if parallel else 'sequential'}"
+            assert check_cell(cell, {"norm_position": position, "norm_type": norm_type, "residual": residual,
+                                     "parallel_block": parallel}, ids) == ("refused", None), cell
+        for fields in ({"norm_position": position}, {"norm_position": ["pre", position]},
+                       {"attn_norm_position": position}, {"mlp_norm_position": ["post", position]}):
+            with pytest.raises(ValueError) as info:
+                SkipNormConfig(**{**TINY, **fields})
+            assert reason in str(info.value) and repr(position) in str(info.value), str(info.value)
+    assert "arXiv 2601.22580" in cfg.REFUSED_NORM_POSITIONS["span"]
+
+
 # Issue 15's fields, each across every placement, sequential and parallel, RMSNorm, with the residuals it goes with
 # (the residual axis of the grid above already holds `attn_res`); the slow variant crosses them with a residual from
 # each family (single stream, post-LN, several streams, history, depth attention).
@@ -568,8 +587,10 @@ FRONTIER_FIELDS = {
     "layer_drop": dict(layer_drop=0.2), "qk_norm=per_head_gains": dict(qk_norm="per_head_gains"),
     "dense_dilation=2,period=2": dict(dense_dilation=2, dense_period=2),
     "attn_res_blocks=1": dict(attn_res_blocks=1),
+    "laurel_variant=pa": dict(laurel_variant="pa"), "laurel_rw_weights=sigmoid": dict(laurel_rw_weights="sigmoid"),
 }
-FRONTIER_RESIDUALS = {"dense_dilation=2,period=2": ("dense",), "attn_res_blocks=1": ("attn_res",)}
+FRONTIER_RESIDUALS = {"dense_dilation=2,period=2": ("dense",), "attn_res_blocks=1": ("attn_res",),
+                      "laurel_variant=pa": ("laurel",), "laurel_rw_weights=sigmoid": ("laurel",)}
 
 
 def frontier_grid(residuals_of):

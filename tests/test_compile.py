@@ -34,6 +34,7 @@ TOPOLOGY_CELLS: dict[str, dict] = {
     "dense": dict(residual="dense"),
     "ngpt": dict(architecture="ngpt", norm_position="none", tie_word_embeddings=False),
     "attn_res": dict(residual="attn_res"),
+    "laurel_pa": dict(residual="laurel", laurel_variant="pa"),
 }
 EXTRA_CELLS: dict[str, dict] = {
     "hyper_static": dict(residual="hyper", hyper_dynamic=False),

@@ -2,9 +2,10 @@
 
 Nothing below reuses the package's math: the orthogonal update (Oh et al., arXiv 2505.11881), LAuReL (Menghani et
 al., arXiv 2411.07501) and nGPT (Loshchilov et al., arXiv 2410.01131; NVIDIA/ngpt) are recomputed from the modules'
-parameters only, on random (non-init) weights. Model-level checks: the paper's init (LAuReL starts as the plain
-residual model), cached generation equals uncached, gradient checkpointing gives the same gradients, the Trainer puts
-learned scalars in its no-decay group, and nGPT's weight renormalization runs through the Trainer's callback.
+parameters only, on random (non-init) weights. Model-level checks: the paper's init (LAuReL-LR starts as the
+plain residual model, with the paper's column-orthogonal A), cached generation equals uncached, gradient checkpointing
+gives the same gradients, the Trainer puts learned scalars in its no-decay group, and nGPT's weight renormalization
+runs through the Trainer's callback.
 """
 
 from __future__ import annotations
@@ -129,14 +130,24 @@ def test_orthogonal_parallel_block_projects_the_branch_sum():
 
 
 # ---------------------------------------------------------------------------------------------- LAuReL
+def ref_laurel_weights(a, b, weights):
+    """LAuReL-RW's bounded scalars (arXiv 2411.07501, Sec. 2.1: "a normalization function such as softmax or sigmoid"),
+    from the two logits, by hand."""
+    if weights == "softmax":
+        return math.exp(a) / (math.exp(a) + math.exp(b)), math.exp(b) / (math.exp(a) + math.exp(b))
+    return 1.0 / (1.0 + math.exp(-a)), 1.0 / (1.0 + math.exp(-b))
+
+
+@pytest.mark.parametrize("weights", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("variant", ["rw", "lr", "rw_lr"])
-def test_laurel_combine_matches_the_papers_formula(variant):
-    """LAuReL: RW  x' = a f(x) + b x;  LR  x' = f(x) + B A x + x;  RW+LR  x' = a f(x) + b (B A x + x)."""
-    module = randomize_(build_residual(tiny(residual="laurel", laurel_variant=variant, laurel_rank=3), 0, "mlp")
-                        .double())
+def test_laurel_combine_matches_the_papers_formula(variant, weights):
+    """LAuReL: RW  x' = a f(x) + b x (Sec. 2.1);  LR  x' = f(x) + B A x + x (Eq. 3);  RW+LR  x' = a f(x) + b (B A x + x)
+    (Eq. 5); a, b the softmax or sigmoid of two learned logits."""
+    config = tiny(residual="laurel", laurel_variant=variant, laurel_rank=3, laurel_rw_weights=weights)
+    module = randomize_(build_residual(config, 0, "mlp").double(), scale=1.0)
     x, y = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 5, 16, dtype=torch.float64)
-    a = 1.0 + module.alpha_bias.item() if variant != "lr" else 1.0
-    b = 1.0 + module.beta_bias.item() if variant != "lr" else 1.0
+    a, b = (ref_laurel_weights(module.alpha_logit_bias.item(), module.beta_logit_bias.item(), weights)
+            if variant != "lr" else (1.0, 1.0))
     if variant == "rw":
         expected = a * y + b * x
     else:
@@ -147,37 +158,144 @@ def test_laurel_combine_matches_the_papers_formula(variant):
     torch.testing.assert_close(module(x, y), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("variant", ["rw", "lr", "rw_lr"])
-def test_laurel_starts_as_the_plain_residual_model(variant):
-    """alpha = beta = 1 and B = 0 at init: the model is the residual='add' model with the same weights, exactly."""
-    laurel = SkipNormModel(tiny(residual="laurel", laurel_variant=variant)).eval()
+def test_laurel_registries_agree_with_the_config_vocabulary():
+    from hf_skipnorm import configuration_skipnorm as cfg
+    from hf_skipnorm.residuals_skipnorm import LAUREL_CLASSES, LAUREL_RW_NORMALIZERS
+
+    assert set(LAUREL_CLASSES) == set(cfg.LAUREL_VARIANTS) and set(LAUREL_RW_NORMALIZERS) == set(cfg.LAUREL_RW_WEIGHTS)
+
+
+def test_laurel_rw_weights_stay_bounded_for_any_logits():
+    """The paper's reason for the normalization: alpha and beta must not grow unbounded, whatever the logits do."""
+    for weights in ("softmax", "sigmoid"):
+        module = build_residual(tiny(residual="laurel", laurel_variant="rw", laurel_rw_weights=weights), 0, "attn")
+        with torch.no_grad():
+            module.alpha_logit_bias.fill_(40.0)
+            module.beta_logit_bias.fill_(-40.0)
+        alpha, beta = (w.item() for w in module.weights())
+        assert 0.0 <= beta < alpha <= 1.0, (weights, alpha, beta)
+        if weights == "softmax":
+            assert alpha + beta == pytest.approx(1.0)
+
+
+def ref_column_orthogonal(rank, width):
+    """Footnote 2 of arXiv 2411.07501: A_ij = 1/sqrt(r D) if i mod r = j, else 0, for A in R^{D x r}."""
+    A = torch.zeros(width, rank, dtype=torch.float64)
+    for i in range(width):
+        for j in range(rank):
+            if i % rank == j:
+                A[i, j] = 1.0 / math.sqrt(rank * width)
+    return A
+
+
+@pytest.mark.parametrize("variant", ["lr", "rw_lr"])
+def test_laurel_lr_starts_with_the_papers_init(variant):
+    """B = 0 and A column-orthogonal (the paper's LLM init); with `lr` the model is the residual='add' model with the
+    same weights, exactly."""
+    laurel = SkipNormModel(tiny(residual="laurel", laurel_variant=variant, laurel_rank=5)).eval()
+    for block in laurel.layers:
+        for residual in (block.attn_residual, block.mlp_residual):
+            assert torch.all(residual.laurel_up.weight == 0)
+            torch.testing.assert_close(residual.laurel_down.weight.double().t(), ref_column_orthogonal(5, 16))
+    if variant == "lr":
+        plain = SkipNormModel(tiny()).eval()
+        missing, unexpected = plain.load_state_dict(laurel.state_dict(), strict=False)
+        assert not missing and all("_residual." in key for key in unexpected)
+        ids = torch.randint(0, VOCAB, (2, 6))
+        torch.testing.assert_close(laurel(ids).last_hidden_state, plain(ids).last_hidden_state, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("weights", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("variant", ["rw", "rw_lr"])
+def test_laurel_rw_starts_at_half_weights(variant, weights):
+    """Logits 0 (the paper states no init): alpha = beta = 1/2 under softmax and sigmoid alike, and with B = 0 the model
+    is the residual='scaled' model 0.5 x + 0.5 F with the same weights."""
+    laurel = SkipNormModel(tiny(residual="laurel", laurel_variant=variant, laurel_rw_weights=weights)).eval()
+    scaled = SkipNormModel(tiny(residual="scaled", residual_alpha=0.5, branch_multiplier=0.5)).eval()
+    missing, unexpected = scaled.load_state_dict(laurel.state_dict(), strict=False)
+    assert not missing and all("_residual." in key for key in unexpected)
+    ids = torch.randint(0, VOCAB, (2, 6))
+    torch.testing.assert_close(laurel(ids).last_hidden_state, scaled(ids).last_hidden_state, rtol=1e-6, atol=1e-6)
+    for block in laurel.layers:
+        assert block.attn_residual.alpha_logit_bias.item() == 0.0 == block.attn_residual.beta_logit_bias.item()
+
+
+def test_laurel_pa_combine_matches_eq_4():
+    """LAuReL-PA, Eq. 4: x_{i+1} = f(x_i) + x_i + sum_{j=0}^{k-1} gamma_j h(x_{i-j}), h = B A, term by term."""
+    config = tiny(residual="laurel", laurel_variant="pa", laurel_rank=3, laurel_pa_activations=4)
+    module = randomize_(build_residual(config, 1, "attn").double(), scale=0.7)
+    x, y = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 5, 16, dtype=torch.float64)
+    previous = torch.randn(2, 5, 3, 16, dtype=torch.float64)  # x_{i-1}, x_{i-2}, x_{i-3}
+    A, B = module.laurel_down.weight, module.laurel_up.weight  # (r, d), (d, r)
+    assert A.shape == (3, 16) and B.shape == (16, 3) and module.gamma_bias.shape == (4,)
+    gamma = [1.0 + g for g in module.gamma_bias.tolist()]
+    terms = [x] + [previous[..., j, :] for j in range(3)]
+    expected = y + x + sum(g * torch.einsum("dr,rk,btk->btd", B, A, term) for g, term in zip(gamma, terms))
+    torch.testing.assert_close(module(x, y, previous), expected, rtol=1e-12, atol=1e-12)
+    # called as R(x, y), as the diagnostics do: only x_i is read, and R(x, y) - R(x, 0) = y either way
+    only_current = y + x + gamma[0] * torch.einsum("dr,rk,btk->btd", B, A, x)
+    torch.testing.assert_close(module(x, y), only_current, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(module(x, y, previous) - module(x, torch.zeros_like(y), previous), y)
+
+
+@pytest.mark.parametrize("activations", [1, 3])
+def test_laurel_pa_model_reads_the_previous_sublayer_outputs(activations):
+    """Whole model, random weights: sublayer s (0-based over attn, mlp, attn, ...) reads x_s and x_{s-1}, ..., x_{s-k+1},
+    x_t being the input of sublayer t (x_0 the embedding output) and 0 where t < 0; its output is the next one's x."""
+    model = randomize_(SkipNormModel(tiny(residual="laurel", laurel_variant="pa", num_hidden_layers=3,
+                                          laurel_pa_activations=activations, norm_position="pre_post")).double(),
+                       scale=0.2)
+    seen = []  # (x_s, previous_s, output_s) in forward order
+    for block in model.layers:
+        for name in ("attn", "mlp"):
+            getattr(block, f"{name}_residual").register_forward_hook(
+                lambda m, args, out: seen.append((args[0], args[2], out)))
+            getattr(block, f"{name}_post_norm").register_forward_hook(lambda m, args, out: seen.append(out))
+    embedded = {}
+    model.layers[0].register_forward_pre_hook(lambda m, args: embedded.__setitem__("x0", args[0][..., 0, :]))
+    model(torch.randint(0, VOCAB, (2, 6)))
+    combines, outputs = seen[0::2], seen[1::2]
+    assert len(combines) == 6 == len(outputs)
+    inputs = [embedded["x0"]] + list(outputs)  # x_0, x_1, ..., x_6
+    for s, (x, previous, _) in enumerate(combines):
+        torch.testing.assert_close(x, inputs[s], rtol=0, atol=0)
+        assert previous.shape[-2] == activations - 1
+        for j in range(1, activations):
+            want = inputs[s - j] if s - j >= 0 else torch.zeros_like(x)
+            torch.testing.assert_close(previous[..., j - 1, :], want, rtol=0, atol=0)
+
+
+def test_laurel_pa_starts_as_the_plain_residual_model():
+    """gamma = 1, B = 0: the model is the residual='add' model with the same weights, exactly; A as LAuReL-LR's."""
+    laurel = SkipNormModel(tiny(residual="laurel", laurel_variant="pa", laurel_rank=4)).eval()
     plain = SkipNormModel(tiny()).eval()
     missing, unexpected = plain.load_state_dict(laurel.state_dict(), strict=False)
     assert not missing and all("_residual." in key for key in unexpected)
     ids = torch.randint(0, VOCAB, (2, 6))
     torch.testing.assert_close(laurel(ids).last_hidden_state, plain(ids).last_hidden_state, rtol=0, atol=0)
-    for block in laurel.layers:
-        residual = block.attn_residual
-        if variant != "lr":
-            assert residual.alpha_bias.item() == 0.0 == residual.beta_bias.item()
-        if variant != "rw":
-            assert torch.all(residual.laurel_up.weight == 0) and residual.laurel_down.weight.std() > 0
+    residual = laurel.layers[1].mlp_residual
+    assert torch.all(residual.gamma_bias == 0) and torch.all(residual.laurel_up.weight == 0)
+    torch.testing.assert_close(residual.laurel_down.weight.double().t(), ref_column_orthogonal(4, 16))
 
 
 def test_laurel_scalars_are_not_decayed_and_its_matrices_are(tmp_path):
-    model = SkipNormForCausalLM(tiny(residual="laurel"))
-    group_of = decay_groups(model, tmp_path)
-    names = dict(model.named_parameters())
-    scalars = [n for n in names if n.endswith(("alpha_bias", "beta_bias"))]
-    matrices = [n for n in names if "laurel_" in n]
-    assert len(scalars) == 8 and len(matrices) == 8
-    assert all(group_of[id(names[n])] == 0.0 for n in scalars), scalars
-    assert all(group_of[id(names[n])] == 0.1 for n in matrices), matrices
+    for variant, suffixes in (("rw_lr", ("alpha_logit_bias", "beta_logit_bias")), ("pa", ("gamma_bias",))):
+        model = SkipNormForCausalLM(tiny(residual="laurel", laurel_variant=variant))
+        group_of = decay_groups(model, tmp_path)
+        names = dict(model.named_parameters())
+        scalars = [n for n in names if n.endswith(suffixes)]
+        matrices = [n for n in names if "laurel_" in n]
+        assert len(scalars) == 4 * len(suffixes) and len(matrices) == 8
+        assert all(group_of[id(names[n])] == 0.0 for n in scalars), scalars
+        assert all(group_of[id(names[n])] == 0.1 for n in matrices), matrices
 
 
 @pytest.mark.parametrize("fields", [dict(residual="orthogonal"), dict(residual="laurel", laurel_variant="rw"),
-                                    dict(residual="laurel", laurel_variant="lr"), dict(residual="laurel")],
-                         ids=["orthogonal", "laurel-rw", "laurel-lr", "laurel-rw_lr"])
+                                    dict(residual="laurel", laurel_variant="lr"), dict(residual="laurel"),
+                                    dict(residual="laurel", laurel_rw_weights="sigmoid"),
+                                    dict(residual="laurel", laurel_variant="pa")],
+                         ids=["orthogonal", "laurel-rw", "laurel-lr", "laurel-rw_lr", "laurel-rw_lr-sigmoid",
+                              "laurel-pa"])
 def test_cache_and_gradient_checkpointing_for_orthogonal_and_laurel(fields):
     config = tiny(pad_token_id=0, **fields)
     assert generation_matches(config, lambda m: randomize_(m, scale=0.2))
@@ -187,7 +305,13 @@ def test_cache_and_gradient_checkpointing_for_orthogonal_and_laurel(fields):
 @pytest.mark.parametrize("fields,words", [
     (dict(residual="laurel", laurel_rank=0), ["laurel_rank=0", "integer >= 1"]),
     (dict(residual="laurel", laurel_rank=17), ["laurel_rank=17", "hidden_size=16"]),
-    (dict(residual="laurel", laurel_variant="pa"), ["laurel_variant='pa'", "rw, lr, rw_lr"]),
+    (dict(residual="laurel", laurel_variant="rw_pa"), ["laurel_variant='rw_pa'", "rw, lr, rw_lr, pa"]),
+    (dict(residual="laurel", laurel_pa_activations=0), ["laurel_pa_activations=0"]),
+    (dict(residual="laurel", laurel_variant="pa", parallel_block=True), ["laurel_variant='pa'", "parallel_block=True"]),
+    (dict(residual="laurel", laurel_variant="pa", norm_position="b2t"), ["residual='laurel'", "'b2t'"]),
+    (dict(residual="laurel", laurel_variant="pa", unet_skips=True), ["laurel_variant='pa'", "unet_skips=True"]),
+    (dict(is_encoder_decoder=True, residual="laurel", laurel_variant="pa"), ["laurel_variant='pa'", "encoder-decoder"]),
+    (dict(residual="laurel", laurel_rw_weights="tanh"), ["laurel_rw_weights='tanh'", "softmax, sigmoid"]),
     (dict(residual="orthogonal", orthogonal_eps=-1.0), ["orthogonal_eps=-1.0"]),
 ])
 def test_bad_frontier_residual_fields_are_refused_with_the_reason(fields, words):
