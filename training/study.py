@@ -516,7 +516,9 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
                 **spec.as_dict(), "fields": grid["cells"][spec.cell], "val_loss": val_loss, "steps": grid["steps"],
                 "batch_size": grid["batch_size"], "seq_len": grid["sequence_length"],
                 "warmup_steps": result["warmup_steps"], "optimizer": f"AdamW {grid['optimizer']} (decay on matrices)",
-                "schedule": f"linear warm-up then cosine to {grid['min_lr_fraction']:.0%}", "tokenizer": "bytes (vocab 256)",
+                "schedule": f"linear warm-up then cosine to {grid['min_lr_fraction']:.0%}",
+                "tokenizer": ("ByT5's byte tokenizer (bytes + pad, EOS, mask: vocab 260), BART text infilling pairs"
+                              if model.config.is_encoder_decoder else "bytes (vocab 256)"),
                 "dataset": describe_data(grid), "unigram_entropy": data.unigram_entropy})
     write_json(os.path.join(run_dir, "attempts.json"), attempts)
     return result
