@@ -285,7 +285,8 @@ def write_card(checkpoint: str, out_dir: str, name: str | None = None, summary: 
     unigram = info.get("unigram_entropy")
     kind = {"SkipNormForCausalLM": "causal LM", "SkipNormForMaskedLM": "masked LM",
             "SkipNormForSequenceClassification": "sequence classifier",
-            "SkipNormForTokenClassification": "token classifier", "SkipNormModel": "backbone"}[architecture]
+            "SkipNormForTokenClassification": "token classifier", "SkipNormModel": "backbone",
+            "SkipNormForConditionalGeneration": "encoder-decoder"}[architecture]
     produced_by = "a norm-placement study" if info else "the transformers Trainer"
     if tokenizer_facts:
         inputs = f"{tokenizer_facts.get('type', 'its')} tokenizer, {tokenizer_facts.get('vocab_size', '?')} tokens"

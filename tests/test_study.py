@@ -272,6 +272,7 @@ SEQ2SEQ_GRID = {
               "deepnorm": {"is_encoder_decoder": True, "norm_position": "post", "residual": "deepnorm"}},
     "depths": [1, 2], "widths": [32], "learning_rates": [3e-3], "steps": 3, "batch_size": 2, "sequence_length": 16,
     "eval_every": 3, "save_every": 3, "eval_batches": 1,
+    "reference_models": [{"run": {"cell": "pre", "depth": 1, "lr": 3e-3}, "name": "micro-s2s-pre"}],
 }
 
 
@@ -307,5 +308,10 @@ def test_micro_seq2seq_study_end_to_end(tmp_path):
         it = iter(target[:-1])
         assert all(any(t == u for u in it) for t in kept)  # the kept bytes are a subsequence of the target
         assert tokenizer.mask_token_id in source and source.count(tokenizer.mask_token_id) < len(target)
+    from model_cards.generate import validate_card
+
+    card = out / "model_cards" / "micro-s2s-pre" / "README.md"  # the reference model's card, per-stack diagnostics
+    validate_card(str(card))
+    assert "AutoModelForSeq2SeqLM" in card.read_text() and "| encoder 0 |" in card.read_text()
     model = study.model_for(study.make_config(grid, "pre", 3, 32))
     assert model.config.num_hidden_layers == model.config.decoder_depth == 3
