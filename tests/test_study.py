@@ -81,6 +81,10 @@ def test_built_in_grid_roles_are_their_cells():
     assert study_findings.role_cells(DEFAULT) == {role: role for role in causal}
     seq2seq = study_grid.normalize_grid(study_grid.load_grid("seq2seq")[0])
     assert study_findings.role_cells(seq2seq) == {role: role for role in study_findings.SEQ2SEQ}
+    # is_encoder_decoder set once in the grid's `model` makes the same cells encoder-decoders, never causal roles
+    shared = {"model": {"is_encoder_decoder": True}, "cells": {"a": {"norm_position": "pre"},
+                                                               "b": {"norm_position": "post", "residual": "deepnorm"}}}
+    assert study_findings.role_cells(shared) == {"s2s_pre": "a", "s2s_deepnorm": "b"}
 
 
 def _fake_results(post_losses, pre_losses, post_grads, pre_grads, depths=(3, 6, 12, 24)):

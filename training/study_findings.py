@@ -67,11 +67,16 @@ def loglog_slope(xs, ys) -> float:
 
 # ----------------------------------------------------------------------------------------------- the view of a study
 def role_cells(grid: dict) -> dict[str, str]:
-    """{role: the grid's cell with exactly the role's fields} (the first such cell)."""
+    """{role: the grid's cell with exactly the role's fields} (the first such cell). Whether a cell is an
+    encoder-decoder is read with the grid's `model` (is_encoder_decoder may be set there for every cell)."""
+    def kind_and_fields(fields: dict, shared: dict) -> tuple[bool, dict]:
+        return (bool({**shared, **fields}.get("is_encoder_decoder")),
+                {k: v for k, v in fields.items() if k != "is_encoder_decoder"})
+
     out = {}
     for role, fields in ROLES.items():
         for name, cell_fields in grid["cells"].items():
-            if cell_fields == fields:
+            if kind_and_fields(cell_fields, grid.get("model") or {}) == kind_and_fields(fields, {}):
                 out[role] = name
                 break
     return out
