@@ -42,6 +42,7 @@ VARIANTS["hyper_static"] = {"residual": "hyper", "hyper_dynamic": False}
 VARIANTS["add@post"] = {"residual": "add", "norm_position": "post"}
 VARIANTS["laurel_rw"] = {"residual": "laurel", "laurel_variant": "rw"}  # "laurel" itself is the RW+LR default
 VARIANTS["laurel_lr"] = {"residual": "laurel", "laurel_variant": "lr"}
+VARIANTS["laurel_pa"] = {"residual": "laurel", "laurel_variant": "pa"}  # previous activations, its own block state
 VARIANTS["frac_static"] = {"residual": "frac", "hyper_dynamic": False}  # "frac" itself is dynamic (DFC)
 # nGPT replaces the block (arXiv 2410.01131); its step includes the renormalization after the optimizer step.
 VARIANTS["ngpt"] = {"architecture": "ngpt", "norm_position": "none", "tie_word_embeddings": False}

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 B="python benchmarks/bench.py --threads 1"
 R="python benchmarks/residual_overhead.py --threads 1"
 PARTS=${PARTS:-"pairs depth medium compile placements seqlen small15 placements9 depth_compile mfu2"}
-DEPTH_VARIANTS=add,hyper,hyper_static,mhc,dense,resi_dual,attn_res,attn_res_blocks2,hyper_recompute,mhc_recompute,value_residual_learned,unet_skips,laurel,frac,ngpt
+DEPTH_VARIANTS=add,hyper,hyper_static,mhc,dense,resi_dual,attn_res,attn_res_blocks2,hyper_recompute,mhc_recompute,value_residual_learned,unet_skips,laurel,laurel_pa,frac,ngpt
 
 part() {  # part NAME COMMAND...: run COMMAND if NAME is in $PARTS, with its start, end and exit status
     local name=$1; shift

@@ -35,6 +35,89 @@ def attn_res_block_size(config: SkipNormConfig) -> int:
     return 2 * config.num_hidden_layers // config.attn_res_blocks
 
 
+class DepthSoftmax(torch.autograd.Function):
+    """AttnRes's softmax over depth for K pseudo-queries at once, over S stacked sources ``v_i`` (..., S, C)::
+
+        l_ki = w_k^T RMSNorm(v_i) = r_i <q_k, v_i>,   r_i = 1 / sqrt(mean(v_i^2) + eps),   q_k = w_k * g_k
+        mean_k = sum_i softmax_i(l_k)_i v_i,          lse_k = log sum_i exp(l_ki)
+
+    -> (mean_1, ..., mean_K (..., C) each, lse (..., K)). `DepthAttention.combine` merges a (mean, lse) group with
+    sources that are not stacked yet, exactly: the softmax over all sources weighs the group by ``exp(lse)``.
+
+    One Function so that neither pass materializes a normalized (..., S, C) copy of the sources, and both sublayers
+    of a block read the block's sources once: the forward reads them three times (norms, dot products, weighted sums,
+    each for all K queries), keeps only the sources themselves (they exist anyway) and (..., S, K) statistics; the
+    backward forms ``dL/dv_i = sum_k (p_ki g_k + (dL/dd_ki) q_k) - (sum_k dL/dl_ki d_ki) r_i^3 v_i / C`` in one new
+    tensor. Composed of autograd ops, the formula kept three normalized copies per sublayer and cost 1.6x a training
+    step at d=512, L=8 (benchmarks/RESULTS.md). tests/test_frontier_depth.py checks it with `gradcheck` in float64.
+    """
+
+    @staticmethod
+    def forward(ctx, queries: torch.Tensor, eps: float, stack: torch.Tensor):
+        """(K, C) queries, (..., S, C) sources -> (mean_1, ..., mean_K (..., C) each, lse (..., K))."""
+        *batch, size, dim = stack.shape
+        flat = stack.reshape(-1, size, dim)  # (N, S, C): a view for a block's stack (also for a slice along S)
+        dots = rows_times(flat, queries.t())  # (N, S, K): d_ki = <q_k, v_i>
+        inverse_rms = torch.linalg.vector_norm(flat, dim=-1).square_().div_(dim).add_(eps).rsqrt_()  # (N, S): r_i
+        logits = dots * inverse_rms[..., None]
+        lse = torch.logsumexp(logits, dim=1)  # (N, K)
+        weights = torch.exp(logits - lse[:, None, :])  # (N, S, K): softmax over the sources
+        means = torch.bmm(weights.transpose(1, 2), flat)  # (N, K, C)
+        ctx.save_for_backward(queries, stack, weights, inverse_rms, dots)
+        # one output per query: indexing a joint output would cost a zero-filled gradient per sublayer
+        return (*(mean.view(*batch, dim) for mean in means.unbind(1)), lse.view(*batch, -1))
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        queries, stack, weights, inverse_rms, dots = ctx.saved_tensors
+        *_, size, dim = stack.shape
+        flat = stack.reshape(-1, size, dim)
+        count = queries.shape[0]
+        grad_means = torch.stack([g.reshape(-1, dim) for g in grads[:-1]], dim=1)  # (N, K, C)
+        grad_lse = grads[-1].reshape(-1, 1, count)
+        # mean_k: dL/dl_ki = p_ki (<g_k, v_i> - <g_k, mean_k>); lse_k: dL/dl_ki = p_ki dL/dlse_k
+        grad_weights = torch.bmm(flat, grad_means.transpose(1, 2))  # (N, S, K): <v_i, g_k>
+        grad_logits = weights * (grad_weights - (weights * grad_weights).sum(1, keepdim=True) + grad_lse)
+        grad_dots = grad_logits * inverse_rms[..., None]  # l = d r
+        grad_norms = (grad_logits * dots).sum(-1) * inverse_rms.pow(3) / -dim  # dr_i/dv_i = -r_i^3 v_i / C
+        # A fresh tensor of the input's shape (not a view), which autograd then accumulates the state's other
+        # gradient into in place: sum_k p_ki g_k + sum_k (dL/dd_ki) q_k (K outer products, then one matrix
+        # multiply), then the norm's term.
+        grad_stack = torch.empty(stack.shape, dtype=stack.dtype, device=stack.device)
+        grad = torch.mul(weights[..., 0, None], grad_means[:, None, 0, :], out=grad_stack.view(-1, size, dim))
+        for k in range(1, count):
+            grad.addcmul_(weights[..., k, None], grad_means[:, None, k, :])
+        grad.view(-1, dim).addmm_(grad_dots.reshape(-1, count), queries)
+        grad.addcmul_(grad_norms[..., None], flat)
+        grad_queries = None
+        if ctx.needs_input_grad[0]:
+            grad_queries = rows_times(flat, grad_dots, transpose=True)  # sum over tokens and sources
+        return grad_queries, None, grad_stack
+
+
+def rows_times(stack: torch.Tensor, matrix: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """``stack`` (N, S, C) times a (C, K) matrix per row: (N, S, K); with `transpose`, ``matrix`` (N, S, K) and the
+    result sum_{n, s} matrix[n, s]^T stack[n, s]: (K, C). One plain matrix multiply over all N * S rows where the
+    rows are one block of memory (MKL's batched multiply of 512 tiny matrices costs about twice as much)."""
+    if stack.is_contiguous():
+        rows = stack.view(-1, stack.shape[-1])
+        return matrix.reshape(-1, matrix.shape[-1]).t() @ rows if transpose else (rows @ matrix).view(
+            *stack.shape[:-1], matrix.shape[-1])
+    if transpose:
+        return torch.bmm(matrix.transpose(1, 2), stack).sum(0)
+    return torch.bmm(stack, matrix.expand(stack.shape[0], *matrix.shape))
+
+
+def depth_softmax(stack: torch.Tensor, *attentions: "DepthAttention") -> tuple[list[torch.Tensor], torch.Tensor]:
+    """([mean_1, ..., mean_K] (B, T, C) each, lse (B, T, K)) of the stacked sources (B, T, S, C) for the K depth
+    attentions, in at least float32 with autocast off (`combine` casts its result back)."""
+    with full_precision(stack):
+        values = at_least_float32(stack)
+        queries = torch.stack([attention.query(values.dtype) for attention in attentions])
+        *means, lse = DepthSoftmax.apply(queries, attentions[0].key_norm.eps, values)
+        return means, lse
+
+
 class DepthAttention(nn.Module):
     """Softmax attention over depth, Attention Residuals (Kimi Team 2026, arXiv 2603.15031, Sec. 3)::
 
@@ -44,6 +127,10 @@ class DepthAttention(nn.Module):
     gain as in the reference code, whatever `norm_type` is), the query ``w`` is one learned vector per sublayer,
     independent of the input (the "pseudo-query"). ``w`` starts at 0 (the paper's init), so every aggregation starts
     as the uniform mean of its sources. Stored as ``query_bias = w - 0``.
+
+    Since ``w^T (g * v / rms(v)) = <w * g, v> / rms(v)``, the key norm's gain ``g`` folds into the query (`query`);
+    `key_norm` holds the gain and eps and is not called as a module. The stacked sources go through `depth_softmax`
+    (shared by the block's two sublayers), the few not stacked yet through `combine`.
     """
 
     def __init__(self, config: SkipNormConfig):
@@ -51,24 +138,66 @@ class DepthAttention(nn.Module):
         self.query_bias = nn.Parameter(torch.empty(config.hidden_size))  # the pseudo-query w
         self.key_norm = SkipNormRMSNorm(config.hidden_size, config)
 
-    def aggregate(self, sources: torch.Tensor) -> torch.Tensor:  # (B, T, S, C) -> (B, T, C)
-        with full_precision(sources):
-            values = at_least_float32(sources)
-            logits = self.key_norm(values) @ self.query_bias.to(values.dtype)  # (B, T, S): w^T RMSNorm(v_i)
-            weights = torch.softmax(logits, dim=-1)
-            mixed = (weights.unsqueeze(-2) @ values).squeeze(-2)  # sum_i alpha_i v_i
-        return mixed.to(sources.dtype)
+    def query(self, dtype: torch.dtype) -> torch.Tensor:
+        """``q = w * g``: the pseudo-query with the key norm's gain folded in, (C,)."""
+        return self.query_bias.to(dtype) * self.key_norm.fold_gain(self.key_norm.weight.to(dtype))
+
+    def combine(self, mean: torch.Tensor, lse: torch.Tensor, *latest: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The aggregation over stacked sources, given as their softmax mean (B, T, C) and log-sum-exp (B, T), and
+        the sources ``latest`` (B, T, C) not stacked yet: ``h = sum_g softmax_g(lse_g) mean_g`` over the groups, each
+        latest source its own group with ``lse = l_j``, which is the softmax over all sources. -> (B, T, C) in
+        `dtype` (the stream's)."""
+        if not latest:
+            return mean.to(dtype)
+        with full_precision(mean):
+            values = [at_least_float32(v) for v in latest]
+            query = self.query(mean.dtype)
+            eps = self.key_norm.eps
+            logits = [lse] + [(v @ query) * torch.rsqrt(v.pow(2).mean(-1) + eps) for v in values]
+            weights = torch.softmax(torch.stack(logits, dim=-1), dim=-1)  # (B, T, 1 + len(latest))
+            mixed = weights[..., :1] * mean
+            for index, value in enumerate(values, start=1):
+                mixed = mixed + weights[..., index:index + 1] * value
+        return mixed.to(dtype)
+
+    def aggregate(self, sources: torch.Tensor, *latest: torch.Tensor) -> torch.Tensor:
+        """(B, T, S, C) stacked sources, then any (B, T, C) sources not stacked yet -> (B, T, C)."""
+        (mean,), lse = depth_softmax(sources, self)
+        return self.combine(mean, lse[..., 0], *latest, dtype=sources.dtype)
 
 
-def open_block(sources: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """The sublayer opens a new block: its output becomes a new source, ``[..., v_k]`` (B, T, S + 1, C)."""
-    return torch.cat((sources, output.to(sources.dtype).unsqueeze(-2)), dim=-2)
+def stack_sources(sources: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The state a block hands on, (B, T, S, C): the stacked sources and the block's new ones, in one copy."""
+    stack, *latest = sources
+    if not latest:
+        return stack
+    return torch.cat((stack, *(v.unsqueeze(-2) for v in latest)), dim=-2)
 
 
-def add_to_block(sources: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+def whole_stack(stack: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A sublayer that opens a block reads exactly the stacked sources; so does the sublayer after it."""
+    return (stack,)
+
+
+def last_unstacked(stack: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A sublayer that adds to a block: its partial sum (the last source) is about to change, so the sources both
+    sublayers of the block share are the others; the last one travels as a latest source."""
+    return (stack[..., :-1, :], stack[..., -1, :])
+
+
+def open_block(sources: tuple[torch.Tensor, ...], output: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The sublayer opens a new block: its output becomes a new source, ``[..., v_k]``. Inside a block the sources
+    are a tuple ``(stack (B, T, S, C), *latest (B, T, C))``: new ones stay unstacked until `stack_sources`."""
+    return (*sources, output.to(sources[0].dtype))
+
+
+def add_to_block(sources: tuple[torch.Tensor, ...], output: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Inside a block the residual is the plain sum: the last source (the partial block ``b_n^i``) gains the output."""
-    partial = sources[..., -1, :] + output.to(sources.dtype)
-    return torch.cat((sources[..., :-1, :], partial.unsqueeze(-2)), dim=-2)
+    stack, *latest = sources
+    output = output.to(stack.dtype)
+    if latest:
+        return (stack, *latest[:-1], latest[-1] + output)
+    return (stack[..., :-1, :], stack[..., -1, :] + output)
 
 
 class SublayerDepthAttention(DepthAttention):
@@ -85,6 +214,9 @@ class SublayerDepthAttention(DepthAttention):
         super().__init__(config)
         self.position_in_block = sublayer_index(layer_idx, sublayer) % attn_res_block_size(config)
         self.write = open_block if self.position_in_block == 0 else add_to_block
+        # the sources this sublayer shares with the next one (the rest stays a latest source): `whole_stack` or
+        # `last_unstacked`, read by the block for its attention sublayer
+        self.split = whole_stack if self.position_in_block == 0 else last_unstacked
 
     def extra_repr(self) -> str:
         return f"position_in_block={self.position_in_block}"

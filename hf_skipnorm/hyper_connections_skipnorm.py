@@ -23,7 +23,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .configuration_skipnorm import SkipNormConfig
-from .norms_skipnorm import build_norm
+from .norms_skipnorm import SkipNormRMSNorm, build_norm
 
 # Initial scale of the input-dependent part of (m)HC connections: 0.01 in the HC paper's pseudo-code (arXiv
 # 2409.19606, appendix) and mHC's gating factors alpha (arXiv 2512.24880); small so the static part leads at first.
@@ -150,19 +150,36 @@ class DynamicHyperConnection(StaticHyperConnection):
         self.dynamic_depth_proj = nn.Linear(config.hidden_size, 1, bias=False)  # W_b
         self.width_scale_bias = nn.Parameter(torch.empty(1))  # s_a - 0.01
         self.depth_scale_bias = nn.Parameter(torch.empty(1))  # s_b - 0.01
+        # N(H) W: RMSNorm folds into the projection (no normalized copy of the streams), other norms run as modules
+        self.normalized_projection = (rms_normalized_projection if isinstance(self.dynamic_norm, SkipNormRMSNorm)
+                                      else normalized_projection)
 
     def connection_offsets(self, streams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         static_input, static_mixing, static_output = super().connection_offsets(streams)
         dtype = streams.dtype
-        normed = self.dynamic_norm(streams).to(dtype)  # (B, T, n, C)
         # [W_m | W_r | W_b] in one projection: one pass over the normalized streams instead of two
         projection = torch.cat((self.dynamic_width_proj.weight, self.dynamic_depth_proj.weight)).to(dtype)
-        dynamic = torch.tanh(normed @ projection.t())  # (B, T, n, 2 + n): row j = stream j
+        dynamic = torch.tanh(self.normalized_projection(self.dynamic_norm, streams, projection))  # (B, T, n, 2 + n)
         width, depth = dynamic[..., :-1], dynamic[..., -1]  # (B, T, n, 1 + n), (B, T, n)
         width_scale = DYNAMIC_SCALE_INIT + self.width_scale_bias.to(dtype)
         depth_scale = DYNAMIC_SCALE_INIT + self.depth_scale_bias.to(dtype)
         return (static_input + width_scale * width[..., 0], static_mixing + width_scale * width[..., 1:],
                 static_output + depth_scale * depth)
+
+
+def normalized_projection(norm: nn.Module, streams: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """``N(H) W^T`` for (B, T, n, C) streams and a (k, C) projection -> (B, T, n, k), with the norm as a module."""
+    return norm(streams).to(streams.dtype) @ projection.t()
+
+
+def rms_normalized_projection(norm: nn.Module, streams: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """``RMSNorm(H) W^T = r * (H (g W)^T)`` with ``r = 1 / sqrt(mean(H^2) + eps)`` per stream and ``g`` the norm's
+    gain: the same product without a normalized (B, T, n, C) copy of the streams (nor its backward), as mHC's
+    kernels reorder the norm after the projection (arXiv 2512.24880, Sec. 4.3)."""
+    gain = norm.fold_gain(norm.weight.to(streams.dtype))
+    squares = torch.linalg.vector_norm(streams, dim=-1, keepdim=True).square()
+    inverse_rms = torch.rsqrt(squares / streams.shape[-1] + norm.eps)
+    return (streams @ (projection * gain).t()) * inverse_rms
 
 
 def hyper_connection(config: SkipNormConfig, layer_idx: int, sublayer: str) -> StaticHyperConnection:
@@ -175,12 +192,37 @@ def hyper_connection(config: SkipNormConfig, layer_idx: int, sublayer: str) -> S
 def sinkhorn_knopp(logits: torch.Tensor, iterations: int) -> torch.Tensor:
     """Project (..., n, n) logits to a doubly stochastic matrix: ``M = exp(logits)``, then `iterations` rounds of
     ``M <- T_r(T_c(M))`` (columns, then rows, rescaled to sum to 1), mHC's Sinkhorn-Knopp (arXiv 2512.24880, Sec. 4.2).
-    Ending on the rows makes every row sum to 1 exactly, so identical streams stay identical."""
-    matrix = torch.exp(logits - logits.amax(dim=(-2, -1), keepdim=True))  # the shift cancels in the normalization
-    for _ in range(iterations):
-        matrix = matrix / matrix.sum(dim=-2, keepdim=True)  # T_c: columns sum to 1
-        matrix = matrix / matrix.sum(dim=-1, keepdim=True)  # T_r: rows sum to 1
-    return matrix
+    Ending on the rows makes every row sum to 1 exactly, so identical streams stay identical. (`SinkhornKnopp`.)"""
+    return SinkhornKnopp.apply(logits, iterations)
+
+
+class SinkhornKnopp(torch.autograd.Function):
+    """`sinkhorn_knopp` with a hand-written backward: each rescaling ``y = x / s``, ``s = sum(x)`` along one axis, has
+    ``dL/dx = (g - sum(g * y)) / s`` (4 small ops instead of autograd's ~10 per rescaling, on (B, T, n, n) matrices
+    where the per-op cost is all there is: 20 iterations x 2 rescalings per sublayer). ``exp(l - max l)`` gets
+    ``dL/dl = g * M``: the output does not change when M is scaled, so the max's share of the gradient is 0.
+    tests/test_residuals.py checks it with `gradcheck` in float64."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, iterations: int) -> torch.Tensor:
+        matrix = torch.exp(logits - logits.amax(dim=(-2, -1), keepdim=True))  # the shift cancels in the normalization
+        saved = [matrix]
+        for _ in range(iterations):
+            for dim in (-2, -1):  # T_c: columns sum to 1, then T_r: rows sum to 1
+                total = matrix.sum(dim=dim, keepdim=True)
+                matrix = matrix / total
+                saved += [total, matrix]
+        ctx.save_for_backward(*saved)
+        return matrix
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        start, *steps = ctx.saved_tensors
+        for index in range(len(steps) // 2 - 1, -1, -1):
+            total, out = steps[2 * index], steps[2 * index + 1]
+            dim = -2 if index % 2 == 0 else -1
+            grad = (grad - (grad * out).sum(dim=dim, keepdim=True)) / total
+        return grad * start, None
 
 
 class ManifoldHyperConnection(nn.Module):
@@ -221,7 +263,8 @@ class ManifoldHyperConnection(nn.Module):
         flat = streams.flatten(-2)  # (B, T, n*C)
         # RMS(x~) phi = (x~ phi) / rms(x~): the per-token scale applied after the projection, as the mHC paper's
         # kernels reorder it (Sec. 4.3), so no normalized copy of the n*C stream vector is made (or saved for backward)
-        inverse_rms = torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + self.eps)
+        inverse_rms = torch.rsqrt(torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square() / flat.shape[-1]
+                                  + self.eps)  # no squared (B, T, n*C) copy
         dynamic = (flat @ self.dynamic_proj.weight.to(dtype).t()) * inverse_rms  # (B, T, 2n + n^2)
         pre_scale, post_scale, res_scale = (DYNAMIC_SCALE_INIT + p.to(dtype) for p in (
             self.pre_scale_bias, self.post_scale_bias, self.res_scale_bias))

@@ -70,6 +70,8 @@ from .hyper_connections_skipnorm import (
 from .depth_mixing_skipnorm import (
     AttnResStream,
     DepthAttention,
+    depth_softmax,
+    stack_sources,
     DropBranch,
     PER_HEAD_GAIN_NORMS,
     UNetSkips,
@@ -671,16 +673,17 @@ class SkipNormAttnResBlock(SkipNormBlock):
         cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
-        sources = hidden_states
-        h = self.attn_residual.aggregate(sources)
+        sources = self.attn_residual.split(hidden_states)  # (stack shared by both sublayers, *latest)
+        means, lse = depth_softmax(sources[0], self.attn_residual, self.mlp_residual)  # both queries in one pass
+        h = self.attn_residual.combine(means[0], lse[..., 0], *sources[1:], dtype=hidden_states.dtype)
         attn, _ = self.self_attn(
             self.attn_pre_norm(h), position_embeddings=position_embeddings, attention_mask=attention_mask,
             cache=cache, **kwargs,
         )
         sources = self.attn_residual.write(sources, self.branch_dropout(self.attn_out_norm(attn)))
-        h = self.mlp_residual.aggregate(sources)
+        h = self.mlp_residual.combine(means[1], lse[..., 1], *sources[1:], dtype=hidden_states.dtype)
         mlp = self.mlp(self.mlp_pre_norm(h))
-        return self.mlp_residual.write(sources, self.branch_dropout(self.mlp_out_norm(mlp)))
+        return stack_sources(self.mlp_residual.write(sources, self.branch_dropout(self.mlp_out_norm(mlp))))
 
 
 class SkipNormLaurelPABlock(SkipNormBlock):

@@ -121,6 +121,27 @@ def test_attn_res_starts_with_zero_queries_and_uniform_weights():
     torch.testing.assert_close(model.layers[2].attn_residual.aggregate(sources), sources.mean(-2), rtol=1e-12, atol=0)
 
 
+def test_attn_res_depth_softmax_backward_is_the_formulas_gradient():
+    """`DepthSoftmax` (K pseudo-queries over stacked sources: softmax means and log-sum-exps) against Eq. (2)-(3)
+    written here, and its hand-written backward against autograd's numerical Jacobian (float64), on a stack and on
+    a slice of one (the layout a block's shared sources take)."""
+    from hf_skipnorm.depth_mixing_skipnorm import DepthSoftmax
+
+    torch.manual_seed(3)
+    queries = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([1.0, 5.0, 0.2, 2.0, 3.0]).double()[:, None]
+    stack = (torch.randn(2, 3, 5, 8, dtype=torch.float64) * scale).requires_grad_(True)
+    *means, lse = DepthSoftmax.apply(queries, 1e-5, stack)
+    ones = torch.ones(8, dtype=torch.float64)
+    for k in range(2):
+        expected = depth_attention(list(stack.unbind(-2)), queries[k], ones, 1e-5)
+        torch.testing.assert_close(means[k], expected, rtol=1e-12, atol=1e-14)
+        scores = torch.stack([(queries[k] * rms(v, ones, 1e-5)).sum(-1) for v in stack.unbind(-2)])
+        torch.testing.assert_close(lse[..., k], torch.log(torch.exp(scores).sum(0)), rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda q, s: DepthSoftmax.apply(q, 1e-5, s), (queries, stack))
+    assert torch.autograd.gradcheck(lambda q, s: DepthSoftmax.apply(q, 1e-5, s[..., :-1, :]), (queries, stack))
+
+
 @pytest.mark.parametrize("blocks", [None, 2], ids=["full", "blocks2"])
 def test_attn_res_hidden_states_and_state_layout(blocks):
     """output_hidden_states reports what the final norm would read (the final aggregation), (B, T, C); the raw state

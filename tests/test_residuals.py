@@ -475,11 +475,23 @@ def test_the_grid_of_placements_and_residuals_builds_or_says_why():
     assert built > refused > 0
 
 
+def test_sinkhorn_backward_is_the_iterations_gradient():
+    """`SinkhornKnopp`'s hand-written backward against autograd's numerical Jacobian (float64), and its forward
+    against the iteration written here (`reference_sinkhorn`)."""
+    from hf_skipnorm.hyper_connections_skipnorm import sinkhorn_knopp
+
+    logits = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    torch.testing.assert_close(sinkhorn_knopp(logits, 6), reference_sinkhorn(logits, 6), rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda x: sinkhorn_knopp(x, 6), (logits,))
+
+
 # ----------------------------------------------------------------------------------------------------- recompute
-@pytest.mark.parametrize("residual", ["hyper", "mhc"])
-def test_stream_recompute_gives_the_same_loss_and_gradients_and_saves_less(residual):
+@pytest.mark.parametrize("residual,max_ratio", [("hyper", 0.9), ("mhc", 0.85)])
+def test_stream_recompute_gives_the_same_loss_and_gradients_and_saves_less(residual, max_ratio):
     """`stream_recompute` (mHC, arXiv 2512.24880, Sec. 4.3): the width connection runs again in backward instead of
-    keeping its intermediates: bit-identical loss and gradients in float64, fewer bytes saved for backward."""
+    keeping its intermediates: bit-identical loss and gradients in float64, fewer bytes saved for backward. (DHC's
+    plain width keeps no normalized copy of the streams, its RMSNorm folded into the projection, so recomputing it
+    saves less than mHC's.)"""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
     import bench
 
@@ -504,7 +516,7 @@ def test_stream_recompute_gives_the_same_loss_and_gradients_and_saves_less(resid
     assert loss == plain_loss
     for name, grad in plain_grads.items():
         assert torch.equal(grads[name], grad), name
-    assert saved < 0.85 * plain_saved, (saved, plain_saved)
+    assert saved < max_ratio * plain_saved, (saved, plain_saved)
 
 
 def test_stream_recompute_is_refused_without_stream_mixing():
