@@ -21,7 +21,7 @@ part() {  # part NAME COMMAND...: run COMMAND if NAME is in $PARTS, with its sta
 # LLaMA / GPT-2 cells against transformers' models at tiny and small: training, prefill, decode, memory, parity, MFU.
 part pairs $B --suites llama,gpt2 --sizes tiny,small --rounds 7 --json benchmarks/results_cpu_pairs.json --markdown benchmarks/results_cpu_pairs.md
 # Depth mixing at the issue's small size (d=512, L=8, T=256), eager, with saved-activation bytes.
-part depth $R --hidden-size 512 --layers 8 --heads 8 --seq-len 256 --batch-size 2 --rounds 3 --min-seconds 0 --variants $DEPTH_VARIANTS --json benchmarks/results_cpu_depth.json
+part depth $R --hidden-size 512 --layers 8 --heads 8 --seq-len 256 --batch-size 2 --rounds 7 --min-seconds 0 --variants $DEPTH_VARIANTS --json benchmarks/results_cpu_depth.json
 part medium $B --suites llama --sizes medium --rounds 3 --no-parity --json benchmarks/results_cpu_medium.json --markdown benchmarks/results_cpu_medium.md
 # Compiled vs compiled: every model in a fresh process with its own empty inductor cache, every round.
 part compile $B --suites compile --compile-sizes tiny --rounds 3 --no-parity --json benchmarks/results_cpu_compile.json --markdown benchmarks/results_cpu_compile.md

@@ -35,6 +35,9 @@ HEADS = {
     "SkipNormForTokenClassification": ("token-classification", "AutoModelForTokenClassification",
                                        "Token classification"),
     "SkipNormModel": ("feature-extraction", "AutoModel", "Feature extraction"),
+    # issue 16: training/seq2seq.py's encoder-decoders
+    "SkipNormForConditionalGeneration": ("text2text-generation", "AutoModelForSeq2SeqLM",
+                                         "Sequence-to-sequence generation"),
 }
 # Metrics of an evaluation that describe the run, not the model.
 EVAL_BOOKKEEPING = ("runtime", "samples_per_second", "steps_per_second", "epoch")
@@ -222,14 +225,27 @@ def diagnostics_figure(checkpoint: str, out_dir: str, tokenizer=None) -> tuple[s
     init = model_class(trained.config)
     batch = sample_batch(trained.config.vocab_size, tokenizer, batch_size=8,
                          seq_len=min(64, trained.config.max_position_embeddings))
-    profiles = {"init": profile(init, batch), "trained": profile(trained, batch)}
+    if trained.config.is_encoder_decoder:
+        # Per stack (profile_encoder_decoder: the batch reconstructed through both stacks, BART-style): table rows
+        # and plot lines named "encoder ..." / "decoder ...".
+        from hf_skipnorm.diagnostics import profile_encoder_decoder
+
+        per_stack = {"init": profile_encoder_decoder(init, batch), "trained": profile_encoder_decoder(trained, batch)}
+        profiles = {f"{stack} {when}": per_stack[when][stack] for stack in ("encoder", "decoder")
+                    for when in ("init", "trained")}
+        trained_rows = [(stack, per_stack["trained"][stack]) for stack in ("encoder", "decoder")]
+    else:
+        profiles = {"init": profile(init, batch), "trained": profile(trained, batch)}
+        trained_rows = [("", profiles["trained"])]
     path = plot_profiles(profiles, os.path.join(out_dir, "diagnostics.png"), os.path.basename(os.path.normpath(out_dir)))
     header = "| block | " + " | ".join(title.replace("|", "\\|") for _, title in TABLE_COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
-    embedding = profiles["trained"].get("embedding", {})
-    for label, row in [("emb", embedding)] + [(str(r["layer"]), r) for r in profiles["trained"]["layers"]]:
-        cells = [f"{row[key]:.3g}" if key in row else "" for key, _ in TABLE_COLUMNS]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for stack, result in trained_rows:
+        prefix = f"{stack} " if stack else ""
+        embedding = result.get("embedding", {})
+        for label, row in [("emb", embedding)] + [(str(r["layer"]), r) for r in result["layers"]]:
+            cells = [f"{row[key]:.3g}" if key in row else "" for key, _ in TABLE_COLUMNS]
+            lines.append(f"| {prefix}{label} | " + " | ".join(cells) + " |")
     return os.path.basename(path), "\n".join(lines), sum(p.numel() for p in trained.parameters())
 
 
@@ -269,7 +285,8 @@ def write_card(checkpoint: str, out_dir: str, name: str | None = None, summary: 
     unigram = info.get("unigram_entropy")
     kind = {"SkipNormForCausalLM": "causal LM", "SkipNormForMaskedLM": "masked LM",
             "SkipNormForSequenceClassification": "sequence classifier",
-            "SkipNormForTokenClassification": "token classifier", "SkipNormModel": "backbone"}[architecture]
+            "SkipNormForTokenClassification": "token classifier", "SkipNormModel": "backbone",
+            "SkipNormForConditionalGeneration": "encoder-decoder"}[architecture]
     produced_by = "a norm-placement study" if info else "the transformers Trainer"
     if tokenizer_facts:
         inputs = f"{tokenizer_facts.get('type', 'its')} tokenizer, {tokenizer_facts.get('vocab_size', '?')} tokens"

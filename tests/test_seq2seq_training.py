@@ -53,6 +53,17 @@ def test_offline_default_trains_denoising_reports_bleu_chrf_and_reloads_in_a_fre
     config = json.loads((out / "config.json").read_text())
     assert config["is_encoder_decoder"] and config["norm_position"] == "post"
     assert config["decoder_overrides"]["norm_position"] == "pre" and config["use_cache"] is True
+    # The model card, written as train.py writes it: the metrics from all_results.json, per-stack diagnostics, the
+    # seq2seq Auto class, the data and the command that ran.
+    from model_cards.generate import validate_card
+
+    validate_card(str(out / "README.md"))
+    card = (out / "README.md").read_text()
+    for metric in ("eval_bleu", "eval_chrf", "eval_loss"):
+        assert f"| {metric} | {metrics[metric]:.6g} |" in card, metric
+    assert "pipeline_tag: text2text-generation" in card and "AutoModelForSeq2SeqLM.from_pretrained" in card
+    assert "| encoder 0 |" in card and "| decoder 1 |" in card and "BART text infilling" in card
+    assert f"python training/seq2seq.py --output_dir {out} " in card and "'{\"norm_position\": \"pre\"}'" in card
     loaded = subprocess.run([sys.executable, "-c", "import hf_skipnorm\n" + reload, str(out)], cwd=ROOT, env=_env(),
                             capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0, loaded.stderr[-3000:]

@@ -74,9 +74,17 @@ def test_availability_follows_the_config_vocabulary(cell):
         assert reason.startswith("refused:")  # the values exist but the config refuses the combination
 
 
-def test_default_grid_roles_are_its_cells():
-    """Every built-in cell is recognized by the findings (by its fields), so the default grid feeds every finding."""
-    assert study_findings.role_cells(DEFAULT) == {role: role for role in study_findings.ROLES}
+def test_built_in_grid_roles_are_their_cells():
+    """Every built-in cell is recognized by the findings (by its fields): the default grid feeds every causal finding,
+    the seq2seq grid the encoder-decoder one."""
+    causal = [role for role in study_findings.ROLES if role not in study_findings.SEQ2SEQ]
+    assert study_findings.role_cells(DEFAULT) == {role: role for role in causal}
+    seq2seq = study_grid.normalize_grid(study_grid.load_grid("seq2seq")[0])
+    assert study_findings.role_cells(seq2seq) == {role: role for role in study_findings.SEQ2SEQ}
+    # is_encoder_decoder set once in the grid's `model` makes the same cells encoder-decoders, never causal roles
+    shared = {"model": {"is_encoder_decoder": True}, "cells": {"a": {"norm_position": "pre"},
+                                                               "b": {"norm_position": "post", "residual": "deepnorm"}}}
+    assert study_findings.role_cells(shared) == {"s2s_pre": "a", "s2s_deepnorm": "b"}
 
 
 def _fake_results(post_losses, pre_losses, post_grads, pre_grads, depths=(3, 6, 12, 24)):
@@ -120,7 +128,7 @@ def test_verdicts_are_computed_from_the_numbers():
     assert [f["verdict"] for f in found[:2]] == ["disagree", "disagree"]
     # Finding 3 reads post and pre at their largest common depth (6 here: the only one): measured, deepnorm absent.
     assert "DeepNorm not measured" in found[2]["verdict"]
-    assert [f["verdict"] for f in found[3:]] == [study_findings.NOT_RUN] * 5  # no runs: no verdict, not a fake one
+    assert [f["verdict"] for f in found[3:]] == [study_findings.NOT_RUN] * (len(found) - 3)  # no runs: no fake verdict
 
 
 def test_a_finding_is_one_registry_entry():
@@ -208,3 +216,106 @@ def test_frontier_verdicts_are_computed_from_the_numbers():
     # value_residual is 0.01 worse: inside the seed range (0.02), so it must not count as better either way
     assert ("value_residual's final val loss is below Pre-LN's by more than the seed range (0.020)", False) in [
         tuple(c) for c in eight["checks"]]
+
+
+# ----------------------------------------------------------------------------------------------- encoder-decoders (issue 16)
+def _seq2seq_results(losses, deepnorm_status="available", depths=(2, 12)):
+    """Synthetic results of the seq2seq grid: losses[(cell, depth, lr)] (None = diverged); s2s_pre at depth 2 and LR
+    1e-3 has a second seed 0.02 above the first (the margin)."""
+    runs = []
+    for (cell, depth, lr), loss in losses.items():
+        if depth not in depths:
+            continue
+        seeds = [(0, loss), (1, loss + 0.02)] if (cell, depth, lr) == ("s2s_pre", 2, 1e-3) else [(0, loss)]
+        for seed, value in seeds:
+            status = "diverged" if value is None else "trained"
+            if cell == "s2s_deepnorm" and deepnorm_status != "available":
+                status = study_findings.NOT_AVAILABLE
+            runs.append({"cell": "my_" + cell, "depth": depth, "width": 64, "lr": lr, "warmup": True, "seed": seed,
+                         "status": status, "val_loss": value if status == "trained" else None,
+                         "run_id": f"{cell}-{depth}-{lr}-{seed}"})
+    cells = {"my_" + c: study_findings.ROLES[c] for c in study_findings.SEQ2SEQ}
+    availability = {"my_s2s_post": "available", "my_s2s_pre": "available", "my_s2s_deepnorm": deepnorm_status}
+    return {"grid": {"cells": cells}, "runs": runs, "unigram_entropy": 3.1, "availability": availability}
+
+
+def _table(post, pre, deepnorm):
+    """{(cell, depth, lr): loss} from {depth: loss} per cell, the same at both LRs."""
+    return {(cell, depth, lr): value for cell, values in (("s2s_post", post), ("s2s_pre", pre),
+                                                          ("s2s_deepnorm", deepnorm))
+            for depth, value in values.items() for lr in (1e-3, 3e-3)}
+
+
+def test_seq2seq_verdict_is_computed_from_the_numbers():
+    nine = lambda results: study_findings.compute(results)[8]  # noqa: E731
+    # The papers' picture: alike at depth 2 (within the 0.02 seed range), deep Post-LN diverges, DeepNorm ~ Pre-LN.
+    paper = nine(_seq2seq_results(_table({2: 2.00, 12: None}, {2: 2.00, 12: 1.80}, {2: 2.01, 12: 1.81})))
+    assert paper["verdict"] == "agree" and paper["where"] == {"depths": (2, 12), "lrs": (1e-3, 3e-3), "width": 64}
+    assert [ok for _, ok in paper["checks"]] == [True] * 5 and "(0.020)" in paper["checks"][0][0]
+    assert "diverged runs: ['s2s_post/L12/lr0.001', 's2s_post/L12/lr0.003']" in paper["measured"]
+    # The opposite: deep Post-LN better than Pre-LN, DeepNorm worse, the placements far apart at depth 2.
+    opposite = nine(_seq2seq_results(_table({2: 2.30, 12: 1.70}, {2: 2.00, 12: 1.90}, {2: 2.60, 12: 3.00})))
+    assert opposite["verdict"] == "disagree" and [ok for _, ok in opposite["checks"]] == [False] * 5
+    # A difference inside the seed range is no evidence: Post-LN 0.015 behind at depth 12 does not "trail".
+    close = nine(_seq2seq_results(_table({2: 2.00, 12: 1.815}, {2: 2.00, 12: 1.80}, {2: 2.00, 12: 1.80})))
+    assert close["verdict"] == "partly agree" and close["checks"][0][1] is False
+    # Missing cells: DeepNorm unavailable -> the other checks stand and the verdict says so; one depth or no
+    # encoder-decoder runs -> no verdict at all.
+    missing = nine(_seq2seq_results(_table({2: 2.00, 12: None}, {2: 2.00, 12: 1.80}, {2: 2.0, 12: 1.8}),
+                                    deepnorm_status="SkipNormConfig has no field 'x'"))
+    assert missing["verdict"] == f"agree (DeepNorm {study_findings.NOT_AVAILABLE})" and len(missing["checks"]) == 3
+    one_depth = nine(_seq2seq_results(_table({2: 2.0}, {2: 2.0}, {2: 2.0}), depths=(2,)))
+    assert one_depth["verdict"] == study_findings.NOT_RUN and one_depth["checks"] == []
+    causal_only = _fake_results({(1e-3, True): 2.5}, {(1e-3, True): 2.5}, lambda d: [1.0] * d, lambda d: [1.0] * d)
+    assert nine(causal_only)["verdict"] == study_findings.NOT_RUN
+
+
+SEQ2SEQ_GRID = {
+    "cells": {"post": {"is_encoder_decoder": True, "norm_position": "post"},
+              "pre": {"is_encoder_decoder": True, "norm_position": "pre"},
+              "deepnorm": {"is_encoder_decoder": True, "norm_position": "post", "residual": "deepnorm"}},
+    "depths": [1, 2], "widths": [32], "learning_rates": [3e-3], "steps": 3, "batch_size": 2, "sequence_length": 16,
+    "eval_every": 3, "save_every": 3, "eval_batches": 1,
+    "reference_models": [{"run": {"cell": "pre", "depth": 1, "lr": 3e-3}, "name": "micro-s2s-pre"}],
+}
+
+
+def test_micro_seq2seq_study_end_to_end(tmp_path):
+    """Encoder-decoder cells go through the study's Trainer path on seq2seq.py's own text infilling pairs: each run
+    trains both stacks at N = M = depth, its diagnostics are per stack, and finding 9 gets a computed verdict."""
+    from training import seq2seq
+
+    grid_file = tmp_path / "grid.json"
+    grid_file.write_text(json.dumps(SEQ2SEQ_GRID))
+    out = tmp_path / "out"
+    study.run_study(str(grid_file), str(out), log=lambda *a: None)
+    saved = json.loads((out / "results.json").read_text())
+    for run in saved["runs"]:
+        assert run["status"] == "trained" and len(run["train_loss"]) == 3 and run["eval_curve"][-1] == [3, run["val_loss"]]
+        for which in ("init_profile", "trained_profile"):  # the decoder's rows, and the encoder's beside them
+            assert len(run[which]["layers"]) == run["depth"] == len(run[which]["encoder"]["layers"])
+            assert "grad_norm/cross_attn" in run[which]["layers"][0]
+        assert set(run["update_ratio"]["1"]) == {"encoder", "decoder"}
+    nine = saved["findings"][8]
+    assert nine["verdict"] in VERDICTS and nine["where"]["depths"] == [1, 2]
+    assert (out / nine["figure"]).stat().st_size > 1000 and "### 9." in (out / "report.md").read_text()
+    # The pairs are seq2seq.py's text infilling of the study's text: target = a chunk + EOS, source = the same chunk
+    # with spans replaced by single masks (the kept bytes in order).
+    grid = study_grid.normalize_grid(SEQ2SEQ_GRID)
+    pairs = study.ByteData(grid).denoising
+    tokenizer = study.byte_tokenizer()
+    assert seq2seq.text_infilling.__module__ == "training.seq2seq"
+    for row in pairs.train.select(range(20)):
+        source, target = row["input_ids"], row["labels"]
+        assert target[-1] == source[-1] == tokenizer.eos_token_id and len(target) == grid["sequence_length"]
+        kept = [t for t in source[:-1] if t != tokenizer.mask_token_id]
+        it = iter(target[:-1])
+        assert all(any(t == u for u in it) for t in kept)  # the kept bytes are a subsequence of the target
+        assert tokenizer.mask_token_id in source and source.count(tokenizer.mask_token_id) < len(target)
+    from model_cards.generate import validate_card
+
+    card = out / "model_cards" / "micro-s2s-pre" / "README.md"  # the reference model's card, per-stack diagnostics
+    validate_card(str(card))
+    assert "AutoModelForSeq2SeqLM" in card.read_text() and "| encoder 0 |" in card.read_text()
+    model = study.model_for(study.make_config(grid, "pre", 3, 32))
+    assert model.config.num_hidden_layers == model.config.decoder_depth == 3

@@ -70,6 +70,20 @@ def test_bad_grids_are_refused_naming_the_key(change, message):
     assert message in str(error.value)
 
 
+def test_encoder_decoder_cells_are_refused_where_only_causal_lms_are_measured():
+    s2s = {"is_encoder_decoder": True, "norm_position": "pre"}
+    with pytest.raises(ValueError, match=r"'init_probes.cells': \['s2s'\] are encoder-decoder cells"):
+        study_grid.normalize_grid({**GRID, "cells": {**GRID["cells"], "s2s": s2s}, "init_probes": {"cells": ["s2s"]}})
+    with pytest.raises(ValueError, match="'measure_callback_overhead': true needs a causal cell"):
+        study_grid.normalize_grid({**GRID, "cells": {"s2s": s2s}, "measure_callback_overhead": True})
+    grid = study_grid.normalize_grid({**GRID, "cells": {**GRID["cells"], "s2s": s2s}})
+    assert study_grid.is_seq2seq_cell(grid, "s2s") and not study_grid.is_seq2seq_cell(grid, "pre")
+    # an encoder-decoder run costs more than a causal one of the same depth (its decoder blocks cross-attend)
+    costs = {s.cell: study_grid.estimated_cost(grid, s) for s in study_grid.expand(grid)}
+    tokens = 8 * 2 * 16  # steps x batch x sequence_length; depth 1, width 32, vocabulary 256
+    assert costs["s2s"] == 6.0 * (28 * 32**2 + 256 * 32) * tokens and costs["pre"] == 6.0 * (12 * 32**2 + 256 * 32) * tokens
+
+
 def test_a_cell_this_build_cannot_train_is_refused_unless_the_grid_reports_it():
     grid = study_grid.normalize_grid({**GRID, "cells": {"pre": {"norm_position": "pre"},
                                                          "typo": {"norm_postion": "post"}}})

@@ -239,23 +239,27 @@ def write_model_card(
     script: str = "train.py",
     task: str = "causal-lm",
     note: str = "",
+    command: str | None = None,
 ) -> ModelCard:
     """Fill the template and save it as `output_dir/README.md`, with `loss_curve.png` beside it.
 
     `metrics` are the final train/eval metrics; where the folder holds `all_results.json` (the run saved its
-    metrics) that file is what the card reports. The tokenizer and the training log are read from the folder."""
+    metrics) that file is what the card reports. The tokenizer and the training log are read from the folder.
+    `command`: the command line that ran (default: this process's sys.argv)."""
     from training.plots import LOSS_CURVE_PNG, markdown_table, plot_loss_curve, training_results
 
     saved_results, history = read_run_files(output_dir)
     metrics = saved_results or metrics
     kind = {"causal-lm": "causal language model", "masked-lm": "masked language model",
-            "sequence-classification": "sequence classifier", "token-classification": "token classifier"}[task]
+            "sequence-classification": "sequence classifier", "token-classification": "token classifier",
+            "seq2seq-lm": "encoder-decoder"}[task]
     auto_class = {"causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM",
                   "sequence-classification": "AutoModelForSequenceClassification",
-                  "token-classification": "AutoModelForTokenClassification"}[task]
+                  "token-classification": "AutoModelForTokenClassification", "seq2seq-lm": "AutoModelForSeq2SeqLM"}[task]
     eval_results = []
     task_type = {"causal-lm": "text-generation", "masked-lm": "fill-mask",
-                 "sequence-classification": "text-classification", "token-classification": "token-classification"}[task]
+                 "sequence-classification": "text-classification", "token-classification": "token-classification",
+                 "seq2seq-lm": "text2text-generation"}[task]
     for name, value in sorted(metrics.items()):
         if not name.startswith("eval_") or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
@@ -311,7 +315,7 @@ def write_model_card(
         results=[(name, _format(value)) for name, value in sorted(metrics.items()) if isinstance(value, (int, float))],
         auto_class=auto_class,
         output_dir=output_dir,
-        command=" ".join(shlex.quote(part) for part in [sys.executable.rsplit("/", 1)[-1]] + sys.argv),
+        command=command or " ".join(shlex.quote(part) for part in [sys.executable.rsplit("/", 1)[-1]] + sys.argv),
     )
     card.save(f"{output_dir}/README.md")
     return card

@@ -34,7 +34,9 @@ Every setting is checked before any data is read (the model config is built and 
 is_encoder_decoder=False is refused). Safety as in train.py (training/reliable_trainer.py, training/checkpoints.py):
 atomic checkpoints, the output-folder guard, bitwise resume with the run's arguments checked, the non-finite
 guard. After training it evaluates (loss; with --predict_with_generate, the default, eval_bleu and eval_chrf
-from training/metrics/sacrebleu) and saves safetensors weights, config and tokenizer to --output_dir.
+from training/metrics/sacrebleu) and saves safetensors weights, config, tokenizer and a model card (README.md,
+training/model_card.py as train.py writes it: the cell, data, hyperparameters, BLEU/chrF and eval loss, the loss
+curve, per-stack diagnostics, the command) to --output_dir.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 
@@ -74,6 +77,7 @@ from training.arguments import (  # noqa: E402
     run_record,
 )
 from training.checkpoints import check_output_dir, check_resume_matches, claim_output_dir, resolve_resume  # noqa: E402
+from training.model_card import write_model_card  # noqa: E402
 from training.reliable_trainer import SkipNormTrainer  # noqa: E402
 from training.train import (  # noqa: E402
     launched_world_size,
@@ -114,30 +118,39 @@ SEQ2SEQ_TRAINING_DEFAULTS = dict(
 )
 
 
+def shared(source, name: str, help: str | None = None):
+    """train.py's definition of the argument `name` (its default and help, from the dataclass `source` in
+    training/arguments.py), declared again here only by reference, so the two scripts cannot drift apart; `help`
+    replaces the text where the option means something more specific for seq2seq."""
+    original = source.__dataclass_fields__[name]
+    return field(default=original.default, metadata={**original.metadata, **({"help": help} if help else {})})
+
+
 @dataclass
 class Seq2SeqDataArguments:
-    """run_translation.py / run_summarization.py's data options, plus the offline denoising task's."""
+    """run_translation.py / run_summarization.py's data options, plus the offline denoising task's. The options
+    train.py also has are its own definitions (`shared`)."""
 
     _argument_group_name = "data (run_translation.py / run_summarization.py-style)"
 
-    dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` name (Hub; needs the network)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration (ro-en)."})
-    train_file: str | None = field(default=None, metadata={"help": "Local training data: .json/.jsonl (or .csv)."})
-    validation_file: str | None = field(default=None, metadata={"help": "Local validation data, same format."})
+    dataset_name: str | None = shared(DataArguments, "dataset_name")
+    dataset_config_name: str | None = shared(DataArguments, "dataset_config_name", "The dataset's configuration (ro-en).")
+    train_file: str | None = shared(DataArguments, "train_file", "Local training data: .json/.jsonl (or .csv).")
+    validation_file: str | None = shared(DataArguments, "validation_file")
     source_lang: str | None = field(default=None, metadata={"help": "Translation: the source language key (en)."})
     target_lang: str | None = field(default=None, metadata={"help": "Translation: the target language key (ro)."})
     source_prefix: str = field(default="", metadata={"help": "Prepended to every source text (T5: 'translate ...: ')."})
-    text_column: str | None = field(default=None, metadata={"help": "Non-translation data: the source column (default 'text')."})
+    text_column: str | None = shared(DataArguments, "text_column", "Non-translation data: the source column (default 'text').")
     summary_column: str | None = field(default=None, metadata={"help": "Non-translation data: the target column (default 'summary')."})
     max_source_length: int = field(default=128, metadata={"help": "Sources are cut to this many tokens (EOS included)."})
     max_target_length: int = field(default=128, metadata={"help": "Targets are cut to this many tokens (EOS included)."})
     num_beams: int | None = field(default=None, metadata={"help": "Beams for evaluation's generate (sets --generation_num_beams)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation examples."})
-    validation_split_percentage: float = field(
-        default=5.0, metadata={"help": "Percent of train rows (offline: passages) held out when there is no validation split."}
-    )
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    max_train_samples: int | None = shared(DataArguments, "max_train_samples", "Use only the first N training examples.")
+    max_eval_samples: int | None = shared(DataArguments, "max_eval_samples", "Use only the first N validation examples.")
+    validation_split_percentage: float = shared(
+        DataArguments, "validation_split_percentage",
+        "Percent of train rows (offline: passages) held out when there is no validation split.")
+    preprocessing_num_workers: int | None = shared(DataArguments, "preprocessing_num_workers")
     denoising_chunk_tokens: int = field(default=32, metadata={"help": "Offline task: tokens per chunk (the target)."})
     mask_ratio: float = field(default=0.3, metadata={"help": "Offline task: fraction of a chunk's tokens masked (BART: 0.3)."})
     poisson_lambda: float = field(default=3.0, metadata={"help": "Offline task: mean masked span length (BART: 3)."})
@@ -145,16 +158,17 @@ class Seq2SeqDataArguments:
 
 @dataclass
 class Seq2SeqRunArguments:
+    """train.py's run options that apply here (its sample options do not: seq2seq.py evaluates with BLEU/chrF)."""
+
     _argument_group_name = "run"
 
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Allow an --output_dir that already holds files; its checkpoint-N folders are deleted first."},
-    )
-    on_nonfinite: str = field(
-        default="stop",
-        metadata={"help": "On a non-finite loss/gradient: 'stop' (raise, naming the step and layer) or 'skip' the update."},
-    )
+    overwrite_output_dir: bool = shared(RunArguments, "overwrite_output_dir")
+    on_nonfinite: str = shared(RunArguments, "on_nonfinite")
+
+
+# The options of both dataclasses above that train.py's DataArguments also has: what check_arguments/run_record read.
+SHARED_DATA_FIELDS = tuple(name for name in Seq2SeqDataArguments.__dataclass_fields__
+                           if name in DataArguments.__dataclass_fields__)
 
 
 USAGE = "python training/seq2seq.py --output_dir DIR [options]       (" + HELP_ALL + ": every Trainer option in full)"
@@ -245,13 +259,10 @@ def check_encoder_decoder(config, data_args) -> None:
 
 
 def lm_view(data_args) -> DataArguments:
-    """The DataArguments train.py's check_arguments and run_record read, filled from the seq2seq options."""
-    return DataArguments(
-        dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name,
-        train_file=data_args.train_file, validation_file=data_args.validation_file,
-        text_column=data_args.text_column, validation_split_percentage=data_args.validation_split_percentage,
-        block_size=data_args.max_source_length, preprocessing_num_workers=data_args.preprocessing_num_workers,
-    )
+    """The DataArguments train.py's check_arguments and run_record read: the shared options as given, block_size =
+    --max_source_length."""
+    return DataArguments(**{name: getattr(data_args, name) for name in SHARED_DATA_FIELDS},
+                         block_size=data_args.max_source_length)
 
 
 # ------------------------------------------------------------------------------------- BART text infilling
@@ -416,7 +427,28 @@ def describe(data_args) -> str:
     return f"text infilling on {data.CORPUS_SOURCE}"
 
 
+def describe_for_card(data_args, training_args) -> tuple[str, str]:
+    """(dataset name for the card's metadata, the card's Data section)."""
+    lengths = (f"sources cut to {data_args.max_source_length} tokens and targets to {data_args.max_target_length} "
+               "(EOS included)" + (f", sources prefixed with {data_args.source_prefix!r}" if data_args.source_prefix else ""))
+    pair = (f", translation {data_args.source_lang} -> {data_args.target_lang}" if data_args.source_lang else
+            f", columns {data_args.text_column or 'text'} -> {data_args.summary_column or 'summary'}")
+    if data_args.dataset_name:
+        name = data_args.dataset_name + (f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else "")
+        return data_args.dataset_name, f"`datasets` source {name}{pair}; {lengths}."
+    if data_args.train_file:
+        return "local-files", (f"Local files: train `{data_args.train_file}`, validation "
+                               f"`{data_args.validation_file or 'held out from train'}`{pair}; {lengths}.")
+    return "pydoc_data.topics", (
+        f"BART text infilling (Lewis et al. 2020, arXiv 1910.13461) on the embedded corpus, {data.CORPUS_SOURCE}: "
+        f"chunks of {denoising_chunk(data_args)} tokens (EOS included) are the targets, their noised copies the sources "
+        f"({data_args.mask_ratio:g} of the tokens masked in Poisson({data_args.poisson_lambda:g}) spans, each run of "
+        f"spans one mask token; noise seeded by --seed {training_args.seed}); "
+        f"{data_args.validation_split_percentage:g}% of the passages held out for validation.")
+
+
 def main(argv=None, callbacks=()):
+    command = "python training/seq2seq.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     model_args, skipnorm_args, data_args, run_args, training_args = parse_args(argv)
 
     # ---- every setting is checked here, before any data is read or a tokenizer trained
@@ -539,6 +571,18 @@ def main(argv=None, callbacks=()):
     trainer.log_metrics("eval", eval_metrics)
     trainer.save_metrics("all", metrics)
     if trainer.is_world_process_zero():
+        dataset_name, data_description = describe_for_card(data_args, training_args)
+        generation = (f"Evaluation: sacreBLEU and chrF (`training/metrics/sacrebleu`, the sacrebleu package) of "
+                      f"`generate()` (beams {training_args.generation_num_beams or 1}, at most "
+                      f"{training_args.generation_max_length} tokens) against the references; eval_loss is the "
+                      "teacher-forced cross-entropy per target token." if training_args.predict_with_generate else
+                      "Evaluation: eval_loss, the teacher-forced cross-entropy per target token (no generation: "
+                      "--predict_with_generate false).")
+        write_model_card(
+            training_args.output_dir, config, training_args, data_description, dataset_name, metrics, num_parameters,
+            script="seq2seq.py", task="seq2seq-lm", command=command,
+            note=(f"Continued from `{model_args.model_name_or_path}`. " if source else "") + generation,
+        )
         shown = ", ".join(f"{k} {eval_metrics[k]:.2f}" for k in ("eval_loss", "eval_bleu", "eval_chrf") if k in eval_metrics)
         print(f"Saved to {training_args.output_dir}: {shown}")
     return metrics

@@ -3,6 +3,7 @@
 
     python training/study.py                                    # the default grid (the six findings) -> runs/study-default/
     python training/study.py --quick                            # CI-sized smoke test of the whole report
+    python training/study.py --grid seq2seq                     # encoder-decoders: finding 9 -> runs/study-seq2seq/
     python training/study.py --grid my_grid.json --output_dir runs/my-study
     torchrun --nproc_per_node 4 training/study.py --grid my_grid.json --output_dir runs/my-study
     accelerate launch --num_processes 4 training/study.py --grid my_grid.json --output_dir runs/my-study   # GPUs
@@ -27,6 +28,7 @@ The report (OUTPUT/report.md, fig*.png, results.json) is built from results.json
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -71,8 +73,14 @@ from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 from transformers.trainer_callback import PrinterCallback, ProgressCallback  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
-from hf_skipnorm import SkipNormConfig, SkipNormForCausalLM  # noqa: E402
-from hf_skipnorm.diagnostics import decoder_layers, profile, snapshot_weights, update_ratios  # noqa: E402
+from hf_skipnorm import SkipNormConfig, SkipNormForCausalLM, SkipNormForConditionalGeneration  # noqa: E402
+from hf_skipnorm.diagnostics import (  # noqa: E402
+    decoder_layers,
+    profile,
+    profile_encoder_decoder,
+    snapshot_weights,
+    update_ratios,
+)
 from training import study_grid  # noqa: E402
 from training.checkpoints import checkpoint_folders, last_complete_checkpoint  # noqa: E402
 from training.reliable_trainer import NonFiniteTrainingError, SkipNormTrainer  # noqa: E402
@@ -86,12 +94,34 @@ UPDATE_RATIO_STEPS = "first and middle"  # update-to-weight ratios are recorded 
 
 # ----------------------------------------------------------------------------------------------- cells
 def make_config(grid: dict, cell: str, depth: int, width: int, **extra) -> SkipNormConfig:
-    """The cell's config: the study's base model < the grid's `model` < the cell's fields < `extra`."""
+    """The cell's config: the study's base model < the grid's `model` < the cell's fields < `extra`. An
+    encoder-decoder cell (`is_encoder_decoder: true`) gets both stacks at `depth` (N = M) and the byte tokenizer's
+    vocabulary and special ids (`byte_tokenizer`)."""
     init_std = width**-0.5 if grid["init_std"] == "1/sqrt(width)" else float(grid["init_std"])
     values = {**BASE_MODEL, **grid["model"], **grid["cells"][cell], **extra}
     values.update(hidden_size=width, num_hidden_layers=depth)
+    if values.get("is_encoder_decoder"):
+        tokenizer = byte_tokenizer()
+        # decoder_start = EOS, as BART and training/seq2seq.py do
+        values.update(decoder_layers=depth, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id)
     values.setdefault("initializer_range", init_std)
     return SkipNormConfig(**values)
+
+
+def model_for(config: SkipNormConfig):
+    """The head the study trains: a causal LM, or for an encoder-decoder cell SkipNormForConditionalGeneration."""
+    return (SkipNormForConditionalGeneration if config.is_encoder_decoder else SkipNormForCausalLM)(config)
+
+
+@functools.lru_cache(maxsize=1)
+def byte_tokenizer():
+    """The encoder-decoder cells' tokenizer: ByT5's byte-level one (Xue et al. 2022, arXiv 2105.13626; no files, so
+    offline): pad 0, EOS 1, unk 2, byte b -> b + 3, plus one mask token (259) for text infilling; vocabulary 260.
+    DataCollatorForSeq2Seq pads with it, as in training/seq2seq.py."""
+    from transformers import ByT5Tokenizer
+
+    return ByT5Tokenizer(extra_ids=0, mask_token="<mask>")
 
 
 def availability(grid: dict, cell: str) -> str | None:
@@ -111,7 +141,7 @@ def availability(grid: dict, cell: str) -> str | None:
         if key in choices and value not in choices[key]:
             return f"{key}={value!r} is not in this build's choices ({', '.join(choices[key])})"
     try:
-        SkipNormForCausalLM(make_config(grid, cell, 2, grid["blocks"][0]["widths"][0]))  # 2 blocks: cheap to build
+        model_for(make_config(grid, cell, 2, grid["blocks"][0]["widths"][0]))  # 2 blocks: cheap to build
     except ValueError as error:
         return f"refused: {error}"
     return None
@@ -153,6 +183,7 @@ class ByteData:
             ids = self._bytes("\n\n".join(data_module.reference_corpus()["text"]))
             cut = int(0.9 * len(ids))
             self.train, self.val = ids[:cut], ids[cut:]
+        self.grid = grid
         self.batch_size, self.seq_len = grid["batch_size"], grid["sequence_length"]
         for name, ids in (("train", self.train), ("validation", self.val)):
             if len(ids) <= self.seq_len + 1:
@@ -181,6 +212,57 @@ class ByteData:
 
     def train_rows(self, seed: int, steps: int) -> torch.Tensor:
         return self.windows(self.train, steps * self.batch_size, torch.Generator().manual_seed(seed))
+
+    @functools.cached_property
+    def denoising(self) -> "DenoisingData":
+        """The encoder-decoder cells' data, built on first use (a grid without such cells never builds it)."""
+        return DenoisingData(self)
+
+
+class DenoisingData:
+    """The encoder-decoder cells' data: BART's text infilling (Lewis et al. 2020, arXiv 1910.13461; mask ratio 0.3,
+    Poisson(3) spans, each run of spans one mask) of the same train / validation text as ByteData, made by
+    training/seq2seq.py's own `denoising_dataset` (the offline task of seq2seq.py) with the byte tokenizer: chunks of
+    sequence_length - 1 bytes + EOS are the targets, their noised copies the sources. The noise is drawn once per
+    chunk (seed 0): every cell and seed sees the same pairs; a run's seed picks which chunks it trains on, in which
+    order. Evaluation: the first eval_batches x batch_size validation pairs; diagnostics: the next batch_size."""
+
+    def __init__(self, byte_data: ByteData):
+        import datasets
+
+        from training.seq2seq import Seq2SeqDataArguments, denoising_dataset
+
+        self.tokenizer, self.batch_size = byte_tokenizer(), byte_data.batch_size
+        grid = byte_data.grid
+        length = grid["sequence_length"]
+        texts = {"train": byte_data.train, "validation": byte_data.val}
+        # ByteData cut the bytes 90/10; a character split by the cut is dropped (errors="ignore"), nothing else
+        raw = datasets.DatasetDict({split: datasets.Dataset.from_dict(
+            {"text": [bytes(ids.to(torch.uint8).tolist()).decode("utf-8", errors="ignore")]}) for split, ids in texts.items()})
+        options = Seq2SeqDataArguments(denoising_chunk_tokens=length, max_source_length=length, max_target_length=length)
+        pairs = denoising_dataset(raw, self.tokenizer, options, seed=0)
+        self.train, val = pairs["train"], pairs["validation"]
+        count = grid["eval_batches"] * self.batch_size
+        if len(val) < count + self.batch_size:
+            raise ValueError(f"grid data: the validation text gives {len(val)} denoising pairs of sequence_length="
+                             f"{length}, fewer than eval_batches x batch_size + batch_size = {count + self.batch_size}")
+        self.eval_rows = val.select(range(count))
+        self.diagnostic = val.select(range(count, count + self.batch_size))
+
+    def collator(self, model):
+        """training/seq2seq.py's collator: pads sources and labels (-100) and makes decoder_input_ids from the labels."""
+        from transformers import DataCollatorForSeq2Seq
+
+        return DataCollatorForSeq2Seq(self.tokenizer, model=model, label_pad_token_id=-100)
+
+    def train_rows(self, seed: int, steps: int):
+        """steps x batch_size training pairs drawn with replacement (seeded), in the order the run sees them."""
+        picks = torch.randint(0, len(self.train), (steps * self.batch_size,), generator=torch.Generator().manual_seed(seed))
+        return self.train.select(picks.tolist())
+
+    def diagnostic_on(self, device, model) -> dict:
+        batch = self.collator(model)([dict(row) for row in self.diagnostic])
+        return {key: value.to(device) for key, value in batch.items()}
 
 
 class Rows(torch.utils.data.Dataset):
@@ -214,21 +296,30 @@ class StudyTrainer(SkipNormTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
+def stacks(model) -> dict:
+    """{name: module with `layers`}: the model itself, or an encoder-decoder's encoder and decoder."""
+    if model.config.is_encoder_decoder:
+        return {"encoder": model.model.encoder, "decoder": model.model.decoder}
+    return {"model": model}
+
+
 class UpdateRatios(TrainerCallback):
     """Update-to-weight ratios (hf_skipnorm.diagnostics.update_ratios) at the given optimizer steps, each written to
-    `path` at once (a resumed run keeps those of its first attempt)."""
+    `path` at once (a resumed run keeps those of its first attempt). An encoder-decoder's are per stack:
+    {step: {"encoder": rows, "decoder": rows}}."""
 
     def __init__(self, steps: set[int], path: str):
         self.steps, self.path, self.before = steps, path, None
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if state.global_step + 1 in self.steps:
-            self.before = snapshot_weights(model)
+            self.before = {name: snapshot_weights(stack) for name, stack in stacks(model).items()}
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self.before is not None:
             record = read_json(self.path, {})
-            record[str(state.global_step + 1)] = update_ratios(model, self.before)
+            rows = {name: update_ratios(stack, self.before[name]) for name, stack in stacks(model).items()}
+            record[str(state.global_step + 1)] = rows.get("model", rows)
             write_json(self.path, record)
             self.before = None
 
@@ -248,9 +339,15 @@ class KillAfterSave(TrainerCallback):
 @torch.no_grad()
 def first_nonfinite_block(model, batch: dict) -> str | None:
     """Where a forward pass on `batch` first stops being finite: 'embeddings', 'block i' (0-based, as in the
-    diagnostics tables), 'output (final norm / logits)', or None when the forward pass is finite (then the
-    non-finite values came from the backward pass)."""
-    layers = decoder_layers(model)
+    diagnostics tables; an encoder-decoder's 'encoder block i' / 'decoder block i'), 'output (final norm / logits)',
+    or None when the forward pass is finite (then the non-finite values came from the backward pass)."""
+    if model.config.is_encoder_decoder:
+        blocks = [(f"{name} block {i}", layer) for name, stack in stacks(model).items()
+                  for i, layer in enumerate(stack.layers)]
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids") if k in batch}
+    else:
+        blocks = [(f"block {i}", layer) for i, layer in enumerate(decoder_layers(model))]
+        inputs = {"input_ids": batch["input_ids"]}
     found: list[str] = []
 
     def watch(name):
@@ -261,11 +358,11 @@ def first_nonfinite_block(model, batch: dict) -> str | None:
         return hook
 
     handles = [model.get_input_embeddings().register_forward_hook(watch("embeddings"))]
-    handles += [layer.register_forward_hook(watch(f"block {i}")) for i, layer in enumerate(layers)]
+    handles += [layer.register_forward_hook(watch(name)) for name, layer in blocks]
     was_training = model.training
     model.eval()
     try:
-        output = model(input_ids=batch["input_ids"])
+        output = model(**inputs)
         if not found and not torch.isfinite(output.logits).all():
             found.append("output (final norm / logits)")
     finally:
@@ -273,6 +370,16 @@ def first_nonfinite_block(model, batch: dict) -> str | None:
             handle.remove()
         model.train(was_training)
     return found[0] if found else None
+
+
+def run_profile(model, batch: dict) -> dict:
+    """hf_skipnorm.diagnostics.profile; for an encoder-decoder `profile_encoder_decoder`, with the decoder's rows (the
+    stack that makes the output) as `layers` / `embedding`, so every table reads one shape, and the encoder's rows
+    under `encoder`."""
+    if not model.config.is_encoder_decoder:
+        return profile(model, batch)
+    both = profile_encoder_decoder(model, batch)
+    return {"loss": both["loss"], **both["decoder"], "encoder": both["encoder"]}
 
 
 def study_device() -> torch.device:
@@ -346,11 +453,20 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
     transformers_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint drowns the progress lines
     start, start_cpu = time.perf_counter(), time.process_time()
     torch.manual_seed(spec.seed)
-    model = SkipNormForCausalLM(make_config(grid, spec.cell, spec.depth, spec.width))
+    model = model_for(make_config(grid, spec.cell, spec.depth, spec.width))
     model.train()
+    if model.config.is_encoder_decoder:  # BART text infilling pairs (DenoisingData), padded by the seq2seq collator
+        pairs = data.denoising
+        train_set, eval_set, collator = pairs.train_rows(spec.seed, grid["steps"]), pairs.eval_rows, pairs.collator(model)
+        diagnostic_on = lambda device: pairs.diagnostic_on(device, model)  # noqa: E731
+        held_out = diagnostic_on  # the batch to locate a non-finite validation loss in
+    else:
+        train_set, eval_set, collator = Rows(data.train_rows(spec.seed, grid["steps"])), Rows(data.eval_rows), None
+        diagnostic_on = data.diagnostic_on
+        held_out = lambda device: {"input_ids": data.eval_rows[: data.batch_size].to(device)}  # noqa: E731
     init_path = os.path.join(run_dir, "init_profile.json")
     if not os.path.isfile(init_path):  # computed once, on the freshly initialized model (a resumed run keeps it)
-        write_json(init_path, profile(model.to(study_device()), data.diagnostic_on(study_device())))
+        write_json(init_path, run_profile(model.to(study_device()), diagnostic_on(study_device())))
     trainer_dir = os.path.join(run_dir, "trainer")
     resume = last_complete_checkpoint(trainer_dir)  # only a checkpoint with its completion marker
     attempts = read_json(os.path.join(run_dir, "attempts.json"), [])
@@ -359,9 +475,8 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
     kill = os.environ.get(KILL_HOOK, "")
     if kill.rsplit(":", 1)[0] == spec.run_id:
         extra.append(KillAfterSave(int(kill.rsplit(":", 1)[1])))
-    trainer = StudyTrainer(model=model, args=training_arguments(grid, spec, trainer_dir),
-                           train_dataset=Rows(data.train_rows(spec.seed, grid["steps"])),
-                           eval_dataset=Rows(data.eval_rows), callbacks=extra, on_nonfinite="stop",
+    trainer = StudyTrainer(model=model, args=training_arguments(grid, spec, trainer_dir), train_dataset=train_set,
+                           eval_dataset=eval_set, data_collator=collator, callbacks=extra, on_nonfinite="stop",
                            run_record=fingerprint)  # every checkpoint says which run it belongs to
     trainer.remove_callback(PrinterCallback)  # the study prints one line per run; the numbers go to result.json
     trainer.remove_callback(ProgressCallback)
@@ -382,8 +497,7 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
         if not math.isfinite(val_loss):
             status = "diverged"
             divergence = {"step": grid["steps"], "message": f"validation loss {val_loss} after training",
-                          "first_nonfinite": first_nonfinite_block(
-                              model, {"input_ids": data.eval_rows[: data.batch_size].to(trainer.args.device)})}
+                          "first_nonfinite": first_nonfinite_block(model, held_out(trainer.args.device))}
     # cpu_seconds: this process's CPU time (all its threads); on a shared machine it is what the run would take idle
     attempts.append({"resumed_from": resume and os.path.basename(resume), "seconds": time.perf_counter() - start,
                      "cpu_seconds": time.process_time() - start_cpu,
@@ -395,14 +509,16 @@ def train_run(grid: dict, spec: RunSpec, run_dir: str, data: ByteData, availabil
                   seconds=sum(a["seconds"] for a in attempts),
                   device=str(trainer.args.device), resumed=any(a["resumed_from"] for a in attempts))
     if status == "trained":
-        result["trained_profile"] = profile(model, data.diagnostic_on(trainer.args.device))
+        result["trained_profile"] = run_profile(model, diagnostic_on(trainer.args.device))
         if save_model_to:
             trainer.save_model(save_model_to)
             write_json(os.path.join(save_model_to, "training_info.json"), {
                 **spec.as_dict(), "fields": grid["cells"][spec.cell], "val_loss": val_loss, "steps": grid["steps"],
                 "batch_size": grid["batch_size"], "seq_len": grid["sequence_length"],
                 "warmup_steps": result["warmup_steps"], "optimizer": f"AdamW {grid['optimizer']} (decay on matrices)",
-                "schedule": f"linear warm-up then cosine to {grid['min_lr_fraction']:.0%}", "tokenizer": "bytes (vocab 256)",
+                "schedule": f"linear warm-up then cosine to {grid['min_lr_fraction']:.0%}",
+                "tokenizer": ("ByT5's byte tokenizer (bytes + pad, EOS, mask: vocab 260), BART text infilling pairs"
+                              if model.config.is_encoder_decoder else "bytes (vocab 256)"),
                 "dataset": describe_data(grid), "unigram_entropy": data.unigram_entropy})
     write_json(os.path.join(run_dir, "attempts.json"), attempts)
     return result
@@ -448,7 +564,9 @@ def callback_overhead(grid: dict, data: ByteData, workdir: str) -> dict:
     from hf_skipnorm.diagnostics import attach_diagnostics
 
     steps, every = grid["overhead_steps"], max(1, grid["overhead_steps"] // 4)
-    cell = "pre" if "pre" in grid["cells"] else next(iter(grid["cells"]))
+    # normalize_grid refused a grid without a causal cell here
+    causal = [c for c in grid["cells"] if not study_grid.is_seq2seq_cell(grid, c)]
+    cell = "pre" if "pre" in causal else causal[0]
     depth = grid["blocks"][0]["depths"][0]
     timings = {}
     for label in ("without", "with", "with_2"):  # with_2: a second timed run, to show the wall-clock noise
@@ -697,8 +815,9 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", default="default",
-                        help="a grid JSON file, or a built-in grid: default (the six findings; see README for the "
-                             "measured time), quick (CI-sized smoke test), gpu (the GPU preset)")
+                        help="a grid JSON file, or a built-in grid: default (the causal findings; see README for the "
+                             "measured time), quick (CI-sized smoke test), gpu (the GPU preset), seq2seq (the "
+                             "encoder-decoder finding 9: Post-LN / Pre-LN / DeepNorm as both stacks deepen)")
     parser.add_argument("--quick", action="store_true", help="the same as --grid quick")
     parser.add_argument("--output_dir", "--out", dest="output_dir",
                         help="report and run folders (default: runs/study-<grid name>; started again with the same "

@@ -10,7 +10,9 @@ the final validation loss as their margin (`_noise`).
 
 The six built-in findings (1-6) are computed exactly as the study always computed them (the code moved here from
 training/study.py). Findings 7 and 8 (AttnRes, value residual, U-Net skips: issue 15) measure the cells of those
-features; until the features are in this build their cells are reported as not available.
+features; until the features are in this build their cells are reported as not available. Finding 9 (issue 16)
+reads encoder-decoder cells (`is_encoder_decoder: true`, the `seq2seq` grid); their losses are compared only with
+each other, with the seed-to-seed range of those cells as the margin.
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ ROLES = {
     "attn_res": {"norm_position": "pre", "residual": "attn_res"},
     "value_residual": {"norm_position": "pre", "value_residual": "fixed"},  # ResFormer's constants 0.5 / 0.5
     "unet_skips": {"norm_position": "pre", "unet_skips": True},
+    # issue 16 (encoder-decoders): both stacks at the run's depth, N = M, trained on BART-style text infilling
+    "s2s_post": {"is_encoder_decoder": True, "norm_position": "post"},
+    "s2s_pre": {"is_encoder_decoder": True, "norm_position": "pre"},
+    "s2s_deepnorm": {"is_encoder_decoder": True, "norm_position": "post", "residual": "deepnorm"},
 }
+SEQ2SEQ = ("s2s_post", "s2s_pre", "s2s_deepnorm")  # their loss is per target byte of a denoising task: compared
+# only among themselves, with their own seed-to-seed range
 
 
 def run_key(cell, depth, lr, warmup) -> str:
@@ -59,11 +67,16 @@ def loglog_slope(xs, ys) -> float:
 
 # ----------------------------------------------------------------------------------------------- the view of a study
 def role_cells(grid: dict) -> dict[str, str]:
-    """{role: the grid's cell with exactly the role's fields} (the first such cell)."""
+    """{role: the grid's cell with exactly the role's fields} (the first such cell). Whether a cell is an
+    encoder-decoder is read with the grid's `model` (is_encoder_decoder may be set there for every cell)."""
+    def kind_and_fields(fields: dict, shared: dict) -> tuple[bool, dict]:
+        return (bool({**shared, **fields}.get("is_encoder_decoder")),
+                {k: v for k, v in fields.items() if k != "is_encoder_decoder"})
+
     out = {}
     for role, fields in ROLES.items():
         for name, cell_fields in grid["cells"].items():
-            if cell_fields == fields:
+            if kind_and_fields(cell_fields, grid.get("model") or {}) == kind_and_fields(fields, {}):
                 out[role] = name
                 break
     return out
@@ -211,10 +224,13 @@ def _why(results: dict, cell: str) -> str:
     return "not run in this study" if reason == "available" else reason
 
 
-def _noise(results: dict) -> float:
+def _noise(results: dict, roles=None) -> float:
     """The largest seed-to-seed range of the final val loss among the reference cells (0.05 when not measured): the
-    margin a loss difference must exceed before a check counts it."""
-    return max((max(v) - min(v) for v in results.get("noise", {}).values() if len(v) > 1), default=0.05)
+    margin a loss difference must exceed before a check counts it. `roles`: the cells whose ranges count (default:
+    the causal ones; the encoder-decoder cells' loss is another task's)."""
+    counted = [v for key, v in results.get("noise", {}).items()
+               if (key.split("/")[0] in roles if roles else key.split("/")[0] not in SEQ2SEQ)]
+    return max((max(v) - min(v) for v in counted if len(v) > 1), default=0.05)
 
 
 def _missing(results: dict, cells) -> str:
@@ -664,6 +680,98 @@ def figure_8(results: dict, s, path: str) -> None:
     _save(fig, path)
 
 
+# ----------------------------------------------------------------------------------------------- 9: encoder-decoders (issue 16)
+def params_9(r):
+    """Every depth where s2s_post and s2s_pre both ran (warm-up; two or more depths: the finding is about deepening),
+    and the LRs they share at all of those depths."""
+    points = _common(r, ("s2s_post", "s2s_pre"))
+    depths = sorted({d for d, _ in points})
+    if len(depths) < 2:
+        return None
+    lrs = sorted(set.intersection(*[{lr for d, lr in points if d == depth} for depth in depths]))
+    return SimpleNamespace(depths=tuple(depths), lrs=tuple(lrs)) if lrs else None
+
+
+def finding_9(results: dict, s) -> dict:
+    noise = _noise(results, SEQ2SEQ)
+    measured_noise = any(k.split("/")[0] in SEQ2SEQ for k in results.get("noise", {}))
+    shallow, deep = s.depths[0], s.depths[-1]
+    loss = {c: {(d, lr): _mean_loss(_runs(results, c, d, lr, True)) for d in s.depths for lr in s.lrs} for c in SEQ2SEQ}
+    diverged = sorted(f"{c}/L{d}/lr{lr:g}" for c in SEQ2SEQ for d in s.depths for lr in s.lrs
+                      if any(r.get("status") == "diverged" for r in _runs(results, c, d, lr, True)))
+    post, pre, deepnorm = loss["s2s_post"], loss["s2s_pre"], loss["s2s_deepnorm"]
+    have_deepnorm = all(v is not None for v in deepnorm.values())
+    gap = {key: post[key] - pre[key] for key in post}  # Post-LN minus Pre-LN (a diverged run counts as ln 256)
+    checks = [(f"at the deepest depth (N=M={deep}) Post-LN trails Pre-LN by more than the seed range ({noise:.3f}) "
+               "or diverges, at every LR", all(gap[(deep, lr)] > noise for lr in s.lrs))]
+    checks.append((f"Post-LN's gap to Pre-LN is larger at N=M={deep} than at N=M={shallow}, at every LR",
+                   all(gap[(deep, lr)] > gap[(shallow, lr)] for lr in s.lrs)))
+    if have_deepnorm:
+        trails = [k for k in post if gap[k] > noise]  # as finding 3: DeepNorm's fix is measured where Post-LN fails
+        checks += [("DeepNorm beats Post-LN by more than the seed range at every depth and LR where Post-LN trails "
+                    "Pre-LN", bool(trails) and all(deepnorm[k] < post[k] - noise for k in trails)),
+                   ("DeepNorm trains wherever Pre-LN does: within the seed range of Pre-LN's loss (or better) at "
+                    "every depth and LR", all(deepnorm[k] < pre[k] + noise for k in pre))]
+    shallow_cells = SEQ2SEQ if have_deepnorm else ("s2s_post", "s2s_pre")
+    spread = {lr: max(loss[c][(shallow, lr)] for c in shallow_cells) - min(loss[c][(shallow, lr)] for c in shallow_cells)
+              for lr in s.lrs}
+    checks.append((f"at N=M={shallow} the {'three' if have_deepnorm else 'two'} placements are within the seed range "
+                   "of each other at every LR", all(v <= noise for v in spread.values())))
+    verdict = _verdict(checks) + ("" if have_deepnorm else f" (DeepNorm {_missing(results, ('s2s_deepnorm',))})")
+    spikes = {}
+    for c in SEQ2SEQ:
+        for lr in s.lrs:
+            runs = _runs(results, c, deep, lr, True)
+            if runs and runs[0].get("grad_norm"):
+                g = sorted(runs[0]["grad_norm"])
+                spikes[f"{c}/lr{lr:g}"] = max(runs[0]["grad_norm"]) / g[len(g) // 2]
+    table = "; ".join(f"{c} " + ", ".join(f"N=M={d}: {[_fmt(loss[c][(d, lr)]) for lr in s.lrs]}" for d in s.depths)
+                      for c in SEQ2SEQ)
+    return dict(
+        number=9, title=f"Encoder-decoders: Post-LN vs Pre-LN vs DeepNorm as both stacks deepen (N=M in {list(s.depths)})",
+        paper="Xiong et al. 2020, On Layer Normalization in the Transformer Architecture (arXiv 2002.04745; "
+              "encoder-decoder translation); Wang et al. 2022, DeepNet: Scaling Transformers to 1,000 Layers (arXiv "
+              "2203.00555; encoder-decoder translation, DeepNorm's N/M constants)",
+        claim="In encoder-decoders, Post-LN gets harder to train as the stacks deepen (it trails Pre-LN or diverges), "
+              "while at shallow depth the placements train alike; DeepNorm (its encoder-decoder alpha/beta from N and "
+              "M) trains wherever Pre-LN does.",
+        measured=(f"final val loss (nats per target byte of BART text infilling, with warm-up) at LRs {list(s.lrs)}: "
+                  + table + "; Post-LN minus Pre-LN: " + ", ".join(
+                      f"N=M={d} {[f'{gap[(d, lr)]:+.3f}' for lr in s.lrs]}" for d in s.depths)
+                  + f"; spread of the placements at N=M={shallow}: {[f'{spread[lr]:.3f}' for lr in s.lrs]}"
+                  + f"; max/median grad norm at N=M={deep}: " + ", ".join(f"{k} {v:.1f}x" for k, v in spikes.items())
+                  + f"; diverged runs: {diverged or 'none'}; margin: the encoder-decoder cells' seed-to-seed range "
+                  + (f"{noise:.3f}" if measured_noise else "(not measured: the grid repeats no seeds of these cells): 0.05, a guess")
+                  + ("" if have_deepnorm else f"; s2s_deepnorm: {_why(results, 's2s_deepnorm')}")),
+        verdict=verdict, checks=checks, figure="fig9_seq2seq_depth.png")
+
+
+def figure_9(results: dict, s, path: str) -> None:
+    plt = _pyplot()
+    colors = {"s2s_post": "C3", "s2s_deepnorm": "C2", "s2s_pre": "C0"}
+    fig, axes = plt.subplots(1, len(s.lrs) + 1, figsize=(4.3 * (len(s.lrs) + 1), 3.4))
+    for ax, lr in zip(axes, s.lrs):
+        for c, color in colors.items():
+            points = [(d, [effective_loss(r) for r in _runs(results, c, d, lr, True)]) for d in s.depths]
+            points = [(d, v) for d, v in points if v and _runs(results, c, d, lr, True)[0].get("status") != NOT_AVAILABLE]
+            if not points:
+                continue
+            xs, mean = [d for d, _ in points], [sum(v) / len(v) for _, v in points]
+            err = [[m - min(v) for m, (_, v) in zip(mean, points)], [max(v) - m for m, (_, v) in zip(mean, points)]]
+            ax.errorbar(xs, mean, yerr=err, fmt="-o", ms=3, capsize=3, color=color, label=c)
+            bad = [(d, m) for d, m in zip(xs, mean)
+                   if any(r.get("status") == "diverged" for r in _runs(results, c, d, lr, True))]
+            if bad:
+                ax.plot(*zip(*bad), "x", ms=9, color=color)
+        ax.set(xlabel="depth N = M", ylabel="final val loss (nats/target byte)", title=f"LR {lr:g} (x: diverged)")
+        ax.set_xticks(list(s.depths))
+        ax.legend(fontsize=7)
+    deep, lr = s.depths[-1], s.lrs[-1]
+    _curves(axes[-1], [(c, _runs(results, c, deep, lr, True), color) for c, color in colors.items()],
+            f"N=M={deep}, LR {lr:g}")
+    _save(fig, path)
+
+
 # ----------------------------------------------------------------------------------------------- the registry
 @dataclasses.dataclass(frozen=True)
 class Finding:
@@ -710,6 +818,11 @@ FINDINGS = [
             "modded-nanogpt", "Each reaches a lower loss than Pre-LN in the same number of steps.",
             ("pre",) + FRONTIER, "pre and at least one of attn_res, value_residual, unet_skips with warm-up at a "
             "common depth and LR", params_8, finding_8, figure_8),
+    Finding(9, "Encoder-decoders: Post-LN vs Pre-LN vs DeepNorm as both stacks deepen", "Xiong et al. 2020 (arXiv "
+            "2002.04745); Wang et al. 2022, DeepNet (arXiv 2203.00555)", "Deep Post-LN encoder-decoders trail Pre-LN "
+            "or diverge; DeepNorm trains wherever Pre-LN does; shallow, the placements train alike.", SEQ2SEQ,
+            "s2s_post and s2s_pre (and s2s_deepnorm) with warm-up at common depths and LRs (python training/study.py "
+            "--grid seq2seq)", params_9, finding_9, figure_9),
 ]
 
 

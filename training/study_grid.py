@@ -11,7 +11,10 @@ omits is taken from the top level (`training/study_grids/default.json` uses this
 without training the full product). Runs that two blocks both name are trained once.
 
 Keys (see GRID_KEYS for the defaults):
-- `cells`: {name: SkipNormConfig fields}, applied on top of `model` (the fields all cells share).
+- `cells`: {name: SkipNormConfig fields}, applied on top of `model` (the fields all cells share). A cell with
+  `"is_encoder_decoder": true` is an encoder-decoder (SkipNormForConditionalGeneration, both stacks at the run's
+  depth, N = M) trained on BART-style text infilling of the same text (training/study.py `DenoisingData`);
+  `training/study_grids/seq2seq.json` holds such cells (finding 9).
 - `depths` (num_hidden_layers), `widths` (hidden_size), `learning_rates` (peak), `warmup` (true/false),
   `seeds` (model init and batch order), `steps` (optimizer steps per run).
 - `batch_size`, `sequence_length` (tokens per row), `warmup_fraction` (share of the steps warmed up, when
@@ -41,7 +44,7 @@ import json
 import os
 
 GRIDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study_grids")
-BUILTIN_GRIDS = ("default", "quick", "gpu")
+BUILTIN_GRIDS = ("default", "quick", "gpu", "seq2seq")
 
 # Model fields every cell starts from unless the grid's `model` says otherwise: a tiny causal byte-level LM
 # (vocab 256), plain GELU MLP and LayerNorm, as in the published analyses the findings test.
@@ -207,9 +210,21 @@ def normalize_grid(raw: dict) -> dict:
         probes["cells"] = _cell_names("init_probes.cells", probes.get("cells", list(cells)), cells)
         probes["depths"] = _list_of("init_probes.depths", probes.get("depths", grid["depths"]), int, positive=True)
         probes["seeds"] = _list_of("init_probes.seeds", probes.get("seeds", [0]), int)
+        seq2seq = [c for c in probes["cells"] if is_seq2seq_cell(grid, c)]
+        if seq2seq:
+            raise ValueError(f"grid key 'init_probes.cells': {seq2seq} are encoder-decoder cells; the init-gradient "
+                             "probes (finding 1) measure causal LMs only: list causal cells")
+    if grid["measure_callback_overhead"] and all(is_seq2seq_cell(grid, c) for c in cells):
+        raise ValueError("grid key 'measure_callback_overhead': true needs a causal cell (it times DiagnosticsCallback "
+                         "on a causal LM) and every cell of this grid is an encoder-decoder: set it to false")
     if not isinstance(grid["reference_models"], list):
         raise _bad("reference_models", grid["reference_models"], "a list of {\"run\": {...}, \"name\": ...}")
     return grid
+
+
+def is_seq2seq_cell(grid: dict, cell: str) -> bool:
+    """Whether the cell is an encoder-decoder: is_encoder_decoder set by the cell, else by the grid's `model`."""
+    return bool({**grid["model"], **grid["cells"][cell]}.get("is_encoder_decoder"))
 
 
 def _cell_names(key: str, names, cells: dict) -> list[str]:
@@ -272,10 +287,12 @@ def fingerprint_digest(fingerprint: dict) -> str:
 
 
 def estimated_cost(grid: dict, spec: RunSpec) -> float:
-    """Relative cost of a run (training FLOPs ~ 6 * parameters * tokens; parameters ~ 12 L d^2 + V d): used to
-    deal runs to processes and to estimate the time left."""
+    """Relative cost of a run (training FLOPs ~ 6 * parameters * tokens; parameters ~ 12 L d^2 + V d, and an
+    encoder-decoder's 12 N d^2 + 16 M d^2 + V d, its decoder blocks having cross-attention): used to deal runs to
+    processes and to estimate the time left."""
     vocab = grid["model"].get("vocab_size", BASE_MODEL["vocab_size"])
-    parameters = 12 * spec.depth * spec.width**2 + vocab * spec.width
+    blocks = spec.depth * (12 + 16) if is_seq2seq_cell(grid, spec.cell) else 12 * spec.depth
+    parameters = blocks * spec.width**2 + vocab * spec.width
     return 6.0 * parameters * grid["steps"] * grid["batch_size"] * grid["sequence_length"]
 
 

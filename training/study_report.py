@@ -243,6 +243,7 @@ def markdown(results: dict) -> str:
                         if a.get("train_runtime") and not a.get("resumed_from"))
     label = grid.get("label") or os.path.splitext(os.path.basename(results.get("grid_source", "grid")))[0]
     training_seconds = sum(r.get("seconds", 0) for r in runs)
+    seq2seq = [c for c, f in grid["cells"].items() if {**grid["model"], **f}.get("is_encoder_decoder")]
     lines = [
         f"# Norm-placement study: {label}",
         "",
@@ -279,11 +280,20 @@ def markdown(results: dict) -> str:
         "",
         "## Setup",
         "",
-        f"- Model: causal LM on UTF-8 bytes (vocab 256), {grid['model'] or 'the study base'} "
+        f"- Model{' (the other settings of the encoder-decoder cells too)' if seq2seq else ''}: causal LM on UTF-8 "
+        f"bytes (vocab 256), {grid['model'] or 'the study base'} "
         f"(base: d_head = width / heads, plain GELU MLP, LayerNorm eps 1e-5, RoPE, tied embeddings, unless a cell says "
         f"otherwise); init std {grid['init_std']}.",
         f"- Data: {results['data']}; unigram baseline {results['unigram_entropy']:.3f} nats/byte, uniform guess "
         f"{DIVERGED_LOSS:.3f} (a diverged run counts as the latter).",
+        *([f"- Encoder-decoder cells ({', '.join(f'`{c}`' for c in seq2seq)}): SkipNormForConditionalGeneration with "
+           "both stacks at the run's depth (N = M), ByT5's byte tokenizer (bytes + pad, EOS and one mask: vocabulary "
+           "260), trained on BART text infilling (arXiv 1910.13461) of the same text by training/seq2seq.py's own "
+           f"`denoising_dataset`: chunks of {grid['sequence_length'] - 1} bytes + EOS are the targets, their noised "
+           "copies (30% of the bytes masked in Poisson(3) spans, each run of spans one mask) the sources. Their loss "
+           "is nats per target byte of that task, which shows the model most of the answer: compare it only among "
+           "these cells. Their diagnostics in the tables below are the decoder's (the encoder's are in results.json)."]
+          if seq2seq else []),
         f"- Training: {grid['steps']} steps of {grid['batch_size']} x {grid['sequence_length']} tokens, AdamW "
         f"(betas {grid['optimizer']['beta1']}, {grid['optimizer']['beta2']}, eps {grid['optimizer']['eps']:g}), weight "
         f"decay {grid['optimizer']['weight_decay']} on matrices only, "
