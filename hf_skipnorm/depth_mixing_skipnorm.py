@@ -18,6 +18,8 @@ hyper_connections_skipnorm.py. Mixing runs in at least float32, autocast off.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -264,7 +266,10 @@ class ValueResidualSource(NoValueSource):
 
     def attach(self, kwargs: dict) -> dict:
         checkpoint = getattr(self.layers[0], "_gradient_checkpointing_func", None)
-        if self.layers[0].gradient_checkpointing and getattr(checkpoint, "keywords", {}).get("use_reentrant", False):
+        # transformers binds the checkpoint's kwargs with functools.partial; any other callable (a caller's own
+        # wrapper, a test's Mock) says nothing about reentrancy, so only a bound use_reentrant=True is refused
+        keywords = checkpoint.keywords if isinstance(checkpoint, functools.partial) else {}
+        if self.layers[0].gradient_checkpointing and keywords.get("use_reentrant", False):
             raise ValueError(
                 "SkipNormConfig.value_residual is not valid with reentrant gradient checkpointing (use_reentrant=True): "
                 "the first layer's values would reach later layers without their graph; use the default "

@@ -260,6 +260,30 @@ def test_value_residual_refuses_reentrant_checkpointing():
         model(ids, labels=ids)
 
 
+def test_value_residual_runs_under_a_checkpoint_function_that_is_not_a_partial():
+    """transformers' tests swap `_gradient_checkpointing_func` for a Mock wrapping the checkpoint: that is not a
+    refusal of reentrancy, and the model must train through it with the same gradients as without checkpointing."""
+    from unittest.mock import Mock
+
+    import torch.utils.checkpoint
+
+    torch.manual_seed(4)
+    model = SkipNormForCausalLM(tiny(value_residual="learned")).double().train()
+    ids = torch.randint(0, 50, (2, 6))
+    model(ids, labels=ids).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    wrapper = Mock(side_effect=lambda *a, **k: torch.utils.checkpoint.checkpoint(*a, use_reentrant=False, **k))
+    for layer in model.model.layers:
+        layer._gradient_checkpointing_func = wrapper
+    model(ids, labels=ids).loss.backward()
+    assert wrapper.call_count == len(model.model.layers)
+    for name, p in model.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(p.grad, expected[name], rtol=1e-12, atol=1e-12, msg=name)
+
+
 # ---------------------------------------------------------------------------------------------- U-Net skips
 def unet_reference(model, ids):
     """modded-nanogpt's U-Net: push the first half's block outputs, pop them (LIFO) into the second half's inputs,
