@@ -17,3 +17,13 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is several times faster than two on a shared, loaded machine. Modules of tiny formula
+    tests opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -32,13 +32,7 @@ def config_for(position="pre", norm_type="rmsnorm", **overrides):
     return SkipNormConfig(**{**TINY, "norm_position": position, "norm_type": norm_type, **overrides})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is several times faster than two on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # ---------------------------------------------------------------------------------------------- reference math

@@ -19,12 +19,7 @@ TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=4, num_attention_he
             intermediate_size=24, norm_eps=1e-5, max_position_embeddings=32, attn_implementation="eager")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def tiny(**fields):

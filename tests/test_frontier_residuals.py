@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
+from helpers import randomize_
 from hf_skipnorm import SkipNormConfig, SkipNormForCausalLM, SkipNormModel
 from hf_skipnorm.residuals_skipnorm import build_residual
 
@@ -30,20 +31,7 @@ def tiny(**overrides):
     return SkipNormConfig(**fields)
 
 
-def randomize_(module, scale=0.3):
-    """Every parameter random, so a formula test cannot pass on an init of 0 or 1."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn_like(p) * scale)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def generation_matches(config, randomize):

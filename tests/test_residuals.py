@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
+from helpers import randomize_
 from hf_skipnorm import SkipNormConfig, SkipNormForCausalLM, SkipNormModel
 from hf_skipnorm import configuration_skipnorm as cfg
 from hf_skipnorm.hyper_connections_skipnorm import DepthWeightedAverage
@@ -34,14 +35,6 @@ def tiny(**overrides):
         fields["norm_position"] = "post"
     fields.update(overrides)
     return SkipNormConfig(**fields)
-
-
-def randomize_(module, scale=0.3):
-    """Give every parameter of `module` a random value, so a formula test cannot pass on an init of 0 or 1."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn_like(p) * scale)
-    return module
 
 
 # ---------------------------------------------------------------------------------------------- constants
