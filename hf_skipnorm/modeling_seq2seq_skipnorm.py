@@ -57,6 +57,7 @@ from .modeling_skipnorm import (
     block_topology,
     build_dropout,
     build_token_embedding,
+    check_inputs,
     fp32_residual_patterns,
     build_residual,
     build_stream,
@@ -418,8 +419,7 @@ class SkipNormStack(AdditiveScoreBiasBackends, SkipNormPreTrainedModel):
             del self._modules["embed_tokens"]
 
     def embed(self, input_ids, inputs_embeds, attention_mask, cache: Cache | None):
-        if (input_ids is None) ^ (inputs_embeds is not None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        check_inputs(input_ids, inputs_embeds, self.config.vocab_size)  # the decoder family's checks, one call
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)  # * embedding_multiplier in the lookup
         position_ids = stack_position_ids(self.config, input_ids, inputs_embeds, attention_mask, cache)

@@ -486,3 +486,19 @@ def test_resizing_the_vocabulary_resizes_every_vocabulary_tensor():
     assert model.model.encoder.embed_tokens is model.model.decoder.embed_tokens is replacement
     ids, mask = source_batch()
     assert model(input_ids=ids, attention_mask=mask).logits.shape[-1] == 48
+
+
+@pytest.mark.parametrize("stack", ["input_ids", "decoder_input_ids"])
+@pytest.mark.parametrize("ids, message", [
+    (torch.tensor([[1, 2, 99]]), r"holds 99, outside the valid range \[0, 39\] \(SkipNormConfig.vocab_size=40\)"),
+    (torch.tensor([1, 2, 3]), r"input_ids must be 2-D"),
+    (torch.zeros(1, 0, dtype=torch.long), r"input_ids is empty"),
+])
+def test_both_stacks_check_their_ids_as_the_decoder_family_does(stack, ids, message):
+    """Bad ids for either stack get the family's ValueError (naming the input and the valid range) before any
+    embedding lookup, instead of an IndexError or a reshape error deep inside attention."""
+    model = tiny()
+    good = torch.tensor([[1, 2, 3]])
+    inputs = {"input_ids": good, "decoder_input_ids": good, stack: ids}
+    with pytest.raises(ValueError, match=message):
+        model(**inputs)
