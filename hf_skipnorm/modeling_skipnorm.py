@@ -356,12 +356,21 @@ class SkipNormAttention(HookableModule):
         if position_embeddings is not None:
             cos, sin = position_embeddings
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        attn_output, attn_weights = self.attend(query, key, value, attention_mask, cache, **kwargs)
+        attn_output = self.through(attn_output, "head_scale_norm")  # (B, T, H, hd)
+        attn_output = self.through(attn_output.reshape(*input_shape, -1).contiguous(), "sub_norm")  # (B, T, H*hd)
+        return self.o_proj(attn_output), attn_weights
+
+    def attend(self, query, key, value, attention_mask, cache: Cache | None, **kwargs):
+        """``softmax(scaling * q k^T + mask) v`` through the configured attention backend, after appending this
+        step's keys and values to `cache`: (B, H, T, hd) inputs, (B, T, H, hd) output and the weights (or None).
+        Shared by every attention of the family (nGPT's too), whatever it does to q, k and v before."""
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, attn_weights = attention_interface(
+        return attention_interface(
             self,
             query,
             key,
@@ -372,9 +381,6 @@ class SkipNormAttention(HookableModule):
             softcap=self.softcap,
             **kwargs,
         )
-        attn_output = self.through(attn_output, "head_scale_norm")  # (B, T, H, hd)
-        attn_output = self.through(attn_output.reshape(*input_shape, -1).contiguous(), "sub_norm")  # (B, T, H*hd)
-        return self.o_proj(attn_output), attn_weights
 
     through = through  # x through the present slots among the named ones (absent slots are not called)
 

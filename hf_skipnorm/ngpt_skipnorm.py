@@ -27,14 +27,12 @@ This module builds on modeling_skipnorm.py's attention, MLP and block; modeling_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.deprecation import deprecate_kwarg
@@ -46,7 +44,6 @@ from .modeling_skipnorm import (
     SkipNormGatedMLP,
     apply_rotary,
     build_dropout,
-    eager_attention_forward,
 )
 
 # (s_init, s_scale) of the paper's scalings that do not come from the config (arXiv 2410.01131; NVIDIA/ngpt
@@ -122,15 +119,7 @@ class NGPTAttention(SkipNormAttention):
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
         s_qk = self.qk_scale().to(query.dtype)[:, None, :]  # (H, 1, hd)
         query, key = s_qk * unit(query), s_qk * unit(key)
-        if cache is not None:
-            key, value = cache.update(key, value, self.layer_idx)
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self, query, key, value, attention_mask, dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling, softcap=self.softcap, **kwargs,
-        )
+        attn_output, attn_weights = self.attend(query, key, value, attention_mask, cache, **kwargs)
         return self.o_proj(attn_output.reshape(*input_shape, -1).contiguous()), attn_weights
 
 
