@@ -805,6 +805,16 @@ def laurel_pa_needs_the_sequential_block(c: Any, layers: list) -> None:
             )
 
 
+def first_post_norm(layers: list) -> tuple[int, str] | None:
+    """(block, placement) of the first sublayer whose placement puts a norm after its skip, or None: what the
+    residuals that replace the skip sum (hyper-connections, mHC, AttnRes, Frac) cannot have."""
+    for layer, (attn, mlp) in enumerate(layers):
+        for placement, sublayer in ((attn, 0), (mlp, 1)):
+            if PLACEMENT_SLOTS[placement][sublayer].post:
+                return layer, placement
+    return None
+
+
 @rule
 def stream_residuals_need_the_sequential_block(c: Any, layers: list) -> None:
     if c.residual in STREAM_RESIDUALS and c.parallel_block:
@@ -813,15 +823,15 @@ def stream_residuals_need_the_sequential_block(c: Any, layers: list) -> None:
             f"attention then MLP on a stream state; valid choices with a parallel block: add, none, scaled"
         )
     if c.residual in ("hyper", "mhc"):
-        for layer, (attn, mlp) in enumerate(layers):
-            bad = [p for p, sub in ((attn, 0), (mlp, 1)) if PLACEMENT_SLOTS[p][sub].post]
-            if bad:
-                raise ValueError(
-                    f"SkipNormConfig.norm_position={bad[0]!r} (block {layer}) is not valid with residual="
-                    f"{c.residual!r}: hyper-connections mix several streams after each sublayer, so a norm "
-                    f"after the skip has no single stream to normalize; valid choices: placements without a "
-                    f"post norm, e.g. pre, sandwich, output, none"
-                )
+        post = first_post_norm(layers)
+        if post is not None:
+            layer, placement = post
+            raise ValueError(
+                f"SkipNormConfig.norm_position={placement!r} (block {layer}) is not valid with residual="
+                f"{c.residual!r}: hyper-connections mix several streams after each sublayer, so a norm "
+                f"after the skip has no single stream to normalize; valid choices: placements without a "
+                f"post norm, e.g. pre, sandwich, output, none"
+            )
 
 
 # --- issue 15: the depth-mixing frontier (attn_res, value_residual, unet_skips, layer_drop, DenseFormer k x p) ---
@@ -847,15 +857,15 @@ def attn_res_blocks_are_whole_layers_of_attn_res(c: Any, layers: list) -> None:
 def attn_res_replaces_the_skip_sum(c: Any, layers: list) -> None:
     if c.residual != "attn_res":
         return
-    for layer, (attn, mlp) in enumerate(layers):
-        bad = [p for p, sub in ((attn, 0), (mlp, 1)) if PLACEMENT_SLOTS[p][sub].post]
-        if bad:
-            raise ValueError(
-                f"SkipNormConfig.norm_position={bad[0]!r} (block {layer}) is not valid with residual='attn_res': "
-                f"Attention Residuals replace the skip sum by attention over depth, so a norm after the skip has no "
-                f"sum to normalize (the paper builds on PreNorm); valid choices: placements without a post norm, "
-                f"e.g. pre, sandwich, output, none"
-            )
+    post = first_post_norm(layers)
+    if post is not None:
+        layer, placement = post
+        raise ValueError(
+            f"SkipNormConfig.norm_position={placement!r} (block {layer}) is not valid with residual='attn_res': "
+            f"Attention Residuals replace the skip sum by attention over depth, so a norm after the skip has no "
+            f"sum to normalize (the paper builds on PreNorm); valid choices: placements without a post norm, "
+            f"e.g. pre, sandwich, output, none"
+        )
 
 
 @rule
@@ -911,15 +921,15 @@ def dense_sparsity_only_for_dense(c: Any, layers: list) -> None:
 def frac_connections_need_no_post_norm(c: Any, layers: list) -> None:
     if c.residual != "frac":
         return
-    for layer, (attn, mlp) in enumerate(layers):
-        bad = [p for p, sub in ((attn, 0), (mlp, 1)) if PLACEMENT_SLOTS[p][sub].post]
-        if bad:
-            raise ValueError(
-                f"SkipNormConfig.norm_position={bad[0]!r} (block {layer}) is not valid with residual='frac': "
-                f"Frac-Connections, like hyper-connections, write the sublayer output back through their depth "
-                f"connection, leaving no sum for a norm after the skip; valid choices: placements without a post "
-                f"norm, e.g. pre, sandwich, output, none"
-            )
+    post = first_post_norm(layers)
+    if post is not None:
+        layer, placement = post
+        raise ValueError(
+            f"SkipNormConfig.norm_position={placement!r} (block {layer}) is not valid with residual='frac': "
+            f"Frac-Connections, like hyper-connections, write the sublayer output back through their depth "
+            f"connection, leaving no sum for a norm after the skip; valid choices: placements without a post "
+            f"norm, e.g. pre, sandwich, output, none"
+        )
 
 
 @rule
